@@ -58,7 +58,7 @@ LLAMA = Adapter(
 )
 
 GEMMA2 = Adapter(
-    family="gemma2",
+    family="gemma2/3",
     blocks="model.layers",
     final_norm="model.norm",
     attn_norm="input_layernorm",

@@ -265,4 +265,5 @@ def outlier_mask(acts: Tensor, keep: Tensor, exclusion: Exclusion) -> Tensor:
     if not exclusion.outlier_factor or not keep.any():
         return torch.zeros_like(keep)
     norms = acts.float().norm(dim=-1)
-    return norms > exclusion.outlier_factor * norms[keep].median()
+    keep = keep.to(norms.device)
+    return (norms > exclusion.outlier_factor * norms[keep].median()).to(keep.device)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from . import hookpoints
 from .adapters import Adapter, adapter_for
-from .assets import asset_path, cache_dir, digest
+from .assets import ASSETS, asset_path, cache_dir, digest
 from .atomic import atomic_path, write_json
 from .errors import ChecksumError, ContextLengthError, UnknownModelError
 from .progress import say
@@ -267,7 +267,10 @@ def _folder(spec: str, source) -> tuple[Path | None, str]:
     if path.is_dir():
         return path, path.name
     if path.is_file() and path.suffix == ".gguf":
-        return converted(path, cache_dir() / "models" / f"gguf-{digest(path)[:16]}"), path.stem
+        sha = digest(path)
+        bundled = [n for n, a in BUNDLED.items() if ASSETS[a].sha256 == sha]  # the same file: reuse its folder
+        name = bundled[0] if bundled else f"gguf-{sha[:16]}"
+        return converted(path, cache_dir() / "models" / name), bundled[0] if bundled else path.stem
     if path.suffix == ".gguf" or spec.startswith((".", "/", "~")) or path.exists():
         raise UnknownModelError(f"model path '{spec}' does not exist or is not a folder/.gguf file",
                                 "check the path, or use a bundled name: " + ", ".join(BUNDLED))

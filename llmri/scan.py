@@ -183,7 +183,7 @@ def depth_section(ctx: ScanContext) -> Section:
     def series(kind: str, attr: str) -> list[float]:
         return [getattr(stats[f"{kind}.{l}"], attr) for l in layers]
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 3.8))
     ax = axes[0]
     mean, std = series("resid_post", "mean_norm"), series("resid_post", "std_norm")
     ax.plot(layers, mean, "o-", ms=3, label="kept tokens (mean)")
@@ -198,6 +198,13 @@ def depth_section(ctx: ScanContext) -> Section:
     for kind in kinds:
         ax.plot(layers, series(kind, "kurtosis"), "o-", ms=3, label=kind)
     ax.set_yscale("symlog"), ax.set_xlabel("layer"), ax.set_ylabel("excess kurtosis"), ax.set_title("outlier features (kurtosis)"), ax.legend(fontsize=8)
+    ax = axes[3]
+    resid = [stats[f"resid_post.{l}"] for l in layers]
+    dims = sorted({d for r in resid for d, _ in r.top_dims[:2]})
+    for d in dims:
+        ax.plot(layers, [r.mean_abs[d] / sorted(r.mean_abs)[len(r.mean_abs) // 2] for r in resid], "o-", ms=3, label=f"dim {d}")
+    ax.set_xlabel("layer"), ax.set_ylabel("mean |x_i| / median dim"), ax.set_title("outlier dimensions of resid_post")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
 
     s0 = stats[f"resid_post.{L // 2}"]

@@ -30,7 +30,7 @@ def test_info_json(tiny_dir):
     result = run("info", tiny_dir("gemma2"), "--json")
     assert result.exit_code == 0, result.output
     card = json.loads(result.stdout)
-    assert card["family"] == "gemma2" and card["n_layers"] == 3 and "mlp_in.2" in card["hook_points"]
+    assert card["family"] == "gemma2/3" and card["n_layers"] == 3 and "mlp_in.2" in card["hook_points"]
 
 
 def test_info_table(tiny_dir):

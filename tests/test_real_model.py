@@ -72,3 +72,12 @@ def test_scan_command_writes_the_report(tmp_path):
     depth = summary["sections"]["depth"]
     assert depth["resid_post.15"]["excluded_mean_norm"] > 50 * depth["resid_post.15"]["mean_norm"]
     assert summary["wall_seconds"] < 300
+
+
+def test_a_gguf_path_loads_the_same_model(real_model):
+    """Spec = a .gguf file: recognised as the bundled file, so it reuses the converted folder."""
+    gguf = asset_path("smollm2-135m-instruct.gguf")
+    model = llmri.load_model(str(gguf))
+    assert model.name == "smollm2-135m-instruct" and model.source == real_model.source
+    ids = real_model.tokenize("Hello world").input_ids
+    torch.testing.assert_close(model.capture(ids, ["logits"])["logits"], real_model.capture(ids, ["logits"])["logits"])
