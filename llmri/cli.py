@@ -27,8 +27,10 @@ app = typer.Typer(
 )
 
 
-def command(fn):
+def command(fn=None, *, name: str | None = None):
     """Register a command whose LlmriErrors (and full disks) become one-line errors with exit code 2."""
+    if fn is None:
+        return lambda f: command(f, name=name)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -44,7 +46,7 @@ def command(fn):
                           soft_wrap=True)
             raise typer.Exit(2) from None
 
-    return app.command()(wrapper)
+    return app.command(name=name)(wrapper)
 
 
 def parse_count(text: str) -> int:
@@ -160,6 +162,80 @@ def fetch(
     for n in names:
         path = asset_path(n, source=source, force=force)
         console.print(f"llmri: {n} → {path}", highlight=False)
+
+
+@command
+def train(
+    kind: str = typer.Option("sae", help="sae | transcoder | crosscoder | clt"),
+    arch: str = typer.Option("topk", help="topk | batchtopk | jumprelu | relu"),
+    points: Optional[str] = typer.Option(None, "--points", "-p", help="hook points, e.g. resid_post.15 or resid_post (with --layers)"),
+    layers: Optional[str] = typer.Option(None, help="all | 5 | 0-5 | 1,4,9"),
+    expansion: float = typer.Option(8.0, help="latents = expansion × d_model"),
+    latents: int = typer.Option(0, help="number of latents (overrides --expansion)"),
+    k: int = typer.Option(32, help="active latents per token (topk/batchtopk)"),
+    skip: bool = typer.Option(False, help="transcoders: learn a linear skip connection"),
+    sparsity_coeff: float = typer.Option(0.0, help="relu L1 / jumprelu penalty weight (0: default)"),
+    tokens: str = typer.Option("2M", help="training tokens"),
+    batch_size: int = typer.Option(4096, help="tokens per step"),
+    lr: float = typer.Option(0.0, help="learning rate (0: 2e-4/sqrt(latents/2^14))"),
+    seed: int = typer.Option(0),
+    compute_dtype: str = typer.Option("float32", "--compute-dtype", help="float32 | bfloat16 dictionary matmuls"),
+    store: Optional[Path] = typer.Option(None, help="train from an activation store (llmri cache) instead of the live model"),
+    corpus: str = typer.Option(data.DEFAULT_CORPUS, help="corpus for live-model training and evaluation"),
+    context: int = typer.Option(128, help="window length for live-model training"),
+    out: Path = typer.Option(..., "--out", "-o", help="run folder"),
+    resume: bool = typer.Option(False, help="continue from out/checkpoint"),
+    checkpoint_every: int = typer.Option(200, help="steps between checkpoints"),
+    dead_tokens: str = typer.Option("200k", help="tokens without firing after which a latent is dead (aux-k)"),
+    eval_tokens: str = typer.Option("64k", help="held-out tokens for reconstruction metrics (0: skip)"),
+    ce_tokens: str = typer.Option("16k", help="held-out tokens for CE loss recovered (0: skip)"),
+    distribute: str = typer.Option("data", help="under torchrun: data | layers"),
+    model: str = ModelOpt,
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Train sparse dictionaries (one forward pass per batch feeds all of them) and evaluate them."""
+    from .dictionaries import EvalConfig, TrainConfig, plan
+    from .dictionaries import train as run_train
+    from .model import load_model
+
+    lm = load_model(model, dtype=dtype, device=device)
+    cfgs = plan(lm, kind=kind, arch=arch, points=[p for p in (points or "").split(",") if p], layers=layers,
+                expansion=expansion, latents=latents, k=k, skip=skip, sparsity_coeff=sparsity_coeff)
+    tc = TrainConfig(tokens=parse_count(tokens), batch_size=batch_size, lr=lr, seed=seed, dtype=compute_dtype,
+                     checkpoint_every=checkpoint_every, dead_tokens=parse_count(dead_tokens), distribute=distribute)
+    ev = EvalConfig(tokens=parse_count(eval_tokens), ce_tokens=parse_count(ce_tokens))
+    folders = run_train(lm, cfgs, tc, out, corpus=corpus, store=store, resume=resume, eval_cfg=ev,
+                        windows=data.WindowSpec(context=context, seed=seed))
+    for f in folders:
+        console.print(f"llmri: {f}", highlight=False)
+
+
+@command(name="eval")
+def eval_cmd(
+    path: Path = typer.Argument(..., help="dictionary folder (llmri/SAELens/sparsify/circuit-tracer)"),
+    tokens: str = typer.Option("64k", help="held-out tokens for reconstruction metrics"),
+    ce_tokens: str = typer.Option("16k", help="held-out tokens for CE loss recovered (0: skip)"),
+    corpus: str = typer.Option(data.DEFAULT_CORPUS, help="corpus (its eval split is used)"),
+    model: str = ModelOpt,
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Evaluate a saved dictionary on held-out tokens; writes eval.json next to the weights."""
+    from .atomic import write_json
+    from .dictionaries import EvalConfig, evaluate, load
+    from .model import load_model
+
+    lm = load_model(model, dtype=dtype, device=device)
+    loaded = load(path, device=lm.device)
+    items = loaded if isinstance(loaded, list) else [loaded]
+    for i, d in enumerate(items):
+        result = evaluate(lm, d, data.load_corpus(corpus), EvalConfig(tokens=parse_count(tokens), ce_tokens=parse_count(ce_tokens)))
+        result.pop("_density")
+        target = path / ("eval.json" if len(items) == 1 else f"eval_{i}.json")
+        write_json(target, result)
+        keys = ("nmse", "explained_variance", "l0", "dead_fraction", "dense_fraction", "ce_loss_recovered", "kl_clean_spliced")
+        print(json.dumps({"dictionary": d.cfg.name, **{k: result.get(k) for k in keys}, "tokens": result["tokens"]}))
 
 
 def main() -> None:

@@ -1,0 +1,149 @@
+"""Configs of dictionaries and of training runs (saved as JSON next to every artefact)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from ..errors import LlmriError
+
+KINDS = ("sae", "transcoder", "crosscoder", "clt")
+ARCHS = ("topk", "batchtopk", "jumprelu", "relu")
+
+
+class DictionaryError(LlmriError):
+    """A dictionary config, file or training request that cannot work as given."""
+
+
+@dataclass
+class DictConfig:
+    """Architecture of one sparse dictionary."""
+
+    kind: str = "sae"
+    """sae (reads and writes one point), transcoder (reads ``mlp_in.l``, predicts ``mlp_out.l``), crosscoder
+    (reads and reconstructs several points through one latent space) or clt (cross-layer transcoder)."""
+    arch: str = "topk"
+    """Activation: topk, batchtopk (saved as JumpReLU with its learned threshold), jumprelu, relu (L1)."""
+    in_points: list[str] = field(default_factory=list)
+    """Canonical hook points read (concatenated for crosscoders; one per layer for CLTs)."""
+    out_points: list[str] = field(default_factory=list)
+    """Canonical hook points written (same as ``in_points`` for SAEs and crosscoders)."""
+    d_in: int = 0
+    """Width of one input point (the model's d_model)."""
+    d_out: int = 0
+    """Width of one output point."""
+    n_latents: int = 0
+    """Latents (per layer for CLTs)."""
+    k: int = 32
+    """Active latents per token for topk/batchtopk (per layer for CLTs)."""
+    skip: bool = False
+    """Transcoders: add a learned linear skip connection x·W_skipᵀ to the output."""
+    sparsity_coeff: float = 0.0
+    """Weight of the sparsity penalty (relu: decoder-norm-weighted L1; jumprelu: L0 or tanh). 0 = default."""
+    sparsity: str = "l0"
+    """jumprelu penalty: l0 (straight-through L0) or tanh (Σ tanh(c·f·‖W_dec‖), Anthropic 2025)."""
+    tanh_c: float = 4.0
+    """The c of the tanh penalty."""
+    jumprelu_bandwidth: float = 0.05
+    """Width of the rectangle kernel of the JumpReLU straight-through estimator (normalised units)."""
+    jumprelu_init_threshold: float = 0.2
+    """Initial JumpReLU threshold (normalised units; encoders start at norm 0.1, so pre-activations ~N(0, 0.1²)
+    and about 2% of latents are active at first)."""
+    model_name: str = ""
+    """Model the dictionary was trained on."""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise DictionaryError(f"unknown dictionary kind '{self.kind}'", f"use one of {', '.join(KINDS)}")
+        if self.arch not in ARCHS:
+            raise DictionaryError(f"unknown architecture '{self.arch}'", f"use one of {', '.join(ARCHS)}")
+        if not self.out_points:
+            self.out_points = list(self.in_points)
+        if not self.d_out:
+            self.d_out = self.d_in
+
+    @property
+    def apply_b_dec_to_input(self) -> bool:
+        """Subtract the decoder bias from the input before encoding (only when input and output coincide)."""
+        return self.in_points == self.out_points
+
+    @property
+    def coeff(self) -> float:
+        """The sparsity coefficient, with a per-architecture default."""
+        if self.sparsity_coeff:
+            return self.sparsity_coeff
+        # tuned on SmolLM2 resid_post.15 (1,152 latents, 80k tokens): L0 ≈ 150-250 early in training
+        return {"relu": 1e-2, "jumprelu": 1e-4 if self.sparsity == "l0" else 3e-3}.get(self.arch, 0.0)
+
+    @property
+    def name(self) -> str:
+        """Folder name of the dictionary inside a run."""
+        if self.kind in ("crosscoder", "clt"):
+            return f"{self.kind}-" + "-".join(p.replace(".", "") for p in (self.in_points[:1] + self.in_points[-1:]))
+        return self.in_points[0] if self.kind == "sae" else f"transcoder.{self.in_points[0].split('.')[-1]}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DictConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainConfig:
+    """How dictionaries are trained (one config for every dictionary of a run)."""
+
+    tokens: int = 2_000_000
+    """Training tokens (after exclusion)."""
+    batch_size: int = 4096
+    """Tokens per optimiser step."""
+    lr: float = 0.0
+    """Adam learning rate; 0 = automatic from the width: 2e-4 / sqrt(n_latents / 2^14) (sparsify's rule)."""
+    warmup: float = 0.05
+    """Fraction of steps with linear learning-rate warm-up."""
+    decay: float = 0.2
+    """Fraction of steps at the end with linear decay to zero."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    threshold_lr_scale: float = 10.0
+    """JumpReLU log-thresholds learn this many times faster than the weights (Adam makes their step size
+    independent of the penalty's scale, so at the base rate they move too slowly for short CPU runs)."""
+    aux_k: int = 0
+    """Latents used by the aux-k loss (Gao et al. 2024); 0 = d_in // 2."""
+    aux_coeff: float = 1 / 32
+    """Weight of the aux-k loss."""
+    aux_fraction: float = 0.125
+    """Fraction of each batch's tokens on which the aux-k loss is estimated (scaled to the whole batch);
+    its sparse work is aux_k/k times the main path's per token, so a fraction keeps it affordable."""
+    dead_tokens: int = 200_000
+    """A latent counts as dead (for aux-k and the dead % shown) after this many tokens without firing."""
+    normalize: bool = True
+    """Scale each point so that E‖x‖ = √d (folded into the weights on save)."""
+    norm_batches: int = 4
+    """Batches used to estimate normalisation scales and the initial decoder bias."""
+    seed: int = 0
+    """Seed of initialisation and data order."""
+    dtype: str = "float32"
+    """Compute dtype of the dictionary matmuls: float32 or bfloat16 (autocast-style; weights stay fp32)."""
+    checkpoint_every: int = 200
+    """Steps between checkpoints (written atomically); 0 = only at the end."""
+    log_every: int = 10
+    """Steps between progress/log updates."""
+    distribute: str = "data"
+    """With torchrun: 'data' (every rank trains every dictionary on its share of the data, gradients
+    averaged) or 'layers' (dictionaries are split over ranks; each trains its own on all the data)."""
+
+    def learning_rate(self, n_latents: int) -> float:
+        return self.lr or 2e-4 / math.sqrt(n_latents / 2**14)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        out = cls(**{k: v for k, v in d.items() if k in known})
+        out.betas = tuple(out.betas)
+        return out

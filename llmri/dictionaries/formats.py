@@ -1,0 +1,375 @@
+"""Dictionary files: SAELens folders (native), sparsify folders (import), circuit-tracer transcoders (export).
+
+SAELens (v6 schema): ``cfg.json`` + ``sae_weights.safetensors`` (``W_enc`` [d_in, d_sae], ``b_enc``,
+``W_dec`` [d_sae, d_out], ``b_dec``, ``threshold`` for JumpReLU, ``W_skip`` [d_out, d_in]) +
+``sparsity.safetensors`` (``sparsity`` = log10 feature density). Architectures: ``standard`` (ReLU),
+``topk``, ``jumprelu`` (BatchTopK is saved as JumpReLU with its learned threshold), ``transcoder``,
+``skip_transcoder``, ``jumprelu_transcoder``, ``jumprelu_skip_transcoder``; SAELens has no TopK transcoder,
+so those are written as ``topk_transcoder`` (read by llmri; circuit-tracer's export covers them).
+Normalisation is always folded into the weights, so ``normalize_activations`` is ``none``.
+
+sparsify: ``<hookpoint>/cfg.json`` + ``sae.safetensors`` (``encoder.weight`` [n, d_in], ``encoder.bias``,
+``W_dec`` [n, d_in], ``b_dec``, optional ``W_skip``); ReLU then top-k; transcoders do not subtract b_dec.
+
+circuit-tracer: ``config.yaml`` + ``layer_{i}.safetensors`` per layer (``W_enc``/``W_dec`` [d_tc, d_model],
+``b_enc``, ``b_dec``, ``activation_function.threshold``, ``W_skip``, ``k``) or, for a CLT,
+``W_enc_{i}.safetensors`` (``W_enc_i``, ``b_enc_i``, ``b_dec_i``, ``threshold_i``) and
+``W_dec_{i}.safetensors`` (``W_dec_i`` [d_tc, L − i, d_model]).
+
+llmri's own crosscoders and CLTs are saved as ``cfg.json`` (``architecture`` = crosscoder / clt, plus the
+full DictConfig) + ``weights.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..atomic import atomic_path, write_json
+from .clt import CrossLayerTranscoder
+from .coder import SparseCoder
+from .config import DictConfig, DictionaryError
+
+Dictionary = SparseCoder | CrossLayerTranscoder
+CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
+LLMRI_WEIGHTS = "weights.safetensors"
+SAELENS_VERSION = "6.0.0"  # the schema version we write (v6: metadata holds hook names)
+
+_TL = {"resid_pre": "hook_resid_pre", "attn_out": "hook_attn_out", "resid_mid": "hook_resid_mid",
+       "mlp_in": "ln2.hook_normalized", "mlp_out": "hook_mlp_out", "resid_post": "hook_resid_post"}
+
+
+def tl_name(point: str) -> str:
+    """TransformerLens name of a canonical point (SAELens ``hook_name``)."""
+    if point == "embed":
+        return "hook_embed"
+    if point == "final_norm":
+        return "ln_final.hook_normalized"
+    kind, layer = point.split(".")
+    return f"blocks.{layer}.{_TL[kind]}"
+
+
+def from_tl(name: str) -> str:
+    """Canonical point of a TransformerLens / circuit-tracer hook name."""
+    if name == "hook_embed":
+        return "embed"
+    if name == "ln_final.hook_normalized":
+        return "final_norm"
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+    inverse = {v: k for k, v in _TL.items()} | {"mlp.hook_in": "mlp_in", "mlp.hook_out": "mlp_out"}
+    if not m or m.group(2) not in inverse:
+        raise DictionaryError(f"hook '{name}' has no llmri equivalent",
+                              "llmri reads dictionaries on resid_pre/attn_out/resid_mid/mlp_in/mlp_out/resid_post")
+    return f"{inverse[m.group(2)]}.{m.group(1)}"
+
+
+# ---------------------------------------------------------------- saving
+
+
+def save(d: Dictionary, folder: str | Path, *, density: Tensor | None = None, meta: dict | None = None,
+         extra: dict[str, dict] | None = None) -> Path:
+    """Save a trained dictionary (scales folded first) in its native format, plus ``extra`` JSON files
+    ({file name: content}) in the same atomic write; returns the folder."""
+    d.fold_scales()
+    if d.cfg.kind in ("sae", "transcoder"):
+        return save_saelens(d, folder, density=density, meta=meta, extra=extra)
+    folder = Path(folder)
+    with atomic_path(folder, directory=True) as tmp:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in d.state_dict().items()}
+        save_file(tensors, str(tmp / LLMRI_WEIGHTS))
+        write_json(tmp / CFG, {"architecture": d.cfg.kind, "llmri": d.cfg.to_dict(), "metadata": meta or {}})
+        _write_extra(tmp, density, extra)
+    return folder
+
+
+def _write_extra(tmp: Path, density: Tensor | None, extra: dict[str, dict] | None) -> None:
+    if density is not None:
+        save_file({"sparsity": (density.float().cpu() + 1e-10).log10()}, str(tmp / SPARSITY))
+    for name, content in (extra or {}).items():
+        write_json(tmp / name, content)
+
+
+def _saelens_arch(cfg: DictConfig) -> str:
+    if cfg.kind == "sae":
+        return {"topk": "topk", "relu": "standard"}.get(cfg.arch, "jumprelu")
+    base = "skip_transcoder" if cfg.skip else "transcoder"
+    return {"relu": base, "topk": "topk_" + base}.get(cfg.arch, "jumprelu_" + base)
+
+
+def save_saelens(d: SparseCoder, folder: str | Path, *, density: Tensor | None = None, meta: dict | None = None,
+                 extra: dict[str, dict] | None = None) -> Path:
+    cfg = d.cfg
+    if float(d.in_scale.prod()) != 1.0 or float(d.out_scale.prod()) != 1.0:
+        d.fold_scales()
+    arch = _saelens_arch(cfg)
+    weights = {"W_enc": d.W_enc.detach().t(), "b_enc": d.b_enc.detach(), "W_dec": d.W_dec.detach(), "b_dec": d.b_dec.detach()}
+    th = d.thresholds()
+    if cfg.arch != "topk" and cfg.arch != "relu":
+        weights["threshold"] = th.detach()
+    if d.W_skip is not None:
+        weights["W_skip"] = d.W_skip.detach()
+    out = {
+        "d_in": cfg.d_in,
+        "d_sae": cfg.n_latents,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "architecture": arch,
+        "metadata": {
+            "sae_lens_version": SAELENS_VERSION,
+            "sae_lens_training_version": SAELENS_VERSION,
+            "model_name": cfg.model_name,
+            "hook_name": tl_name(cfg.in_points[0]),
+            "hook_head_index": None,
+            **({"hook_name_out": tl_name(cfg.out_points[0])} if cfg.kind == "transcoder" else {}),
+            "prepend_bos": True,
+            "exclude_special_tokens": True,
+            "seqpos_slice": [1, None],
+            "model_from_pretrained_kwargs": {},
+            "training_architecture": cfg.arch,
+            **(meta or {}),
+            "llmri": cfg.to_dict(),
+        },
+    }
+    if cfg.kind == "transcoder":
+        out["d_out"] = cfg.d_out
+    if cfg.arch == "topk":
+        out["k"] = cfg.k
+        out["rescale_acts_by_decoder_norm"] = False
+    folder = Path(folder)
+    with atomic_path(folder, directory=True) as tmp:
+        save_file({k: v.contiguous().float().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS))
+        write_json(tmp / CFG, out)
+        _write_extra(tmp, density, extra)
+    return folder
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(folder: str | Path, device: str | torch.device = "cpu") -> Dictionary:
+    """Load an llmri/SAELens folder, a sparsify hookpoint folder, or a circuit-tracer export."""
+    folder = Path(folder)
+    if (folder / "config.yaml").exists():
+        return load_circuit_tracer(folder, device=device)
+    if not (folder / CFG).exists():
+        raise DictionaryError(f"no dictionary at {folder} (cfg.json missing)",
+                              "point at a folder written by `llmri train`, SAELens or sparsify")
+    cfg = json.loads((folder / CFG).read_text())
+    if (folder / "sae.safetensors").exists():
+        return load_sparsify(folder, device=device)
+    if cfg.get("architecture") in ("crosscoder", "clt"):
+        dc = DictConfig.from_dict(cfg["llmri"])
+        cls = CrossLayerTranscoder if dc.kind == "clt" else SparseCoder
+        d = cls(dc, device=device)
+        d.load_state_dict(load_file(str(folder / LLMRI_WEIGHTS), device=str(device)))
+        return d.eval()
+    return load_saelens(folder, device=device)
+
+
+def load_saelens(folder: str | Path, device: str | torch.device = "cpu") -> SparseCoder:
+    folder = Path(folder)
+    cfg = json.loads((folder / CFG).read_text())
+    meta = cfg.get("metadata", {})
+    arch = cfg.get("architecture", "standard")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", "expected_average_only_in", None, False):
+        raise DictionaryError(f"{folder} uses normalize_activations='{norm}' (per-token normalisation)",
+                              "llmri reads SAEs whose normalisation is folded into the weights")
+    kinds = {"standard": ("sae", "relu"), "topk": ("sae", "topk"), "jumprelu": ("sae", "jumprelu"),
+             "transcoder": ("transcoder", "relu"), "skip_transcoder": ("transcoder", "relu"),
+             "jumprelu_transcoder": ("transcoder", "jumprelu"), "jumprelu_skip_transcoder": ("transcoder", "jumprelu"),
+             "topk_transcoder": ("transcoder", "topk"), "topk_skip_transcoder": ("transcoder", "topk")}
+    if arch not in kinds:
+        raise DictionaryError(f"SAELens architecture '{arch}' in {folder} is not supported",
+                              f"llmri reads {', '.join(kinds)}")
+    kind, act = kinds[arch]
+    w = load_file(str(folder / WEIGHTS), device=str(device))
+    hook_in = meta.get("hook_name") or cfg.get("hook_name")
+    hook_out = meta.get("hook_name_out") or cfg.get("hook_name_out") or hook_in
+    d_in, n = cfg["d_in"], cfg["d_sae"]
+    known = (meta.get("llmri") or {})
+    dc = DictConfig(kind=kind, arch=act, in_points=[from_tl(hook_in)], out_points=[from_tl(hook_out)], d_in=d_in,
+                    d_out=cfg.get("d_out", d_in), n_latents=n, k=int(cfg.get("k", 0) or known.get("k", 32)),
+                    skip="W_skip" in w, model_name=meta.get("model_name", ""),
+                    **{k: v for k, v in known.items() if k in ("sparsity", "sparsity_coeff", "tanh_c", "jumprelu_bandwidth")})
+    if kind == "sae" and not cfg.get("apply_b_dec_to_input", True):
+        raise DictionaryError(f"{folder} has apply_b_dec_to_input=false for an SAE", "llmri SAEs subtract b_dec")
+    d = SparseCoder(dc, device=device)
+    W_enc, b_enc, W_dec = w["W_enc"].t(), w["b_enc"], w["W_dec"]
+    if cfg.get("rescale_acts_by_decoder_norm"):  # fold: h·‖W_dec‖ then f/‖W_dec‖ at decode
+        norms = W_dec.norm(dim=1)
+        W_enc, b_enc, W_dec = W_enc * norms[:, None], b_enc * norms, W_dec / norms[:, None]
+    with torch.no_grad():
+        d.W_enc.copy_(W_enc)
+        d.b_enc.copy_(b_enc)
+        d.W_dec.copy_(W_dec)
+        d.b_dec.copy_(w["b_dec"])
+        if d.W_skip is not None:
+            d.W_skip.copy_(w["W_skip"])
+        if act == "jumprelu":
+            d.log_threshold.copy_(w["threshold"].clamp_min(0).log())
+    return d.eval()
+
+
+def load_sparsify(folder: str | Path, device: str | torch.device = "cpu") -> SparseCoder:
+    """A sparsify hookpoint folder; the hookpoint is the folder name (``layers.5`` → resid_post.5, with
+    ``transcode`` ``layers.5.mlp`` → mlp_in.5 → mlp_out.5)."""
+    folder = Path(folder)
+    cfg = json.loads((folder / CFG).read_text())
+    if cfg.get("activation", "topk") != "topk" or cfg.get("signed"):
+        raise DictionaryError(f"sparsify activation '{cfg.get('activation')}' in {folder} is not supported",
+                              "llmri reads sparsify TopK coders")
+    w = load_file(str(folder / "sae.safetensors"), device=str(device))
+    n, d_in = w["encoder.weight"].shape
+    hook = folder.name
+    m = re.fullmatch(r"(?:.*\.)?(?:layers|h)\.(\d+)(\.mlp)?", hook)
+    if not m:
+        raise DictionaryError(f"cannot tell the hook point of sparsify folder '{hook}'",
+                              "rename the folder to its hookpoint, e.g. layers.5 or layers.5.mlp")
+    layer, mlp = m.group(1), bool(m.group(2))
+    if cfg.get("transcode"):
+        kind, ins, outs = "transcoder", [f"mlp_in.{layer}"], [f"mlp_out.{layer}"]
+    else:
+        kind, ins = "sae", [f"mlp_out.{layer}" if mlp else f"resid_post.{layer}"]
+        outs = ins
+    dc = DictConfig(kind=kind, arch="topk", in_points=ins, out_points=outs, d_in=d_in, n_latents=n,
+                    k=int(cfg.get("k", 32)), skip="W_skip" in w)
+    d = SparseCoder(dc, device=device)
+    with torch.no_grad():
+        d.W_enc.copy_(w["encoder.weight"])
+        d.b_enc.copy_(w["encoder.bias"])
+        d.W_dec.copy_(w["W_dec"])
+        d.b_dec.copy_(w["b_dec"])
+        if d.W_skip is not None:
+            d.W_skip.copy_(w["W_skip"])
+    return d.eval()
+
+
+# ---------------------------------------------------------------- circuit-tracer
+
+
+def export_circuit_tracer(dicts: list[SparseCoder] | CrossLayerTranscoder, folder: str | Path, *,
+                          model_name: str = "", n_layers: int | None = None) -> Path:
+    """Write a per-layer transcoder set (one transcoder per layer, in layer order) or a CLT in
+    circuit-tracer's format. Hooks: ``ln2.hook_normalized`` → ``hook_mlp_out`` (our mlp_in → mlp_out)."""
+    folder = Path(folder)
+    clt = isinstance(dicts, CrossLayerTranscoder)
+    items = [dicts] if clt else list(dicts)
+    for d in items:
+        d.fold_scales()
+        if d.cfg.kind not in ("transcoder", "clt"):
+            raise DictionaryError(f"circuit-tracer export needs transcoders or a CLT, not a {d.cfg.kind}",
+                                  "train with --kind transcoder or --kind clt")
+    arch = items[0].cfg.arch
+    yaml = [f"model_name: {json.dumps(model_name or items[0].cfg.model_name)}",
+            f"model_kind: {'cross_layer_transcoder' if clt else 'transcoder_set'}",
+            "feature_input_hook: ln2.hook_normalized", "feature_output_hook: hook_mlp_out",
+            f"activation: {'topk' if arch == 'topk' else 'relu'}"]
+    if arch == "topk":
+        yaml.append(f"k: {items[0].cfg.k}")
+    with atomic_path(folder, directory=True) as tmp:
+        if clt:
+            d = dicts
+            for i in range(d.n_layers):
+                enc = {f"W_enc_{i}": d.W_enc[i], f"b_enc_{i}": d.b_enc[i], f"b_dec_{i}": d.b_dec[i]}
+                th = d.thresholds(i)
+                if th is not None and arch != "relu":
+                    enc[f"threshold_{i}"] = th
+                save_file({k: v.detach().float().contiguous().cpu() for k, v in enc.items()}, str(tmp / f"W_enc_{i}.safetensors"))
+                save_file({f"W_dec_{i}": d.W_dec[i].detach().float().contiguous().cpu()}, str(tmp / f"W_dec_{i}.safetensors"))
+        else:
+            layers = [int(d.cfg.in_points[0].split(".")[1]) for d in items]
+            if layers != list(range(len(layers))) or (n_layers and len(layers) != n_layers):
+                raise DictionaryError(f"a transcoder set needs one transcoder for every layer 0..L-1, got layers {layers}",
+                                      "train transcoders with --layers all")
+            for i, d in enumerate(items):
+                t = {"W_enc": d.W_enc, "W_dec": d.W_dec, "b_enc": d.b_enc, "b_dec": d.b_dec}
+                th = d.thresholds()
+                if th is not None and arch != "relu":
+                    t["activation_function.threshold"] = th
+                if d.W_skip is not None:
+                    t["W_skip"] = d.W_skip
+                tensors = {k: v.detach().float().contiguous().cpu() for k, v in t.items()}
+                if arch == "topk":
+                    tensors["k"] = torch.tensor(d.cfg.k)
+                save_file(tensors, str(tmp / f"layer_{i}.safetensors"))
+        (tmp / "config.yaml").write_text("\n".join(yaml) + "\n")
+    return folder
+
+
+def _read_yaml(path: Path) -> dict:
+    """The flat ``key: value`` YAML circuit-tracer configs use (values parsed as JSON where possible)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if ":" in line and not line.startswith((" ", "-", "#")):
+            key, _, value = line.partition(":")
+            value = value.strip()
+            try:
+                out[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key.strip()] = value
+    return out
+
+
+def load_circuit_tracer(folder: str | Path, device: str | torch.device = "cpu"):
+    """Read a circuit-tracer transcoder set (→ list of transcoders) or CLT (→ CrossLayerTranscoder)."""
+    folder = Path(folder)
+    cfg = _read_yaml(folder / "config.yaml")
+    act = cfg.get("activation", "relu")
+    if cfg.get("model_kind") == "cross_layer_transcoder":
+        L = len(list(folder.glob("W_enc_*.safetensors")))
+        enc = [load_file(str(folder / f"W_enc_{i}.safetensors"), device=str(device)) for i in range(L)]
+        dec = [load_file(str(folder / f"W_dec_{i}.safetensors"), device=str(device))[f"W_dec_{i}"] for i in range(L)]
+        n, d_model = enc[0]["W_enc_0"].shape
+        has_th = "threshold_0" in enc[0]
+        arch = "topk" if act == "topk" else ("jumprelu" if has_th else "relu")
+        dc = DictConfig(kind="clt", arch=arch, in_points=[f"mlp_in.{i}" for i in range(L)],
+                        out_points=[f"mlp_out.{i}" for i in range(L)], d_in=d_model, n_latents=n,
+                        k=int(cfg.get("k", 32)), model_name=str(cfg.get("model_name", "")))
+        d = CrossLayerTranscoder(dc, device=device)
+        with torch.no_grad():
+            for i in range(L):
+                d.W_enc[i].copy_(enc[i][f"W_enc_{i}"])
+                d.b_enc[i].copy_(enc[i][f"b_enc_{i}"])
+                d.b_dec[i].copy_(enc[i][f"b_dec_{i}"])
+                d.W_dec[i].copy_(dec[i])
+                if arch == "jumprelu":
+                    d.log_threshold[i].copy_(enc[i][f"threshold_{i}"].clamp_min(0).log())
+        return d.eval()
+    files = sorted(folder.glob("layer_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
+    out = []
+    for f in files:
+        t = load_file(str(f), device=str(device))
+        i = int(f.stem.split("_")[1])
+        n, d_model = t["W_enc"].shape
+        arch = "topk" if "k" in t or act == "topk" else ("jumprelu" if "activation_function.threshold" in t else "relu")
+        dc = DictConfig(kind="transcoder", arch=arch, in_points=[f"mlp_in.{i}"], out_points=[f"mlp_out.{i}"],
+                        d_in=d_model, n_latents=n, k=int(t["k"]) if "k" in t else int(cfg.get("k", 32)),
+                        skip="W_skip" in t, model_name=str(cfg.get("model_name", "")))
+        d = SparseCoder(dc, device=device)
+        with torch.no_grad():
+            d.W_enc.copy_(t["W_enc"])
+            d.b_enc.copy_(t["b_enc"])
+            d.W_dec.copy_(t["W_dec"])
+            d.b_dec.copy_(t["b_dec"])
+            if d.W_skip is not None:
+                d.W_skip.copy_(t["W_skip"])
+            if arch == "jumprelu":
+                d.log_threshold.copy_(t["activation_function.threshold"].clamp_min(0).log())
+        out.append(d.eval())
+    return out
+
+
+def describe(d: Dictionary) -> str:
+    c = d.cfg
+    return f"{c.kind} {c.arch} {'+'.join(c.in_points[:2])}{'…' if len(c.in_points) > 2 else ''} n={c.n_latents}" + (
+        f" k={c.k}" if c.arch in ("topk", "batchtopk") else "")
+

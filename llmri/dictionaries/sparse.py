@@ -1,0 +1,257 @@
+"""Row-sparse latent activations and the kernels that make TopK-style training cheap on any device.
+
+A TopK step needs one dense matmul, the encoder forward. Everything after the selection touches only the
+k selected latents per token, so:
+
+* decoding is an ``embedding_bag`` (gather-and-sum of k decoder rows per token),
+* the decoder and encoder weight gradients are sparse-times-dense products ``Sᵀ·X`` with S the [tokens ×
+  latents] selection pattern (one CSR matrix, built once per step, reused for both),
+* the gradient of the selected values is a per-entry dot product (``embedding_bag``'s own backward).
+
+The big pre-activation matrix is written into a reused buffer (fresh 75 MB tensors cost page faults on
+CPU) and never kept for backward.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class Sparse(NamedTuple):
+    """Latent activations of ``n_rows`` tokens over ``n_latents`` latents, stored by row.
+
+    Entries of row ``r`` are ``idx[offsets[r]:offsets[r+1]]`` (``offsets`` has ``n_rows`` entries, as
+    ``embedding_bag`` wants); ``rows[j]`` is the row of entry ``j``.
+    """
+
+    vals: Tensor
+    idx: Tensor
+    rows: Tensor
+    offsets: Tensor
+    n_rows: int
+    n_latents: int
+
+    def dense(self) -> Tensor:
+        out = torch.zeros(self.n_rows, self.n_latents, dtype=self.vals.dtype, device=self.vals.device)
+        out[self.rows, self.idx] = self.vals
+        return out
+
+    def l0(self) -> Tensor:
+        """Number of nonzero entries per row."""
+        counts = torch.zeros(self.n_rows, dtype=torch.long, device=self.idx.device)
+        return counts.index_add_(0, self.rows, (self.vals != 0).long())
+
+    def with_vals(self, vals: Tensor) -> Sparse:
+        return self._replace(vals=vals)
+
+
+def from_topk(vals: Tensor, idx: Tensor, n_latents: int) -> Sparse:
+    """Sparse view of per-row top-k results ([rows, k] each)."""
+    n, k = idx.shape
+    rows = torch.arange(n, device=idx.device).repeat_interleave(k)
+    offsets = torch.arange(0, n * k, k, device=idx.device)
+    return Sparse(vals.reshape(-1), idx.reshape(-1), rows, offsets, n, n_latents)
+
+
+def from_mask(values: Tensor, mask: Tensor) -> Sparse:
+    """Sparse view of the entries of ``values`` [rows, n] where ``mask`` is True (row-major order)."""
+    rows, idx = mask.nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=values.shape[0])
+    offsets = torch.cumsum(counts, 0) - counts
+    return Sparse(values[rows, idx], idx, rows, offsets, values.shape[0], values.shape[1])
+
+
+def from_dense(dense: Tensor) -> Sparse:
+    return from_mask(dense, dense != 0)
+
+
+def cat(parts: list[Sparse]) -> Sparse:
+    """Merge sparse matrices of the same shape row by row (entries are summed where they coincide, e.g. the
+    gradients of the main and the aux-k selections)."""
+    rows = torch.cat([p.rows for p in parts])
+    order = torch.argsort(rows, stable=True)
+    rows = rows[order]
+    counts = torch.bincount(rows, minlength=parts[0].n_rows)
+    return Sparse(torch.cat([p.vals for p in parts])[order], torch.cat([p.idx for p in parts])[order], rows,
+                  torch.cumsum(counts, 0) - counts, parts[0].n_rows, parts[0].n_latents)
+
+
+# ---------------------------------------------------------------- Sᵀ·X
+
+
+def transpose_matmul(s: Sparse, weights: Tensor, x: Tensor) -> Tensor:
+    """``Sᵀ @ x`` where S[rows[j], idx[j]] = weights[j]: a [n_latents, d] result (sparse weight gradients)."""
+    if s.idx.numel() == 0:
+        return torch.zeros(s.n_latents, x.shape[1], dtype=x.dtype, device=x.device)
+    order = torch.argsort(s.idx)
+    counts = torch.bincount(s.idx, minlength=s.n_latents)
+    crow = torch.zeros(s.n_latents + 1, dtype=torch.long, device=x.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    w = weights[order].to(x.dtype)
+    if x.device.type == "cpu":
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore")
+            mat = torch.sparse_csr_tensor(crow, s.rows[order], w, (s.n_latents, s.n_rows), check_invariants=False)
+        return mat @ x
+    # GPU: scatter-add of the weighted rows (no CSR build; atomic adds are fast there)
+    out = torch.zeros(s.n_latents, x.shape[1], dtype=x.dtype, device=x.device)
+    return out.index_add_(0, s.idx, x[s.rows] * weights.to(x.dtype)[:, None])
+
+
+# ---------------------------------------------------------------- encoder with selection
+
+
+_BUFFERS: dict[tuple, Tensor] = {}
+
+
+def _buffer(shape: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    key = (shape, dtype, device)
+    buf = _BUFFERS.get(key)
+    if buf is None:
+        _BUFFERS.clear()  # one live shape at a time is enough (a training run)
+        buf = _BUFFERS[key] = torch.empty(shape, dtype=dtype, device=device)
+    return buf
+
+
+Selector = Callable[[Tensor], Sparse]
+
+
+class _EncodeSelect(torch.autograd.Function):
+    """pre = x Wᵀ + b (into a reused buffer), then each selector picks entries; backward is sparse."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W: Tensor, b: Tensor, selectors: tuple[Selector, ...], *_):
+        pre = _buffer((x.shape[0], W.shape[0]), x.dtype, x.device)
+        torch.addmm(b.to(x.dtype), x, W.t().to(x.dtype), out=pre)
+        picks = [sel(pre) for sel in selectors]
+        ctx.picks = [p._replace(vals=p.vals > 0) for p in picks]  # ReLU'd entries get no gradient
+        ctx.save_for_backward(x, W)
+        outs = []
+        for p in picks:
+            outs += [p.vals, p.idx, p.rows, p.offsets]
+        ctx.mark_non_differentiable(*[t for i, t in enumerate(outs) if i % 4])
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, W = ctx.saved_tensors
+        g_vals = [(g * p.vals) if g is not None else torch.zeros(p.idx.shape, dtype=x.dtype, device=x.device)
+                  for g, p in zip(grads[0::4], ctx.picks)]
+        s = cat([p._replace(vals=g) for p, g in zip(ctx.picks, g_vals)]) if len(ctx.picks) > 1 else ctx.picks[0]._replace(vals=g_vals[0])
+        g = s.vals.to(x.dtype)
+        grad_x = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(s.idx, W.to(x.dtype), s.offsets, per_sample_weights=g, mode="sum")
+        if ctx.needs_input_grad[1]:
+            grad_W = transpose_matmul(s, g, x).to(W.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device).index_add_(0, s.idx, g.to(W.dtype))
+        return grad_x, grad_W, grad_b, None
+
+
+def encode_select(x: Tensor, W: Tensor, b: Tensor, selectors: list[Selector]) -> list[Sparse]:
+    """Select entries of ``x @ W.T + b`` [rows, n_latents] with each selector, differentiably in the
+    selected values only (gradients to x, W, b are computed sparsely)."""
+    out = _EncodeSelect.apply(x, W, b, tuple(selectors))
+    return [Sparse(out[i], out[i + 1], out[i + 2], out[i + 3], x.shape[0], W.shape[0]) for i in range(0, len(out), 4)]
+
+
+# ---------------------------------------------------------------- decoder
+
+
+class _SparseDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, vals: Tensor, W: Tensor, idx: Tensor, rows: Tensor, offsets: Tensor, n_rows: int):
+        ctx.save_for_backward(vals, W, idx, rows, offsets)
+        ctx.n_rows = n_rows
+        return F.embedding_bag(idx, W.to(vals.dtype), offsets, per_sample_weights=vals, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        vals, W, idx, rows, offsets = ctx.saved_tensors
+        grad_vals = grad_W = None
+        if ctx.needs_input_grad[0]:
+            with torch.enable_grad():
+                v = vals.detach().requires_grad_(True)
+                out = F.embedding_bag(idx, W.detach().to(vals.dtype), offsets, per_sample_weights=v, mode="sum")
+                (grad_vals,) = torch.autograd.grad(out, v, grad_out)
+        if ctx.needs_input_grad[1]:
+            s = Sparse(vals, idx, rows, offsets, ctx.n_rows, W.shape[0])
+            grad_W = transpose_matmul(s, vals, grad_out.to(vals.dtype)).to(W.dtype)
+        return grad_vals, grad_W, None, None, None, None
+
+
+def decode(s: Sparse, W: Tensor) -> Tensor:
+    """``S @ W`` ([rows, n] sparse times [n, d] dense), differentiable in the values and in W."""
+    if s.idx.numel() == 0:
+        return torch.zeros(s.n_rows, W.shape[1], dtype=W.dtype, device=W.device) + 0 * W.sum()
+    return _SparseDecode.apply(s.vals, W, s.idx, s.rows, s.offsets, s.n_rows)
+
+
+# ---------------------------------------------------------------- selections
+
+
+def topk_selector(k: int) -> Selector:
+    """Per-row top-k, then ReLU (entries that would be negative become zeros but stay selected)."""
+
+    def select(pre: Tensor) -> Sparse:
+        vals, idx = pre.topk(k, dim=1, sorted=False)
+        return from_topk(vals.relu_(), idx, pre.shape[1])
+
+    return select
+
+
+def batch_topk_selector(k: int, candidates: int = 4) -> Selector:
+    """The ``rows·k`` largest positive entries of the whole batch (BatchTopK, Bussmann et al. 2024).
+
+    Exact: each row's top ``candidates·k`` are examined; if some row could hold more selected entries than
+    that, the full matrix is used instead.
+    """
+
+    def select(pre: Tensor) -> Sparse:
+        rows, n = pre.shape
+        kc = min(n, candidates * k)
+        cv, ci = pre.topk(kc, dim=1, sorted=True)
+        total = rows * k
+        flat = cv.reshape(-1)
+        thr = flat.topk(min(total, flat.numel()), sorted=False).values.min()
+        if kc < n and bool((cv[:, -1] >= thr).any()):  # a row might have more than kc winners
+            full = pre.reshape(-1)
+            thr = full.topk(total, sorted=False).values.min()
+            return from_mask(pre, (pre >= thr) & (pre > 0))
+        keep = (cv >= thr) & (cv > 0)
+        r, j = keep.nonzero(as_tuple=True)
+        counts = torch.bincount(r, minlength=rows)
+        return Sparse(cv[r, j], ci[r, j], r, torch.cumsum(counts, 0) - counts, rows, n)
+
+    return select
+
+
+def threshold_selector(threshold: Tensor) -> Selector:
+    """JumpReLU inference: entries with pre > threshold (per latent)."""
+
+    def select(pre: Tensor) -> Sparse:
+        return from_mask(pre, pre > threshold.to(pre.dtype))
+
+    return select
+
+
+def aux_selector(k_aux: int, dead: Tensor, rows: int | None = None) -> Selector:
+    """Per-row top-``k_aux`` among the ``dead`` latents (indices) — the aux-k loss's selection — on the first
+    ``rows`` rows only (the other rows get no entries)."""
+
+    def select(pre: Tensor) -> Sparse:
+        n_rows = pre.shape[0] if rows is None else min(rows, pre.shape[0])
+        sub = pre[:n_rows].index_select(1, dead)
+        vals, j = sub.topk(min(k_aux, dead.numel()), dim=1, sorted=False)
+        s = from_topk(vals.relu_(), dead[j], pre.shape[1])
+        return s._replace(offsets=torch.cat([s.offsets, s.offsets.new_full((pre.shape[0] - n_rows,), s.idx.numel())]),
+                          n_rows=pre.shape[0])
+
+    return select
