@@ -71,6 +71,8 @@ def scan(
     stats_tokens: str = typer.Option("32k", help="tokens for per-layer statistics"),
     passages: int = typer.Option(4, help="corpus passages shown as layer × token heatmaps"),
     chat_prompt: str = typer.Option("Explain in two sentences why the sky is blue.", help="chat prompt shown"),
+    sae_layers: str = typer.Option("auto", help="layers that get a quick SAE ('auto': five over depth; '' skips)"),
+    sae_tokens: str = typer.Option("64k", help="training tokens of those SAEs"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -79,7 +81,8 @@ def scan(
     from .scan import scan as run_scan
 
     run_scan(ScanConfig(model=model, corpus=corpus, out=str(out), stats_tokens=parse_count(stats_tokens),
-                        passages=passages, chat_prompt=chat_prompt, dtype=dtype, device=device))
+                        passages=passages, chat_prompt=chat_prompt, sae_layers=sae_layers,
+                        sae_tokens=parse_count(sae_tokens), dtype=dtype, device=device))
 
 
 @command

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +44,14 @@ def _env() -> jinja2.Environment:
 
 
 def render(title: str, sections: Sequence[Section], out_dir: str | Path, *, footer: str = "",
-           extra: dict | None = None) -> Path:
-    """Write ``out_dir/index.html`` and ``out_dir/scan.json`` atomically (the folder is replaced whole)."""
+           extra: dict | None = None, artefacts: Path | None = None) -> Path:
+    """Write ``out_dir/index.html`` and ``out_dir/scan.json`` atomically (the folder is replaced whole),
+    together with everything sections left in the ``artefacts`` staging folder (e.g. trained SAEs)."""
     html = _env().get_template("report.html.j2").render(title=title, sections=sections, footer=footer)
     out_dir = Path(out_dir)
     with atomic_path(out_dir, directory=True) as tmp:
+        for entry in sorted(artefacts.iterdir()) if artefacts is not None else []:
+            shutil.move(str(entry), tmp / entry.name)
         (tmp / "index.html").write_text(html)
         write_json(tmp / "scan.json", {"title": title, **(extra or {}), "sections": {s.id: s.data for s in sections}})
     return out_dir / "index.html"

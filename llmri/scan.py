@@ -7,6 +7,7 @@ and returns a :class:`~llmri.report.Section`).
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,18 @@ class ScanConfig:
     """Model device (cpu, cuda, auto)."""
     exclusion: data.Exclusion = field(default_factory=data.Exclusion)
     """Tokens left out of the statistics (position 0, special tokens, norm outliers)."""
+    sae_layers: str = "auto"
+    """Layers that get a quick TopK SAE on resid_post ("auto": five spread over depth; "" skips)."""
+    sae_tokens: int = 65_536
+    """Training tokens of those SAEs (all trained together from one model pass)."""
+    sae_expansion: float = 4.0
+    """Their width as a multiple of d_model."""
+    sae_k: int = 32
+    """Their k."""
+    sae_eval_tokens: int = 8_192
+    """Held-out tokens for their NMSE / L0 / dead %."""
+    sae_ce_tokens: int = 2_048
+    """Held-out tokens for their CE loss recovered."""
 
 
 @dataclass
@@ -59,6 +72,8 @@ class ScanContext:
     config: ScanConfig
     model: Model
     docs: list[data.Document]
+    artefacts: Path
+    """Staging folder: files a section puts here end up in the report folder."""
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -68,17 +83,22 @@ def scan(config: ScanConfig | None = None, *, model: Model | None = None) -> Pat
     start = time.perf_counter()
     model = model or load_model(config.model, dtype=config.dtype, device=config.device)
     docs = data.load_corpus(config.corpus)
-    ctx = ScanContext(config, model, docs)
-    sections = []
-    for builder in SECTIONS:
-        t0 = time.perf_counter()
-        sections.append(builder(ctx))
-        ctx.timings[builder.__name__] = round(time.perf_counter() - t0, 2)
-    wall = time.perf_counter() - start
-    footer = (f"llmri scan · model {model.name} · corpus {config.corpus} · {wall:.0f} s on "
-              f"{torch.get_num_threads()} thread(s), {model.device}")
-    path = report.render(f"llmri MRI — {model.name}", sections, config.out, footer=footer,
-                         extra={"config": asdict(config), "wall_seconds": round(wall, 1), "timings": ctx.timings})
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.artefacts-", dir=out.parent) as staging:
+        ctx = ScanContext(config, model, docs, Path(staging))
+        sections = []
+        for builder in SECTIONS:
+            t0 = time.perf_counter()
+            section = builder(ctx)
+            if section is not None:
+                sections.append(section)
+            ctx.timings[builder.__name__] = round(time.perf_counter() - t0, 2)
+        wall = time.perf_counter() - start
+        footer = (f"llmri scan · model {model.name} · corpus {config.corpus} · {wall:.0f} s on "
+                  f"{torch.get_num_threads()} thread(s), {model.device}")
+        path = report.render(f"llmri MRI — {model.name}", sections, config.out, footer=footer, artefacts=Path(staging),
+                             extra={"config": asdict(config), "wall_seconds": round(wall, 1), "timings": ctx.timings})
     say(f"llmri: report written to {path} ({wall:.0f} s)")
     return path
 
@@ -227,4 +247,12 @@ def depth_section(ctx: ScanContext) -> Section:
     return report.Section("depth", "Across depth", html, summary)
 
 
-SECTIONS: list[Callable[[ScanContext], Section]] = [model_card_section, layer_token_section, depth_section]
+def dictionaries_section(ctx: ScanContext) -> Section | None:
+    from .dictionaries.scan_section import section
+
+    return section(ctx)
+
+
+SECTIONS: list[Callable[[ScanContext], Section | None]] = [
+    model_card_section, layer_token_section, depth_section, dictionaries_section,
+]

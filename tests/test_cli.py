@@ -114,9 +114,11 @@ def test_cache_then_scan_end_to_end(tiny_dir, text_corpus, tmp_path):
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "s" / "meta.json").read_text())
     assert meta["complete"] and meta["points"] == ["resid_post.0", "resid_post.1", "resid_post.2"]
-    r = run("scan", "--model", tiny_dir(), "--corpus", text_corpus, "--out", tmp_path / "rep", "--stats-tokens", "512")
+    r = run("scan", "--model", tiny_dir(), "--corpus", text_corpus, "--out", tmp_path / "rep", "--stats-tokens", "512",
+            "--sae-tokens", "100k")  # more than this corpus holds: the section says so, the scan succeeds
     assert r.exit_code == 0, r.output
     assert (tmp_path / "rep" / "index.html").exists()
+    assert "No SAEs were trained" in (tmp_path / "rep" / "index.html").read_text()
 
 
 def test_parse_count():

@@ -19,7 +19,7 @@ def test_report_is_offline_escaped_and_correct(tiny, text_corpus, tmp_path):
     (text_corpus / f"{HOSTILE}.txt").write_text("the war of the nation " * 40)
     cfg = ScanConfig(model="unused", corpus=str(text_corpus), out=str(tmp_path / "rep"), passages=3,
                      passage_tokens=12, chat_prompt="<script>alert('x')</script> peace?", stats_tokens=256,
-                     context=32, batch_size=4, exclusion=data.Exclusion(outlier_factor=None))
+                     context=32, batch_size=4, exclusion=data.Exclusion(outlier_factor=None), sae_layers="")
     index = scan(cfg, model=model)
     html = index.read_text()
     # self-contained and offline: no scripts at all, nothing fetched from anywhere
@@ -58,3 +58,32 @@ def test_running_stats_top_dims_find_a_planted_outlier_dimension():
     assert r.top_dims[0][0] == 7 and r.top_dims[0][1] > 20
     assert r.kurtosis > 10  # one coordinate dominates every token
     np.testing.assert_allclose(r.mean_norm, x.norm(dim=-1).mean().item(), rtol=1e-5)
+
+
+def test_dictionaries_section_trains_evaluates_and_saves_saes(tiny, tmp_path):
+    import random
+
+    from tiny import WORDS
+
+    from llmri.dictionaries import EvalConfig, evaluate, load
+
+    model = tiny("llama")
+    rng = random.Random(0)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(200):
+        (corpus / f"d{i:03d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(300)))
+    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), passages=1, stats_tokens=128,
+                     context=32, batch_size=8, sae_layers="0,2", sae_tokens=8192, sae_expansion=2,
+                     sae_eval_tokens=2048, sae_ce_tokens=256)
+    scan(cfg, model=model)
+    summary = json.loads((tmp_path / "rep" / "scan.json").read_text())["sections"]["dictionaries"]
+    assert set(summary) >= {"resid_post.0", "resid_post.2"}
+    sae = load(tmp_path / "rep" / "saes" / "resid_post.2")
+    assert sae.cfg.n_latents == 128 and (tmp_path / "rep" / "saes" / "resid_post.2" / "sparsity.safetensors").exists()
+    again = evaluate(model, sae, data.load_corpus(str(corpus)),
+                     EvalConfig(tokens=2048, ce_tokens=0, context=32, batch_size=8))
+    np.testing.assert_allclose(again["nmse"], summary["resid_post.2"]["nmse"], rtol=1e-4)
+    assert summary["resid_post.2"]["nmse"] < 1.0 and summary["resid_post.2"]["l0"] == 32
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert 'id="dictionaries"' in html and "CE recovered" in html

@@ -59,50 +59,65 @@ class EvalConfig:
 # ---------------------------------------------------------------- reconstruction metrics
 
 
-@torch.no_grad()
-def reconstruction_metrics(d: Dictionary, batches: Iterator[dict[str, Tensor]], tokens: int,
-                           dense_threshold: float = 0.1) -> dict:
-    """NMSE, explained variance, L0, dead/dense fractions and feature densities over ``tokens`` tokens."""
-    n_lat = d.n_latents
-    counts = torch.zeros(n_lat, dtype=torch.float64)
-    points = d.cfg.out_points
-    sq = {p: 0.0 for p in points}
-    s1: dict[str, Tensor] = {}
-    s2 = {p: 0.0 for p in points}
-    l0_sum, seen = 0, 0
-    for batch in batches:
-        if seen >= tokens:
-            break
+class Reconstruction:
+    """Accumulates NMSE (around the global mean), L0 and latent firing counts batch by batch."""
+
+    def __init__(self, d: Dictionary, dense_threshold: float = 0.1):
+        self.d, self.dense_threshold = d, dense_threshold
+        self.points = d.cfg.out_points
+        self.counts = torch.zeros(d.n_latents, dtype=torch.float64)
+        self.sq = {p: 0.0 for p in self.points}
+        self.s1: dict[str, Tensor] = {}
+        self.s2 = {p: 0.0 for p in self.points}
+        self.l0_sum, self.seen = 0, 0
+
+    @torch.no_grad()
+    def update(self, batch: dict[str, Tensor]) -> None:
+        d = self.d
         x, y = d.inputs(batch), d.targets(batch)
         acts = d.encode(x)
         y_hat = d._decode_all(acts) if isinstance(d, CrossLayerTranscoder) else d.decode(acts, x)
-        for i, p in enumerate(points):
+        for i, p in enumerate(self.points):
             y_p = _point_slice(d, y, i).double()
-            sq[p] += (_point_slice(d, y_hat, i).double() - y_p).pow(2).sum().item()
-            s1[p] = y_p.sum(0) + s1.get(p, 0)
-            s2[p] += y_p.pow(2).sum().item()
+            self.sq[p] += (_point_slice(d, y_hat, i).double() - y_p).pow(2).sum().item()
+            self.s1[p] = y_p.sum(0) + self.s1.get(p, 0)
+            self.s2[p] += y_p.pow(2).sum().item()
         idx = _active_indices(d, acts)
-        counts += torch.bincount(idx.cpu(), minlength=n_lat).double()
-        l0_sum += idx.numel()
-        seen += len(y)
-    var = {p: s2[p] - s1[p].pow(2).sum().item() / seen for p in points}
-    fvu = sum(sq.values()) / sum(var.values())
-    density = counts / max(seen, 1)
-    alive = density[density > 0]
-    hist, edges = torch.histogram(alive.log10().float(), bins=20) if alive.numel() else (torch.zeros(0), torch.zeros(0))
-    return {
-        "tokens": seen,
-        "nmse": fvu,
-        "explained_variance": 1.0 - fvu,
-        "nmse_per_point": {p: sq[p] / var[p] for p in points},
-        "l0": l0_sum / max(seen, 1),
-        "dead_fraction": (density == 0).double().mean().item(),
-        "dense_fraction": (density > dense_threshold).double().mean().item(),
-        "dense_threshold": dense_threshold,
-        "density_histogram": {"log10_density_edges": edges.tolist(), "counts": hist.tolist(),
-                              "dead": int((density == 0).sum())},
-        "density": density,
-    }
+        self.counts += torch.bincount(idx.cpu(), minlength=d.n_latents).double()
+        self.l0_sum += idx.numel()
+        self.seen += len(y)
+
+    def result(self) -> dict:
+        seen = max(self.seen, 1)
+        var = {p: self.s2[p] - self.s1[p].pow(2).sum().item() / seen for p in self.points}
+        fvu = sum(self.sq.values()) / sum(var.values())
+        density = self.counts / seen
+        alive = density[density > 0]
+        hist, edges = torch.histogram(alive.log10().float(), bins=20) if alive.numel() else (torch.zeros(0), torch.zeros(0))
+        return {
+            "tokens": self.seen,
+            "nmse": fvu,
+            "explained_variance": 1.0 - fvu,
+            "nmse_per_point": {p: self.sq[p] / var[p] for p in self.points},
+            "l0": self.l0_sum / seen,
+            "dead_fraction": (density == 0).double().mean().item(),
+            "dense_fraction": (density > self.dense_threshold).double().mean().item(),
+            "dense_threshold": self.dense_threshold,
+            "density_histogram": {"log10_density_edges": edges.tolist(), "counts": hist.tolist(),
+                                  "dead": int((density == 0).sum())},
+            "density": density,
+        }
+
+
+def reconstruction_metrics(d: Dictionary, batches: Iterator[dict[str, Tensor]], tokens: int,
+                           dense_threshold: float = 0.1) -> dict:
+    """NMSE, explained variance, L0, dead/dense fractions and feature densities over ``tokens`` tokens."""
+    acc = Reconstruction(d, dense_threshold)
+    for batch in batches:
+        if acc.seen >= tokens:
+            break
+        acc.update(batch)
+    return acc.result()
 
 
 def _point_slice(d: Dictionary, t: Tensor, i: int) -> Tensor:
@@ -188,71 +203,99 @@ def _clt_decode(d: CrossLayerTranscoder, layer: int, feats: list, x: Tensor) -> 
 
 
 @torch.no_grad()
-def ce_metrics(model, d: Dictionary, windows: Iterator[Tensor], tokens: int, *, batch_size: int = 16,
-               exclusion: data.Exclusion | None = None) -> dict:
-    """Clean, spliced and zero-ablated next-token CE (nats) and KL(clean ‖ spliced) over ``tokens`` tokens."""
+def ce_metrics(model, dicts: Dictionary | list[Dictionary], windows: Iterator[Tensor], tokens: int, *,
+               batch_size: int = 16, exclusion: data.Exclusion | None = None) -> dict | list[dict]:
+    """Clean, spliced and zero-ablated next-token CE (nats) and KL(clean ‖ spliced) over ``tokens`` tokens,
+    for one dictionary or several (the clean pass is shared)."""
+    single = not isinstance(dicts, list)
+    dicts = [dicts] if single else dicts
     exclusion = exclusion or data.Exclusion()
-    sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "kl": 0.0}
-    n = 0
+    sums = [{"clean": 0.0, "spliced": 0.0, "zero": 0.0, "kl": 0.0, "n": 0} for _ in dicts]
+    points = sorted({p for d in dicts for p in d.cfg.in_points})
+    seen = 0
     with bar("splice evaluation", total=tokens, unit="tokens") as b:
         for batch in data.batched(windows, batch_size):
-            if n >= tokens:
+            if seen >= tokens:
                 break
             batch = batch.to(model.device)
-            points = sorted(set(d.cfg.in_points))
             clean_acts = model.capture(batch, points + ["logits"], stop_early=False)
-            keep = data.token_mask(batch, model.special_ids, exclusion)
-            for p in d.cfg.in_points:
-                keep &= ~data.outlier_mask(clean_acts[p], keep, exclusion)
-            clean_logits = clean_acts["logits"].float()
-            clean_in = {p: clean_acts[p] for p in points}
-            with spliced(model, d, keep, clean=clean_in):
-                spl_logits = model.hf(input_ids=batch, use_cache=False).logits.float()
-            with spliced(model, d, keep, zero=True, clean=clean_in):
-                zero_logits = model.hf(input_ids=batch, use_cache=False).logits.float()
-            # predictions made at kept positions, for the next token
-            m = keep[:, :-1]
+            base_keep = data.token_mask(batch, model.special_ids, exclusion)
+            lp_clean = clean_acts["logits"].float()[:, :-1].log_softmax(-1)
             target = batch[:, 1:]
-            for name, logits in (("clean", clean_logits), ("spliced", spl_logits), ("zero", zero_logits)):
-                ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, reduction="none")
-                sums[name] += ce[m].sum().item()
-            lp_clean = clean_logits[:, :-1].log_softmax(-1)
-            lp_spl = spl_logits[:, :-1].log_softmax(-1)
-            kl = (lp_clean.exp() * (lp_clean - lp_spl)).sum(-1)
-            sums["kl"] += kl[m].sum().item()
-            n += int(m.sum())
+            for d, acc in zip(dicts, sums):
+                keep = base_keep.clone()
+                for p in d.cfg.in_points:
+                    keep &= ~data.outlier_mask(clean_acts[p], keep, exclusion)
+                clean_in = {p: clean_acts[p] for p in d.cfg.in_points}
+                m = keep[:, :-1]  # predictions made at kept positions, for the next token
+                for name, zero in (("spliced", False), ("zero", True)):
+                    with spliced(model, d, keep, zero=zero, clean=clean_in):
+                        logits = model.hf(input_ids=batch, use_cache=False).logits.float()
+                    lp = logits[:, :-1].log_softmax(-1)
+                    acc[name] += -lp.gather(-1, target[..., None])[..., 0][m].sum().item()
+                    if not zero:
+                        acc["kl"] += (lp_clean.exp() * (lp_clean - lp)).sum(-1)[m].sum().item()
+                acc["clean"] += -lp_clean.gather(-1, target[..., None])[..., 0][m].sum().item()
+                acc["n"] += int(m.sum())
+            seen += int(base_keep.sum())
             b.advance(batch.numel())
-    ce = {k: v / max(n, 1) for k, v in sums.items()}
-    gap = ce["zero"] - ce["clean"]
-    return {
-        "ce_tokens": n,
-        "ce_clean": ce["clean"],
-        "ce_spliced": ce["spliced"],
-        "ce_zero_ablation": ce["zero"],
-        "ce_loss_recovered": (ce["zero"] - ce["spliced"]) / gap if gap else float("nan"),
-        "kl_clean_spliced": ce["kl"],
-    }
+    out = []
+    for acc in sums:
+        n = max(acc["n"], 1)
+        ce = {k: acc[k] / n for k in ("clean", "spliced", "zero", "kl")}
+        gap = ce["zero"] - ce["clean"]
+        out.append({
+            "ce_tokens": acc["n"],
+            "ce_clean": ce["clean"],
+            "ce_spliced": ce["spliced"],
+            "ce_zero_ablation": ce["zero"],
+            "ce_loss_recovered": (ce["zero"] - ce["spliced"]) / gap if gap else float("nan"),
+            "kl_clean_spliced": ce["kl"],
+        })
+    return out[0] if single else out
 
 
-def evaluate(model, d: Dictionary, docs: list[data.Document], cfg: EvalConfig | None = None,
-             store_batches: Iterator[dict[str, Tensor]] | None = None) -> dict:
-    """Every metric of the module docstring; reconstruction batches come from ``store_batches`` if given,
-    else from the model over the ``cfg.split`` split of ``docs``."""
+def evaluate_many(model, dicts: list[Dictionary], docs: list[data.Document], cfg: EvalConfig | None = None,
+                  batches: Iterator[dict[str, Tensor]] | None = None) -> list[dict]:
+    """Every metric of the module docstring for each dictionary, sharing the model's passes: one capture
+    pass feeds every reconstruction metric, one clean pass per batch serves every CE evaluation.
+    Reconstruction batches come from ``batches`` if given (e.g. an eval store), else from the model over the
+    ``cfg.split`` split of ``docs``."""
     from .sources import ModelSource
 
     cfg = cfg or EvalConfig()
     spec = data.WindowSpec(context=cfg.context, split=cfg.split)
-    points = sorted(set(d.cfg.in_points + d.cfg.out_points))
-    was_training = d.training
-    d.eval()
+    points = sorted({p for d in dicts for p in d.cfg.in_points + d.cfg.out_points})
+    modes = [d.training for d in dicts]
+    for d in dicts:
+        d.eval()
     try:
-        if store_batches is None:
-            store_batches = iter(ModelSource(model, docs, points, 1024, windows=spec, lm_batch=cfg.batch_size,
-                                             pool_batches=1, exclusion=cfg.exclusion))
-        rec = reconstruction_metrics(d, store_batches, cfg.tokens, cfg.dense_threshold)
-        ce = ce_metrics(model, d, data.token_windows(model, docs, spec), cfg.ce_tokens, batch_size=cfg.batch_size,
-                        exclusion=cfg.exclusion) if cfg.ce_tokens else {}
+        accs = [Reconstruction(d, cfg.dense_threshold) for d in dicts]
+        if cfg.tokens:
+            if batches is None:
+                batches = iter(ModelSource(model, docs, points, 1024, windows=spec, lm_batch=cfg.batch_size,
+                                           pool_batches=1, exclusion=cfg.exclusion))
+            with bar("reconstruction evaluation", total=cfg.tokens, unit="tokens") as b:
+                for batch in batches:
+                    if accs[0].seen >= cfg.tokens:
+                        break
+                    for acc in accs:
+                        acc.update(batch)
+                    b.advance(len(next(iter(batch.values()))))
+        recs = [acc.result() for acc in accs]
+        ces = (ce_metrics(model, dicts, data.token_windows(model, docs, spec), cfg.ce_tokens,
+                          batch_size=cfg.batch_size, exclusion=cfg.exclusion) if cfg.ce_tokens else [{} for _ in dicts])
     finally:
-        d.train(was_training)
-    density = rec.pop("density")
-    return {**rec, **ce, "excluded": cfg.exclusion.describe(), "config": asdict(cfg), "_density": density}
+        for d, mode in zip(dicts, modes):
+            d.train(mode)
+    out = []
+    for rec, ce in zip(recs, ces):
+        density = rec.pop("density")
+        out.append({**rec, **ce, "excluded": cfg.exclusion.describe(), "config": asdict(cfg), "_density": density})
+    return out
+
+
+def evaluate(model, d: Dictionary, docs: list[data.Document], cfg: EvalConfig | None = None,
+             store_batches: Iterator[dict[str, Tensor]] | None = None) -> dict:
+    """:func:`evaluate_many` for one dictionary."""
+    return evaluate_many(model, [d], docs, cfg, store_batches)[0]

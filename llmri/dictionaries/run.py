@@ -23,7 +23,7 @@ from ..progress import say
 from ..store import ActivationStore
 from . import formats
 from .config import DictConfig, DictionaryError, TrainConfig
-from .evaluate import EvalConfig, evaluate
+from .evaluate import EvalConfig, evaluate_many
 from .sources import ModelSource, StoreSource
 from .trainer import CHECKPOINT, Trainer, build, init_distributed
 
@@ -117,14 +117,12 @@ def train(model, dict_cfgs: list[DictConfig], cfg: TrainConfig, out: str | Path,
     train_seconds = time.perf_counter() - t0
     folders = []
     summary = []
-    for j, d in zip(trainer.mine, trainer.dicts):
-        if share and rank != 0:
-            continue
-        result = {}
-        density = None
-        if eval_cfg is not None and (eval_cfg.tokens or eval_cfg.ce_tokens):
-            result = evaluate(model, d, docs, eval_cfg)
-            density = result.pop("_density")
+    saving = [d for d in trainer.dicts if not (share and rank != 0)]
+    results = [{} for _ in saving]
+    if saving and eval_cfg is not None and (eval_cfg.tokens or eval_cfg.ce_tokens):
+        results = evaluate_many(model, saving, docs, eval_cfg)
+    for d, result in zip(saving, results):
+        density = result.pop("_density", None)
         info = {"dict": d.cfg.to_dict(), "train": cfg.to_dict(), "history": trainer.history(trainer.dicts.index(d)),
                 "train_seconds": train_seconds, "dictionary_seconds": trainer.dict_seconds,
                 "lm_seconds": getattr(source, "lm_seconds", 0.0), "world_size": world, "source": str(store or corpus)}
