@@ -46,15 +46,15 @@ def gemm_rate(dtype=torch.float32, repeat: int = 7) -> float:
     return 2 * BATCH * D_IN * N_LAT / best
 
 
-def plain_loop(store: ActivationStore, tokens: int, point: str, seed: int = 0):
-    """The dense 40-line baseline: same init idea, same lr rule, same batches, no aux-k."""
+def plain_loop(store: ActivationStore, tokens: int, point: str, lr: float, seed: int = 0):
+    """The dense 40-line baseline: same init idea, same batches, no aux-k, constant ``lr``."""
     torch.manual_seed(seed)
     W_dec = F.normalize(torch.randn(N_LAT, D_IN), dim=1)
     W_enc = torch.nn.Parameter(W_dec.clone())
     W_dec = torch.nn.Parameter(W_dec)
     b_enc = torch.nn.Parameter(torch.zeros(N_LAT))
     b_dec = torch.nn.Parameter(torch.zeros(D_IN))
-    opt = torch.optim.Adam([W_enc, W_dec, b_enc, b_dec], lr=2e-4 / (N_LAT / 2**14) ** 0.5)
+    opt = torch.optim.Adam([W_enc, W_dec, b_enc, b_dec], lr=lr)
     src = iter(StoreSource(store, [point], BATCH, seed=seed))
     first = next(src)[point]
     scale = D_IN**0.5 / first.norm(dim=1).mean()
@@ -100,6 +100,43 @@ def run_llmri(store: ActivationStore, tokens: int, point: str, dtype: str, seed:
     return sae.eval(), steps * BATCH / wall, steps * BATCH / tr.dict_seconds, tr.history(0)
 
 
+def profile_step(store: ActivationStore, point: str, steps: int = 4) -> dict:
+    """Share of step time per op (torch.profiler, self CPU time) over a few steps of a warmed-up trainer."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = DictConfig(kind="sae", arch="topk", in_points=[point], d_in=D_IN, n_latents=N_LAT, k=K)
+    sae = build(cfg)
+    tc = TrainConfig(tokens=(steps + 6) * BATCH, batch_size=BATCH, checkpoint_every=0, log_every=1000, norm_batches=1)
+    with tempfile.TemporaryDirectory() as out:
+        tr = Trainer([sae], tc, StoreSource(store, [point], BATCH), out)
+        tr._initialise([next(iter(StoreSource(store, [point], BATCH)))])
+        batches = iter(StoreSource(store, [point], BATCH, seed=1))
+        for _ in range(2):
+            tr._train_step(next(batches))
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(steps):
+                tr._train_step(next(batches))
+    rows = prof.key_averages(group_by_input_shape=True)
+    total = sum(r.self_cpu_time_total for r in rows)
+
+    def share(pred) -> float:
+        return round(sum(r.self_cpu_time_total for r in rows if pred(r)) / total, 3)
+
+    def encoder_gemm(r) -> bool:  # the dense addmm: bias [n_latents], input [batch, d_in]
+        return r.key == "aten::addmm" and str(r.input_shapes).startswith(f"[[{N_LAT}], [{BATCH}, {D_IN}]")
+
+    shares = {
+        "encoder GEMM": share(encoder_gemm),
+        "sparse weight gradients (CSR matmul)": share(lambda r: r.key in ("aten::addmm", "aten::mm") and not encoder_gemm(r)),
+        "top-k selection": share(lambda r: r.key == "aten::topk"),
+        "decode and per-entry grads (embedding_bag)": share(lambda r: "embedding_bag" in r.key),
+        "Adam (fused)": share(lambda r: r.key == "aten::_fused_adam_"),
+        "sorting for CSR": share(lambda r: r.key in ("aten::sort", "aten::argsort")),
+    }
+    shares["everything else"] = round(1 - sum(shares.values()), 3)
+    return shares
+
+
 def evaluate(sae, eval_store: ActivationStore, point: str, tokens: int) -> dict:
     batches = eval_store.batches(4096, points=[point], shuffle=False)
     m = reconstruction_metrics(sae, batches, tokens)
@@ -113,7 +150,7 @@ def main() -> None:
     ap.add_argument("--eval-store", required=True)
     ap.add_argument("--point", default="resid_post.15")
     ap.add_argument("--budgets", default="1000000,4000000", help="training tokens, comma-separated")
-    ap.add_argument("--variants", default="llmri,plain,llmri-bf16")
+    ap.add_argument("--variants", default="llmri,plain,plain-samelr,llmri-bf16")
     ap.add_argument("--eval-tokens", type=int, default=131072)
     ap.add_argument("--bf16-steps", type=int, default=30, help="steps of the bf16 speed probe when bf16 GEMM is slow")
     ap.add_argument("--allow-incomplete", action="store_true", help="read stores still being written (smoke tests)")
@@ -128,14 +165,20 @@ def main() -> None:
             "gemm_gflops_fp32": round(rate32 / 1e9, 1), "gemm_gflops_bf16": round(rate16 / 1e9, 1),
             "ceiling_tok_per_s": round(ceiling), "excluded": "position 0, special tokens, norm > 20x median",
             "machine": machine()}
+    emit({**base, "profile_self_time_share": profile_step(train, args.point)})
     for variant in args.variants.split(","):
         for budget in (int(b) for b in args.budgets.split(",")):
+            if variant == "plain-samelr" and budget > min(int(b) for b in args.budgets.split(",")):
+                continue  # one budget is enough to separate the learning rate from the rest
             if variant == "llmri-bf16" and rate16 < 1.2 * rate32:
                 # no native bf16 GEMM on this CPU: measure the rate on a short run only
                 budget = args.bf16_steps * BATCH
             log(f"{variant}: {budget:,} tokens")
-            if variant == "plain":
-                sae, wall_rate, step_rate = plain_loop(train, budget, args.point)
+            if variant.startswith("plain"):
+                # "plain": sparsify's width rule, what such loops usually use; "plain-samelr": llmri's rate
+                lr = (TrainConfig().learning_rate(DictConfig(arch="topk", n_latents=N_LAT)) if variant == "plain-samelr"
+                      else 2e-4 / (N_LAT / 2**14) ** 0.5)
+                sae, wall_rate, step_rate = plain_loop(train, budget, args.point, lr)
                 hist = None
             else:
                 sae, wall_rate, step_rate, hist = run_llmri(train, budget, args.point,

@@ -116,7 +116,7 @@ def info(
 def cache(
     points: str = typer.Option(..., "--points", "-p", help="comma-separated hook points; 'resid_post.*' or 'mlp_out.0-5' expand"),
     out: Path = typer.Option(..., "--out", "-o", help="store folder (rerun the same command to resume)"),
-    tokens: str = typer.Option("1M", help="tokens to store, e.g. 65536, 500k, 2M"),
+    tokens: str = typer.Option("1M", help="tokens to store, e.g. 65536, 500k, 2M, or all (the whole split)"),
     model: str = ModelOpt,
     corpus: str = typer.Option(data.DEFAULT_CORPUS, help="bundled corpus or path"),
     context: int = typer.Option(128, help="tokens per window (including the leading BOS)"),
@@ -135,7 +135,7 @@ def cache(
     from .hookpoints import expand
 
     cfg = StoreConfig(
-        points=expand(points, lm.n_layers), tokens=parse_count(tokens), corpus=corpus,
+        points=expand(points, lm.n_layers), tokens=0 if tokens == "all" else parse_count(tokens), corpus=corpus,
         windows=data.WindowSpec(context=context, split=split), dtype=store_dtype,
         shard_tokens=parse_count(shard_tokens), batch_size=batch_size,
     )
@@ -180,7 +180,7 @@ def train(
     sparsity_coeff: float = typer.Option(0.0, help="relu L1 / jumprelu penalty weight (0: default)"),
     tokens: str = typer.Option("2M", help="training tokens"),
     batch_size: int = typer.Option(4096, help="tokens per step"),
-    lr: float = typer.Option(0.0, help="learning rate (0: 2e-4/sqrt(latents/2^14))"),
+    lr: float = typer.Option(0.0, help="learning rate (0: automatic from width and architecture)"),
     seed: int = typer.Option(0),
     compute_dtype: str = typer.Option("float32", "--compute-dtype", help="float32 | bfloat16 dictionary matmuls"),
     store: Optional[Path] = typer.Option(None, help="train from an activation store (llmri cache) instead of the live model"),
@@ -189,7 +189,7 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="run folder"),
     resume: bool = typer.Option(False, help="continue from out/checkpoint"),
     checkpoint_every: int = typer.Option(200, help="steps between checkpoints"),
-    dead_tokens: str = typer.Option("200k", help="tokens without firing after which a latent is dead (aux-k)"),
+    dead_tokens: str = typer.Option("0", help="tokens without firing after which a latent is dead (aux-k); 0: min(200k, tokens/10)"),
     eval_tokens: str = typer.Option("64k", help="held-out tokens for reconstruction metrics (0: skip)"),
     ce_tokens: str = typer.Option("16k", help="held-out tokens for CE loss recovered (0: skip)"),
     distribute: str = typer.Option("data", help="under torchrun: data | layers"),

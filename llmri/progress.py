@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -38,18 +39,35 @@ def say(message: str) -> None:
 
 
 class Bar:
-    """Handle of a running bar: ``advance(n)`` and ``note(text)`` (a short live status, e.g. loss)."""
+    """Handle of a running bar: ``advance(n)`` and ``note(text)`` (a short live status, e.g. loss).
 
-    def __init__(self, progress: Progress | None, task: int | None):
+    When stderr is not a terminal (logs, CI, nohup) the live bar is replaced by a plain line at most every
+    ``LLMRI_LOG_SECONDS`` (default 30) seconds and one at the end."""
+
+    def __init__(self, progress: Progress | None, task: int | None, description: str = "", total: float | None = None,
+                 unit: str = "", plain: bool = False):
         self._progress, self._task = progress, task
+        self._plain, self._description, self._total, self._unit = plain, description, total, unit
+        self._done, self._note, self._last = 0.0, "", time.monotonic()
+        self._every = float(os.environ.get("LLMRI_LOG_SECONDS", "30"))
 
     def advance(self, n: float = 1) -> None:
+        self._done += n
         if self._progress is not None:
             self._progress.advance(self._task, n)
+        elif self._plain and time.monotonic() - self._last >= self._every:
+            self.line()
 
     def note(self, text: str) -> None:
+        self._note = text
         if self._progress is not None:
             self._progress.update(self._task, note=text)
+
+    def line(self) -> None:
+        self._last = time.monotonic()
+        of = f"/{self._total:,.0f}" if self._total else ""
+        console.print(f"{self._description}: {self._done:,.0f}{of} {self._unit} {self._note}".rstrip(), markup=False,
+                      highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -57,6 +75,11 @@ def bar(description: str, total: float | None, unit: str = "") -> Iterator[Bar]:
     """Context manager yielding a :class:`Bar`; ``total`` in ``unit`` (e.g. tokens)."""
     if not enabled():
         yield Bar(None, None)
+        return
+    if not sys.stderr.isatty():
+        b = Bar(None, None, description, total, unit, plain=True)
+        yield b
+        b.line()
         return
     columns = [
         TextColumn("[bold]{task.description}"),
@@ -68,7 +91,7 @@ def bar(description: str, total: float | None, unit: str = "") -> Iterator[Bar]:
         TimeRemainingColumn(),
         TextColumn("{task.fields[note]}"),
     ]
-    with Progress(*columns, console=console, transient=False, disable=not sys.stderr.isatty()) as progress:
+    with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total, note="")
         yield Bar(progress, task)
 

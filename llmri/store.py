@@ -17,6 +17,7 @@ random access and shuffled streaming use bounded memory.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -46,7 +47,7 @@ class StoreConfig:
     points: list[str]
     """Hook points to store (any accepted spelling; saved canonical)."""
     tokens: int = 1_000_000
-    """Number of tokens to store (rounded up to whole windows)."""
+    """Number of tokens to store (rounded up to whole windows); 0 = the whole split."""
     corpus: str = data.DEFAULT_CORPUS
     """Corpus spec (see :func:`llmri.data.load_corpus`)."""
     windows: data.WindowSpec = field(default_factory=data.WindowSpec)
@@ -74,7 +75,15 @@ def create_store(model, path: str | Path, config: StoreConfig, *, max_shards: in
     model.check_context(config.windows.context)
     ctx = config.windows.context
     per_shard = max(1, config.shard_tokens // ctx)
-    n_windows = math.ceil(config.tokens / ctx)
+    wanted = math.ceil(config.tokens / ctx) if config.tokens else None
+    available = sum(1 for _ in itertools.islice(data.token_windows(model, docs, config.windows), wanted))
+    if wanted is not None and available < wanted:  # checked before any forward pass: tokenising is cheap
+        raise StoreError(
+            f"the {config.windows.split} split of '{config.corpus}' holds only {available * ctx:,} tokens "
+            f"({available:,} windows of {ctx}), fewer than the {config.tokens:,} requested",
+            f"ask for at most {available * ctx:,} tokens, or --tokens all",
+        )
+    n_windows = available
     n_shards = math.ceil(n_windows / per_shard)
     meta = {
         "version": STORE_VERSION,
@@ -97,6 +106,7 @@ def create_store(model, path: str | Path, config: StoreConfig, *, max_shards: in
     shard_dir = path / "shards"
     done = _start(path, meta)
     if done >= n_shards:
+        write_json(path / "meta.json", {**meta, "complete": True})  # e.g. killed after the last shard
         return path
     windows = data.token_windows(model, docs, config.windows)
     for _ in range(done * per_shard):

@@ -125,3 +125,15 @@ def test_parse_count():
     assert parse_count("2M") == 2_000_000 and parse_count("64k") == 64_000 and parse_count("65536") == 65536
     with pytest.raises(LlmriError):
         parse_count("lots")
+
+
+def test_cache_more_tokens_than_the_corpus_holds_fails_before_any_work(tiny_dir, text_corpus, tmp_path):
+    r = run("cache", "--model", tiny_dir(), "--corpus", text_corpus, "--points", "resid_post.1", "--context", "16",
+            "--tokens", "1M", "--out", tmp_path / "s")
+    assert_clean_error(r, "holds only", "--tokens all")
+    assert not (tmp_path / "s").exists()
+    r = run("cache", "--model", tiny_dir(), "--corpus", text_corpus, "--points", "resid_post.1", "--context", "16",
+            "--tokens", "all", "--shard-tokens", "256", "--out", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "s" / "meta.json").read_text())
+    assert meta["complete"] and meta["n_tokens"] > 3000

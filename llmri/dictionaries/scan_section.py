@@ -36,8 +36,7 @@ def section(ctx) -> report.Section | None:
     dict_cfgs = plan(model, kind="sae", arch="topk", points=["resid_post"], layers=",".join(map(str, layers)),
                      expansion=cfg.sae_expansion, k=cfg.sae_k)
     batch = 1024
-    tc = TrainConfig(tokens=cfg.sae_tokens, batch_size=batch, checkpoint_every=0, norm_batches=2,
-                     dead_tokens=min(200_000, cfg.sae_tokens // 4), log_every=8)
+    tc = TrainConfig(tokens=cfg.sae_tokens, batch_size=batch, checkpoint_every=0, norm_batches=2, log_every=8)
     dicts = [build(c, device=model.device, seed=i) for i, c in enumerate(dict_cfgs)]
     points = [c.in_points[0] for c in dict_cfgs]
     source = ModelSource(model, ctx.docs, points, batch, windows=data.WindowSpec(context=cfg.context),

@@ -12,7 +12,7 @@ With ``world > 1`` (torchrun data-parallel), each rank receives its own share of
 
 from __future__ import annotations
 
-import itertools
+import time
 from collections.abc import Iterator
 
 import torch
@@ -81,8 +81,6 @@ class ModelSource:
                 yield w
 
     def _capture(self, windows: Iterator[Tensor], n_windows: int) -> tuple[dict[str, Tensor], int]:
-        import time
-
         got_rows: dict[str, list[Tensor]] = {p: [] for p in self.points}
         used = 0
         for batch in data.batched(windows, self.lm_batch, limit=n_windows):
@@ -138,8 +136,3 @@ class ModelSource:
         self.taken = meta["taken"]
         self.gen_state = tensors["gen_state"]
         self.carry = {p: tensors[f"carry.{p}"].to(self.model.device) for p in self.points if f"carry.{p}" in tensors}
-
-
-def take(source, n: int) -> list[dict[str, Tensor]]:
-    """The first ``n`` batches of a fresh pass over ``source`` (used for normalisation statistics)."""
-    return list(itertools.islice(iter(source), n))

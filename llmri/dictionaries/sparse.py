@@ -93,12 +93,13 @@ def transpose_matmul(s: Sparse, weights: Tensor, x: Tensor) -> Tensor:
     counts = torch.bincount(s.idx, minlength=s.n_latents)
     crow = torch.zeros(s.n_latents + 1, dtype=torch.long, device=x.device)
     torch.cumsum(counts, 0, out=crow[1:])
-    w = weights[order].to(x.dtype)
-    if x.device.type == "cpu":
+    if x.device.type == "cpu":  # MKL's CSR product is float32/64 only: bf16 inputs are upcast (it is small)
+        xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        w = weights[order].to(xf.dtype)
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore")
             mat = torch.sparse_csr_tensor(crow, s.rows[order], w, (s.n_latents, s.n_rows), check_invariants=False)
-        return mat @ x
+        return mat @ xf
     # GPU: scatter-add of the weighted rows (no CSR build; atomic adds are fast there)
     out = torch.zeros(s.n_latents, x.shape[1], dtype=x.dtype, device=x.device)
     return out.index_add_(0, s.idx, x[s.rows] * weights.to(x.dtype)[:, None])

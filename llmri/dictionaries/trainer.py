@@ -83,7 +83,7 @@ class Trainer:
     # ------------------------------------------------------------ setup
     def _optimizer(self, d: Dictionary) -> torch.optim.Optimizer:
         """Adam; JumpReLU thresholds (log-parametrised) learn ``threshold_lr_scale`` times faster."""
-        lr = self.cfg.learning_rate(d.cfg.n_latents)
+        lr = self.cfg.learning_rate(d.cfg)
         fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
         th = [p for n, p in d.named_parameters() if n == "log_threshold"]
         rest = [p for n, p in d.named_parameters() if n != "log_threshold"]
@@ -174,14 +174,14 @@ class Trainer:
         t0 = time.perf_counter()
         for i, (d, wrapped, opt) in enumerate(zip(self.dicts, self.wrapped, self.opts)):
             x, y = d.inputs(batch), d.targets(batch)
-            dead = (self.since_fired[i] >= self.cfg.dead_tokens).nonzero().flatten()
+            dead = (self.since_fired[i] >= self.cfg.dead_window).nonzero().flatten()
             aux_k = self.cfg.aux_k or d.cfg.d_in // 2
             out = wrapped(x, y, dead, aux_k, self.cfg.aux_coeff, self.cfg.aux_fraction, self.compute_dtype)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             d.remove_parallel_grad()
             for g in opt.param_groups:
-                g["lr"] = self.cfg.learning_rate(d.cfg.n_latents) * factor * g["lr_scale"]
+                g["lr"] = self.cfg.learning_rate(d.cfg) * factor * g["lr_scale"]
             opt.step()
             d.normalize_decoder()
             fired = torch.zeros(d.n_latents, dtype=torch.bool, device=self.device)
@@ -192,13 +192,13 @@ class Trainer:
                 fired = f.bool()
             self.since_fired[i] += n_global
             self.since_fired[i][fired] = 0
-            s = self.stats[i]
-            s.sq_err += out.sq_err.item()
-            yf = y.reshape(y.shape[0], -1)
-            s.var += (yf - yf.mean(0)).pow(2).sum().item()
-            s.l0 += out.l0.item()
-            s.loss += out.loss.item()
-            s.aux += out.aux.item()
+            s = self.stats[i]  # tensors until the next log line (no device sync per step)
+            yf = y.reshape(y.shape[0], -1).detach()
+            s.sq_err += out.sq_err
+            s.var += (yf - yf.mean(0)).pow(2).sum()
+            s.l0 += out.l0.detach()
+            s.loss += out.loss.detach()
+            s.aux += out.aux.detach()
             s.steps += 1
         self.dict_seconds += time.perf_counter() - t0
 
@@ -209,11 +209,11 @@ class Trainer:
             rec = {
                 "step": self.step,
                 "tokens": self.step * self.cfg.batch_size,
-                "loss": s.loss / s.steps,
-                "nmse": s.sq_err / s.var,
-                "l0": s.l0 / s.steps,
-                "aux": s.aux / s.steps,
-                "dead_pct": 100.0 * (self.since_fired[i] >= self.cfg.dead_tokens).float().mean().item(),
+                "loss": float(s.loss) / s.steps,
+                "nmse": float(s.sq_err) / float(s.var),
+                "l0": float(s.l0) / s.steps,
+                "aux": float(s.aux) / s.steps,
+                "dead_pct": 100.0 * (self.since_fired[i] >= self.cfg.dead_window).float().mean().item(),
                 "tokens_per_s": tok_s,
             }
             s.history.append(rec)
