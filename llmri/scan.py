@@ -40,7 +40,8 @@ class ScanConfig:
     chat_prompt: str = "Explain in two sentences why the sky is blue."
     """A user turn shown through the chat template (plain text for base models)."""
     stats_tokens: int = 32_768
-    """Tokens over which per-layer statistics are computed."""
+    """Tokens of the train split over which per-layer statistics are computed (the same pass captures the
+    activations the quick SAEs train on)."""
     context: int = 128
     """Window length for the statistics."""
     batch_size: int = 16
@@ -54,7 +55,8 @@ class ScanConfig:
     sae_layers: str = "auto"
     """Layers that get a quick TopK SAE on resid_post ("auto": five spread over depth; "" skips)."""
     sae_tokens: int = 65_536
-    """Training tokens of those SAEs (all trained together from one model pass)."""
+    """Training tokens of those SAEs: they cycle over the activations of the statistics pass (65,536 over
+    the default 32,768 = two epochs), so the scan runs the model over the corpus once."""
     sae_expansion: float = 4.0
     """Their width as a multiple of d_model."""
     sae_k: int = 32
@@ -75,6 +77,8 @@ class ScanContext:
     artefacts: Path
     """Staging folder: files a section puts here end up in the report folder."""
     timings: dict[str, float] = field(default_factory=dict)
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Kept activations captured by the statistics pass for the dictionaries section ({point: [rows, d]})."""
 
 
 def scan(config: ScanConfig | None = None, *, model: Model | None = None) -> Path:
@@ -170,20 +174,31 @@ def layer_token_section(ctx: ScanContext) -> Section:
 
 
 def corpus_stats(model: Model, docs: list[data.Document], points: list[str], tokens: int, *, context: int = 128,
-                 batch_size: int = 16, split: str = "eval", exclusion: data.Exclusion | None = None) -> dict[str, PointStats]:
-    """Per-point statistics over ``tokens`` tokens of a corpus split (excluded tokens counted separately)."""
+                 batch_size: int = 16, split: str = "eval", exclusion: data.Exclusion | None = None,
+                 collect: list[str] | None = None) -> tuple[dict[str, PointStats], dict[str, torch.Tensor]]:
+    """Per-point statistics over ``tokens`` tokens of a corpus split (excluded tokens counted separately),
+    and the kept rows of the ``collect`` points ({point: [rows, d]} float32 on the CPU; rows aligned across
+    points: a token is kept only if it is an outlier at none of them)."""
     exclusion = exclusion or data.Exclusion()
     spec = data.WindowSpec(context=context, split=split)
     acc = {p: RunningStats(model.d_model) for p in points}
+    collect = collect or []
+    rows: dict[str, list[torch.Tensor]] = {p: [] for p in collect}
     n_windows = max(1, tokens // context)
     with bar("layer statistics", total=n_windows * context, unit="tokens") as b:
         for batch in data.batched(data.token_windows(model, docs, spec), batch_size, limit=n_windows):
-            got = model.capture(batch, points)
-            keep = data.token_mask(batch, model.special_ids, exclusion)
+            got = model.capture(batch, list(dict.fromkeys([*points, *collect])))
+            keep = data.token_mask(batch, model.special_ids, exclusion).to(model.device)
             for p in points:
                 acc[p].update(got[p], keep & ~data.outlier_mask(got[p], keep, exclusion))
+            if collect:
+                kept = keep.clone()
+                for p in collect:
+                    kept &= ~data.outlier_mask(got[p], keep, exclusion)
+                for p in collect:
+                    rows[p].append(got[p][kept].float().cpu())
             b.advance(batch.numel())
-    return {p: a.result() for p, a in acc.items()}
+    return {p: a.result() for p, a in acc.items()}, {p: torch.cat(v) for p, v in rows.items()}
 
 
 def depth_section(ctx: ScanContext) -> Section:
@@ -196,8 +211,11 @@ def depth_section(ctx: ScanContext) -> Section:
     L = model.n_layers
     kinds = ("resid_post", "attn_out", "mlp_out")
     points = [f"{k}.{l}" for l in range(L) for k in kinds]
-    stats = corpus_stats(model, ctx.docs, points, cfg.stats_tokens, context=cfg.context, batch_size=cfg.batch_size,
-                         exclusion=cfg.exclusion)
+    from .dictionaries.scan_section import sae_points
+
+    stats, ctx.activations = corpus_stats(model, ctx.docs, points, cfg.stats_tokens, context=cfg.context,
+                                          batch_size=cfg.batch_size, split="train", exclusion=cfg.exclusion,
+                                          collect=sae_points(ctx))
     layers = list(range(L))
 
     def series(kind: str, attr: str) -> list[float]:
@@ -234,7 +252,7 @@ def depth_section(ctx: ScanContext) -> Section:
         rows.append((l, r.mean_norm, r.excluded_mean_norm, r.kurtosis, stats[f"attn_out.{l}"].mean_norm,
                      stats[f"mlp_out.{l}"].mean_norm, ", ".join(f"{d} ({x:.0f}×)" for d, x in r.top_dims[:3])))
     note = report.paragraph(
-        f"Statistics over {s0.n_tokens:,} kept tokens of the eval split of '{cfg.corpus}' ({cfg.exclusion.describe()}; "
+        f"Statistics over {s0.n_tokens:,} kept tokens of the train split of '{cfg.corpus}' ({cfg.exclusion.describe()}; "
         f"{s0.n_excluded:,} excluded at layer {L // 2}). Kurtosis is the excess kurtosis of a token's {model.d_model} "
         "coordinates averaged over tokens; outlier dimensions are those with the largest mean |x_i| relative to the "
         "median dimension."

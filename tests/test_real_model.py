@@ -71,7 +71,9 @@ def test_scan_command_writes_the_report(tmp_path):
     summary = json.loads((out / "scan.json").read_text())
     depth = summary["sections"]["depth"]
     assert depth["resid_post.15"]["excluded_mean_norm"] > 50 * depth["resid_post.15"]["mean_norm"]
-    assert summary["wall_seconds"] < 300
+    saes = summary["sections"]["dictionaries"]
+    assert {"resid_post.0", "resid_post.29"} <= set(saes)
+    assert all(saes[p]["nmse"] < 0.6 and saes[p]["ce_loss_recovered"] > 0.3 for p in ("resid_post.7", "resid_post.14"))
 
 
 def test_a_gguf_path_loads_the_same_model(real_model):

@@ -35,7 +35,7 @@ def test_report_is_offline_escaped_and_correct(tiny, text_corpus, tmp_path):
     summary = json.loads((tmp_path / "rep" / "scan.json").read_text())
     got = summary["sections"]["depth"]["resid_post.1"]
     # reference: the same windows, computed directly
-    wins = data.token_windows(model, data.load_corpus(str(text_corpus)), data.WindowSpec(context=32, split="eval"))
+    wins = data.token_windows(model, data.load_corpus(str(text_corpus)), data.WindowSpec(context=32, split="train"))
     ids = torch.stack([w for _, w in zip(range(256 // 32), wins)])
     x = model.capture(ids, ["resid_post.1"])["resid_post.1"]
     keep = data.token_mask(ids, model.special_ids, cfg.exclusion)
@@ -73,7 +73,7 @@ def test_dictionaries_section_trains_evaluates_and_saves_saes(tiny, tmp_path):
     corpus.mkdir()
     for i in range(200):
         (corpus / f"d{i:03d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(300)))
-    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), passages=1, stats_tokens=128,
+    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), passages=1, stats_tokens=2048,
                      context=32, batch_size=8, sae_layers="0,2", sae_tokens=8192, sae_expansion=2,
                      sae_eval_tokens=2048, sae_ce_tokens=256)
     scan(cfg, model=model)
@@ -87,3 +87,24 @@ def test_dictionaries_section_trains_evaluates_and_saves_saes(tiny, tmp_path):
     assert summary["resid_post.2"]["nmse"] < 1.0 and summary["resid_post.2"]["l0"] == 32
     html = (tmp_path / "rep" / "index.html").read_text()
     assert 'id="dictionaries"' in html and "CE recovered" in html
+    assert "kept train-split tokens of the statistics pass" in html  # no second model pass for training
+
+
+def test_stats_pass_collects_aligned_kept_rows(tiny, text_corpus):
+    from llmri.scan import corpus_stats
+
+    model = tiny("llama")
+    docs = data.load_corpus(str(text_corpus))
+    ex = data.Exclusion(outlier_factor=1.05)  # low enough that tokens are outliers at one point but not another
+    stats, rows = corpus_stats(model, docs, ["resid_post.1"], 256, context=32, batch_size=8, split="train",
+                               exclusion=ex, collect=["resid_post.0", "resid_post.2"])
+    wins = data.token_windows(model, docs, data.WindowSpec(context=32, split="train"))
+    ids = torch.stack([w for _, w in zip(range(8), wins)])
+    x = model.capture(ids, ["resid_post.0", "resid_post.2"])
+    keep = data.token_mask(ids, model.special_ids, ex)
+    kept = keep & ~data.outlier_mask(x["resid_post.0"], keep, ex) & ~data.outlier_mask(x["resid_post.2"], keep, ex)
+    for p in ("resid_post.0", "resid_post.2"):
+        torch.testing.assert_close(rows[p], x[p][kept].float())
+    x1 = model.capture(ids, ["resid_post.1"])["resid_post.1"]
+    assert stats["resid_post.1"].n_tokens == int((keep & ~data.outlier_mask(x1, keep, ex)).sum())
+    assert len(rows["resid_post.0"]) < int(keep.sum())  # the rule did drop some tokens

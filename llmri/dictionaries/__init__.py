@@ -6,11 +6,11 @@ from .config import DictConfig, DictionaryError, TrainConfig
 from .evaluate import EvalConfig, evaluate, evaluate_many
 from .formats import export_circuit_tracer, load, save
 from .run import plan, train
-from .sources import ModelSource, StoreSource
+from .sources import ModelSource, StoreSource, TensorSource
 from .trainer import Trainer, build
 
 __all__ = [
     "CrossLayerTranscoder", "DictConfig", "DictionaryError", "EvalConfig", "ModelSource", "SparseCoder",
-    "StoreSource", "TrainConfig", "Trainer", "build", "evaluate", "evaluate_many", "export_circuit_tracer", "load", "plan", "save",
+    "StoreSource", "TensorSource", "TrainConfig", "Trainer", "build", "evaluate", "evaluate_many", "export_circuit_tracer", "load", "plan", "save",
     "train",
 ]

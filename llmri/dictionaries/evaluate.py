@@ -18,6 +18,7 @@ outliers of the dictionary's input) keep their original activations and are left
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ from ..progress import bar
 from . import sparse as sp
 from .clt import CrossLayerTranscoder
 from .coder import SparseCoder
+from .config import DictionaryError
 
 Dictionary = SparseCoder | CrossLayerTranscoder
 
@@ -42,7 +44,7 @@ class EvalConfig:
     tokens: int = 65_536
     """Held-out tokens (after exclusion) for reconstruction, L0, dead and density."""
     ce_tokens: int = 16_384
-    """Held-out tokens for the CE/KL splice evaluation."""
+    """Held-out tokens run through the model for the CE/KL splice evaluation (whole windows)."""
     context: int = 128
     """Window length."""
     batch_size: int = 16
@@ -204,18 +206,21 @@ def _clt_decode(d: CrossLayerTranscoder, layer: int, feats: list, x: Tensor) -> 
 @torch.no_grad()
 def ce_metrics(model, dicts: Dictionary | list[Dictionary], windows: Iterator[Tensor], tokens: int, *,
                batch_size: int = 16, exclusion: data.Exclusion | None = None) -> dict | list[dict]:
-    """Clean, spliced and zero-ablated next-token CE (nats) and KL(clean ‖ spliced) over ``tokens`` tokens,
+    """Clean, spliced and zero-ablated next-token CE (nats) and KL(clean ‖ spliced) over the windows that
+    hold ``tokens`` tokens (rounded up to whole windows; predictions are scored at kept positions only),
     for one dictionary or several (the clean pass is shared)."""
     single = not isinstance(dicts, list)
     dicts = [dicts] if single else dicts
     exclusion = exclusion or data.Exclusion()
     sums = [{"clean": 0.0, "spliced": 0.0, "zero": 0.0, "kl": 0.0, "n": 0} for _ in dicts]
     points = sorted({p for d in dicts for p in d.cfg.in_points})
-    seen = 0
-    with bar("splice evaluation", total=tokens, unit="tokens") as b:
-        for batch in data.batched(windows, batch_size):
-            if seen >= tokens:
-                break
+    windows = iter(windows)
+    first = next(windows, None)
+    if first is None:
+        raise DictionaryError("no text for the CE evaluation", "use a corpus with an eval split")
+    n_windows = -(-tokens // len(first))
+    with bar("splice evaluation", total=n_windows * len(first), unit="tokens") as b:
+        for batch in data.batched(itertools.chain([first], windows), batch_size, limit=n_windows):
             batch = batch.to(model.device)
             clean_acts = model.capture(batch, points + ["logits"], stop_early=False)
             base_keep = data.token_mask(batch, model.special_ids, exclusion)
@@ -236,7 +241,6 @@ def ce_metrics(model, dicts: Dictionary | list[Dictionary], windows: Iterator[Te
                         acc["kl"] += (lp_clean.exp() * (lp_clean - lp)).sum(-1)[m].sum().item()
                 acc["clean"] += -lp_clean.gather(-1, target[..., None])[..., 0][m].sum().item()
                 acc["n"] += int(m.sum())
-            seen += int(base_keep.sum())
             b.advance(batch.numel())
     out = []
     for acc in sums:

@@ -11,7 +11,7 @@ from . import formats
 from .config import DictionaryError, TrainConfig
 from .evaluate import EvalConfig, evaluate_many
 from .run import plan
-from .sources import ModelSource
+from .sources import ModelSource, TensorSource
 from .trainer import Trainer, build
 
 
@@ -23,26 +23,37 @@ def scan_layers(spec: str, n_layers: int) -> list[int]:
     return parse_layers(spec, n_layers)
 
 
+def sae_points(ctx) -> list[str]:
+    """The points whose activations the statistics pass keeps for this section (none when it is off)."""
+    cfg = ctx.config
+    if not cfg.sae_layers or not cfg.sae_tokens:
+        return []
+    return [f"resid_post.{l}" for l in scan_layers(cfg.sae_layers, ctx.model.n_layers)]
+
+
 def section(ctx) -> report.Section | None:
     cfg, model = ctx.config, ctx.model
-    if not cfg.sae_layers or not cfg.sae_tokens:
+    points = sae_points(ctx)
+    if not points:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layers = scan_layers(cfg.sae_layers, model.n_layers)
+    layers = [int(p.split(".")[1]) for p in points]
     dict_cfgs = plan(model, kind="sae", arch="topk", points=["resid_post"], layers=",".join(map(str, layers)),
                      expansion=cfg.sae_expansion, k=cfg.sae_k)
     batch = 1024
     tc = TrainConfig(tokens=cfg.sae_tokens, batch_size=batch, checkpoint_every=0, norm_batches=2, log_every=8)
     dicts = [build(c, device=model.device, seed=i) for i, c in enumerate(dict_cfgs)]
-    points = [c.in_points[0] for c in dict_cfgs]
-    source = ModelSource(model, ctx.docs, points, batch, windows=data.WindowSpec(context=cfg.context),
-                         lm_batch=cfg.batch_size, exclusion=cfg.exclusion)
+    # the statistics pass captured these layers' kept activations: train on them (no second model pass)
+    acts = {p: ctx.activations[p] for p in points} if all(p in ctx.activations for p in points) else None
     t0 = time.perf_counter()
     try:
+        source = (TensorSource(acts, batch) if acts is not None else
+                  ModelSource(model, ctx.docs, points, batch, windows=data.WindowSpec(context=cfg.context),
+                              lm_batch=cfg.batch_size, exclusion=cfg.exclusion))
         with tempfile.TemporaryDirectory() as scratch:
             Trainer(dicts, tc, source, scratch).fit()
     except DictionaryError as err:  # e.g. a small corpus: say so instead of failing the whole scan
@@ -77,8 +88,10 @@ def section(ctx) -> report.Section | None:
     n_lat = dict_cfgs[0].n_latents
     note = report.paragraph(
         f"Quick TopK SAEs on resid_post of layers {', '.join(map(str, layers))}: {n_lat:,} latents ({cfg.sae_expansion:g}×), "
-        f"k = {cfg.sae_k}, trained together on {cfg.sae_tokens:,} tokens of the train split from one model pass per batch "
-        f"({train_s:.0f} s), evaluated on {results[0]['tokens']:,} held-out tokens (CE on {results[0].get('ce_tokens', 0):,}; "
+        f"k = {cfg.sae_k}, trained together for {cfg.sae_tokens:,} tokens "
+        + (f"(epochs over the {len(acts[points[0]]):,} kept train-split tokens of the statistics pass) " if acts is not None
+           else "of the train split from one model pass per batch ")
+        + f"({train_s:.0f} s), evaluated on {results[0]['tokens']:,} held-out tokens (CE on {results[0].get('ce_tokens', 0):,}; "
         f"{eval_s:.0f} s). {cfg.exclusion.describe()}. CE loss recovered = (CE_zero − CE_spliced)/(CE_zero − CE_clean) "
         "with the residual stream zero-ablated at the kept positions as the baseline. These are previews: "
         "`llmri train` trains real ones. Weights (SAELens format) are saved in saes/ next to this page."

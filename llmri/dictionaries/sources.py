@@ -6,6 +6,8 @@ Two sources, both deterministic and resumable from a small state:
   pass per LM batch (the pass stops after the deepest point). Kept tokens (see ``data.Exclusion``) go into
   a pool that is shuffled with a seeded generator and cut into batches.
 * :class:`StoreSource` streams an activation store (``llmri cache``) in seeded shuffled order.
+* :class:`TensorSource` cycles over activations already in memory (e.g. those ``llmri scan`` captured for
+  its statistics), one seeded permutation per epoch.
 
 With ``world > 1`` (torchrun data-parallel), each rank receives its own share of every global batch.
 """
@@ -49,6 +51,38 @@ class StoreSource:
 
     def state(self) -> tuple[dict, dict[str, Tensor]]:
         return {"kind": "store", "consumed": self.consumed}, {}
+
+    def restore(self, meta: dict, tensors: dict[str, Tensor]) -> None:
+        self.consumed = meta["consumed"]
+
+
+class TensorSource:
+    """Batches from in-memory activations ``{point: [N, d]}`` (aligned rows), reshuffled every epoch."""
+
+    def __init__(self, acts: dict[str, Tensor], batch_size: int, *, seed: int = 0, rank: int = 0, world: int = 1):
+        n = {len(v) for v in acts.values()}
+        if len(n) != 1 or min(n) < batch_size:
+            raise DictionaryError(f"in-memory activations hold {min(n):,} rows, fewer than one batch of {batch_size:,}"
+                                  if len(n) == 1 else "in-memory activations of different points have different lengths",
+                                  "capture more tokens or use a smaller batch")
+        self.acts, self.points, self.batch_size = acts, list(acts), batch_size
+        self.seed, self.rank, self.world = seed, rank, world
+        self.consumed = 0
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        n = len(self.acts[self.points[0]])
+        per_epoch = n // self.batch_size
+        i = self.consumed
+        while True:
+            epoch, b = divmod(i, per_epoch)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            rows = perm[b * self.batch_size : (b + 1) * self.batch_size][self.rank :: self.world]
+            i += 1
+            self.consumed = i
+            yield {p: v[rows.to(v.device)] for p, v in self.acts.items()}
+
+    def state(self) -> tuple[dict, dict[str, Tensor]]:
+        return {"kind": "tensors", "consumed": self.consumed}, {}
 
     def restore(self, meta: dict, tensors: dict[str, Tensor]) -> None:
         self.consumed = meta["consumed"]
