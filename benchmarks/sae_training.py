@@ -128,7 +128,7 @@ def profile_step(store: ActivationStore, point: str, steps: int = 4) -> dict:
     shares = {
         "encoder GEMM": share(encoder_gemm),
         "sparse weight gradients (CSR matmul)": share(lambda r: r.key in ("aten::addmm", "aten::mm") and not encoder_gemm(r)),
-        "top-k selection": share(lambda r: r.key == "aten::topk"),
+        "top-k selection (two-stage: amax, topk, gather)": share(lambda r: r.key in ("aten::topk", "aten::amax", "aten::gather")),
         "decode and per-entry grads (embedding_bag)": share(lambda r: "embedding_bag" in r.key),
         "Adam (fused)": share(lambda r: r.key == "aten::_fused_adam_"),
         "sorting for CSR": share(lambda r: r.key in ("aten::sort", "aten::argsort")),

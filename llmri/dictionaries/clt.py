@@ -148,7 +148,7 @@ class CrossLayerTranscoder(nn.Module):
             aux_recon = self._decode_all(empty)[:aux_rows] - self.b_dec  # no bias in the aux reconstruction
             scale = min(dead.numel() / aux_k, 1.0) * x.shape[0] / aux_rows
             aux = aux_coeff * scale * (aux_recon + err[:aux_rows].detach()).pow(2).sum() / denom
-        penalty = sum(sparsity_penalty(e, cfg, self.decoder_norms(l), x.shape[0]) for l, e in enumerate(encs))
+        penalty = sum(sparsity_penalty(e, cfg, lambda l=l: self.decoder_norms(l), x.shape[0]) for l, e in enumerate(encs))
         fired = torch.cat([e.fired + l * n for l, e in enumerate(encs)])
         l0 = torch.stack([e.l0 for e in encs]).sum()
         mse = sq / denom

@@ -14,6 +14,7 @@ weights so that the saved dictionary works on raw activations.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -132,10 +133,12 @@ def encode_train(xc: Tensor, W_enc: Tensor, b_enc: Tensor, cfg: DictConfig, *, l
     return Encoded(f, None, pre, theta, active.nonzero()[:, 1], active.sum(1).float().mean())
 
 
-def sparsity_penalty(enc: Encoded, cfg: DictConfig, decoder_norms: Tensor, n_tokens: int) -> Tensor:
-    """relu: λ·Σ f·‖W_dec‖; jumprelu: λ·L0 (straight-through) or λ·Σ tanh(c·f·‖W_dec‖); TopK family: 0."""
+def sparsity_penalty(enc: Encoded, cfg: DictConfig, decoder_norms: Callable[[], Tensor], n_tokens: int) -> Tensor:
+    """relu: λ·Σ f·‖W_dec‖; jumprelu: λ·L0 (straight-through) or λ·Σ tanh(c·f·‖W_dec‖); TopK family: 0.
+    ``decoder_norms`` is called only by the architectures that need it."""
     if cfg.arch in SPARSE_ARCHS:
-        return torch.zeros((), device=decoder_norms.device)
+        return torch.zeros((), device=enc.fired.device)
+    decoder_norms = decoder_norms()
     if cfg.arch == "relu":
         return cfg.coeff * (enc.acts * decoder_norms).sum() / n_tokens
     if cfg.sparsity == "tanh":
@@ -259,7 +262,7 @@ class SparseCoder(nn.Module):
             aux_recon = sp.decode(enc.aux, self.W_dec)[:aux_rows]
             scale = min(dead.numel() / aux_k, 1.0) * x.shape[0] / aux_rows
             aux = aux_coeff * scale * (aux_recon + err[:aux_rows].detach()).pow(2).sum() / denom
-        penalty = sparsity_penalty(enc, self.cfg, self.decoder_norms(), x.shape[0])
+        penalty = sparsity_penalty(enc, self.cfg, self.decoder_norms, x.shape[0])
         mse = sq / denom
         return TrainOut(mse + aux + penalty, mse, penalty, aux, enc.fired, enc.l0, sq.detach())
 
