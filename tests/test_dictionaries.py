@@ -48,12 +48,13 @@ def test_sparse_kernels_match_dense_autograd(selector):
     W = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
     b = torch.randn(n, dtype=torch.float64, requires_grad=True)
     W_dec = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(d, dtype=torch.float64, requires_grad=True)  # the centre (an SAE's b_dec)
     dead = torch.tensor([1, 3, 7, 10, 20, 33, 40])
     main = sp.topk_selector(k) if selector == "topk" else sp.batch_topk_selector(k)
-    s, a = sp.encode_select(x, W, b, [main, sp.aux_selector(3, dead, rows=40)])
+    s, a = sp.encode_select(x, W, b, [main, sp.aux_selector(3, dead, rows=40)], center=c)
     loss = (sp.decode(s, W_dec) + 0.5 * sp.decode(a, W_dec)).pow(2).sum() + s.vals.pow(3).sum()
-    grads = torch.autograd.grad(loss, (x, W, b, W_dec))
-    pre = x @ W.t() + b
+    grads = torch.autograd.grad(loss, (x, W, b, W_dec, c))
+    pre = (x - c) @ W.t() + b
     masks = []
     for sel in (s, a):
         m = torch.zeros(B, n, dtype=torch.bool)
@@ -61,8 +62,8 @@ def test_sparse_kernels_match_dense_autograd(selector):
         masks.append(m)
     f1, f2 = (torch.where(m, pre.relu(), 0) for m in masks)
     ref = ((f1 @ W_dec + 0.5 * f2 @ W_dec).pow(2).sum() + f1.pow(3).sum())
-    ref_grads = torch.autograd.grad(ref, (x, W, b, W_dec))
-    for g, r in zip(grads, ref_grads):
+    ref_grads = torch.autograd.grad(ref, (x, W, b, W_dec, c))
+    for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r)
     assert masks[1][40:].sum() == 0 and masks[1][:40].sum() == 40 * 3  # aux only on its rows
     assert set(a.idx.tolist()) <= set(dead.tolist())

@@ -204,3 +204,27 @@ def test_sparsify_reader_on_independently_written_files(transcode, skip, tmp_pat
     assert d.cfg.in_points == (["mlp_in.6"] if transcode else ["resid_post.6"])
     got = d.reconstruct({d.cfg.in_points[0]: x})[d.cfg.out_points[0]]
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_exports_a_run_folder_of_transcoders(tmp_path):
+    from typer.testing import CliRunner
+
+    from llmri.cli import app
+
+    tcs = [_randomise(build(DictConfig(kind="transcoder", arch="topk", in_points=[f"mlp_in.{l}"],
+                                       out_points=[f"mlp_out.{l}"], d_in=D, n_latents=40, k=5)), seed=l)
+           for l in range(3)]
+    run = tmp_path / "run"
+    for t in reversed(tcs):  # folder order must not matter
+        save(t, run / t.cfg.name)
+    acts = _acts([f"mlp_in.{l}" for l in range(3)])
+    r = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "ct")])
+    assert r.exit_code == 0, r.output
+    for l, t in enumerate(load_circuit_tracer(tmp_path / "ct")):
+        torch.testing.assert_close(t.reconstruct({f"mlp_in.{l}": acts[f"mlp_in.{l}"]})[f"mlp_out.{l}"],
+                                   tcs[l].reconstruct({f"mlp_in.{l}": acts[f"mlp_in.{l}"]})[f"mlp_out.{l}"],
+                                   rtol=1e-5, atol=1e-5)
+    sae = build(DictConfig(kind="sae", arch="topk", in_points=["resid_post.0"], d_in=D, n_latents=40, k=5))
+    save(sae, tmp_path / "sae")
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "sae"), "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "needs transcoders or a CLT" in r.output and not (tmp_path / "bad").exists()

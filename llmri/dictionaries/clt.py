@@ -132,7 +132,7 @@ class CrossLayerTranscoder(nn.Module):
         encs: list[Encoded] = []
         for l in range(L):
             dead_l = None if dead is None else dead[(dead >= l * n) & (dead < (l + 1) * n)] - l * n
-            encs.append(encode_train(x[:, l], self.W_enc[l], self.b_enc[l], cfg,
+            encs.append(encode_train(x[:, l], self.W_enc[l], self.b_enc[l], cfg, center=None,
                                      log_threshold=None if self.log_threshold is None else self.log_threshold[l],
                                      dead=dead_l, aux_k=aux_k, aux_rows=aux_rows, compute_dtype=compute_dtype,
                                      threshold=self.threshold[l], updates=self.threshold_updates[l],

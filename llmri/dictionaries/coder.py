@@ -102,16 +102,17 @@ class Encoded(NamedTuple):
     l0: Tensor
 
 
-def encode_train(xc: Tensor, W_enc: Tensor, b_enc: Tensor, cfg: DictConfig, *, log_threshold: Tensor | None,
-                 dead: Tensor | None, aux_k: int, aux_rows: int, compute_dtype: torch.dtype,
-                 threshold: Tensor | None = None, updates: Tensor | None = None,
+def encode_train(x: Tensor, W_enc: Tensor, b_enc: Tensor, cfg: DictConfig, *, center: Tensor | None,
+                 log_threshold: Tensor | None, dead: Tensor | None, aux_k: int, aux_rows: int,
+                 compute_dtype: torch.dtype, threshold: Tensor | None = None, updates: Tensor | None = None,
                  update_threshold: bool = False) -> Encoded:
-    """Encode centred inputs for training with ``cfg.arch``; TopK-family selections are sparse end to end.
+    """Encode ``x − center`` for training with ``cfg.arch``; TopK-family selections are sparse end to end.
     The aux-k selection covers the first ``aux_rows`` tokens of the (shuffled) batch."""
     if cfg.arch in SPARSE_ARCHS:
         main = sp.topk_selector(cfg.k) if cfg.arch == "topk" else sp.batch_topk_selector(cfg.k)
         use_aux = dead is not None and dead.numel() > 0 and aux_k > 0
-        picks = sp.encode_select(xc.to(compute_dtype), W_enc, b_enc, [main, sp.aux_selector(aux_k, dead, aux_rows)] if use_aux else [main])
+        selectors = [main, sp.aux_selector(aux_k, dead, aux_rows)] if use_aux else [main]
+        picks = sp.encode_select(x.to(compute_dtype), W_enc, b_enc, selectors, center=center)
         picks = [p._replace(vals=p.vals.float()) for p in picks]
         acts = picks[0]
         positive = acts.vals > 0
@@ -122,7 +123,8 @@ def encode_train(xc: Tensor, W_enc: Tensor, b_enc: Tensor, cfg: DictConfig, *, l
                 updates += 1
         fired = acts.idx[positive]
         return Encoded(acts, picks[1] if use_aux else None, None, None, fired,
-                       torch.tensor(fired.numel() / xc.shape[0], device=xc.device))
+                       torch.tensor(fired.numel() / x.shape[0], device=x.device))
+    xc = x if center is None else x - center
     pre = F.linear(xc.to(compute_dtype), W_enc.to(compute_dtype), b_enc.to(compute_dtype)).float()
     if cfg.arch == "relu":
         f, theta = pre.relu(), None
@@ -201,8 +203,9 @@ class SparseCoder(nn.Module):
         return blocks.norm(dim=-1).sum(-1)
 
     # ------------------------------------------------------------ inference
-    def _centered(self, x: Tensor) -> Tensor:
-        return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+    def _center(self) -> Tensor | None:
+        """What the encoder subtracts from its input: b_dec for SAEs and crosscoders, nothing for transcoders."""
+        return self.b_dec if self.cfg.apply_b_dec_to_input else None
 
     def thresholds(self) -> Tensor | None:
         """Per-latent JumpReLU thresholds used at inference (None for TopK)."""
@@ -220,7 +223,7 @@ class SparseCoder(nn.Module):
 
     def encode(self, x: Tensor) -> sp.Sparse:
         """Latent activations (sparse) of scaled inputs ``x`` [tokens, d_in] at inference."""
-        (acts,) = sp.encode_select(self._centered(x), self.W_enc, self.b_enc, [self.selector()])
+        (acts,) = sp.encode_select(x, self.W_enc, self.b_enc, [self.selector()], center=self._center())
         return acts
 
     def decode(self, acts: sp.Sparse | Tensor, x: Tensor | None = None) -> Tensor:
@@ -250,7 +253,7 @@ class SparseCoder(nn.Module):
         The aux-k loss (Gao et al. 2024) reconstructs the residual error from the top ``aux_k`` dead latents;
         it is estimated on the first ``aux_fraction`` of the tokens and scaled up to the whole batch."""
         aux_rows = max(1, int(round(aux_fraction * x.shape[0])))
-        enc = encode_train(self._centered(x), self.W_enc, self.b_enc, self.cfg, log_threshold=self.log_threshold,
+        enc = encode_train(x, self.W_enc, self.b_enc, self.cfg, center=self._center(), log_threshold=self.log_threshold,
                            dead=dead, aux_k=aux_k, aux_rows=aux_rows, compute_dtype=compute_dtype,
                            threshold=self.threshold, updates=self.threshold_updates, update_threshold=self.training)
         recon = self.decode(enc.acts, x)

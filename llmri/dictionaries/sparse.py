@@ -126,15 +126,19 @@ Selector = Callable[[Tensor], Sparse]
 
 
 class _EncodeSelect(torch.autograd.Function):
-    """pre = x Wᵀ + b (into a reused buffer), then each selector picks entries; backward is sparse."""
+    """pre = (x − c) Wᵀ + b (into a reused buffer), then each selector picks entries; backward is sparse.
+
+    The centre ``c`` (an SAE's b_dec, or None) is an input of its own so that its gradient is
+    −(Σ_rows ∂pre)·W, a [n]×[n, d] product, instead of a per-token gradient of x."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, W: Tensor, b: Tensor, selectors: tuple[Selector, ...], *_):
+    def forward(ctx, x: Tensor, W: Tensor, b: Tensor, center: Tensor | None, selectors: tuple[Selector, ...]):
+        xc = x if center is None else x - center.to(x.dtype)
         pre = _buffer((x.shape[0], W.shape[0]), x.dtype, x.device)
-        torch.addmm(b.to(x.dtype), x, W.t().to(x.dtype), out=pre)
+        torch.addmm(b.to(x.dtype), xc, W.t().to(x.dtype), out=pre)
         picks = [sel(pre) for sel in selectors]
         ctx.picks = [p._replace(vals=p.vals > 0) for p in picks]  # ReLU'd entries get no gradient
-        ctx.save_for_backward(x, W)
+        ctx.save_for_backward(xc, W)
         outs = []
         for p in picks:
             outs += [p.vals, p.idx, p.rows, p.offsets]
@@ -143,25 +147,28 @@ class _EncodeSelect(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        x, W = ctx.saved_tensors
-        g_vals = [(g * p.vals) if g is not None else torch.zeros(p.idx.shape, dtype=x.dtype, device=x.device)
-                  for g, p in zip(grads[0::4], ctx.picks)]
-        s = cat([p._replace(vals=g) for p, g in zip(ctx.picks, g_vals)]) if len(ctx.picks) > 1 else ctx.picks[0]._replace(vals=g_vals[0])
-        g = s.vals.to(x.dtype)
-        grad_x = grad_W = grad_b = None
+        xc, W = ctx.saved_tensors
+        g_vals = [(g * p.vals) if g is not None else torch.zeros(p.idx.shape, dtype=xc.dtype, device=xc.device)
+                  for g, p in zip(grads[0::4], ctx.picks, strict=True)]
+        s = (cat([p._replace(vals=g) for p, g in zip(ctx.picks, g_vals, strict=True)]) if len(ctx.picks) > 1
+             else ctx.picks[0]._replace(vals=g_vals[0]))
+        g = s.vals.to(xc.dtype)
+        grad_x = grad_W = grad_b = grad_c = None
         if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(s.idx, W.to(x.dtype), s.offsets, per_sample_weights=g, mode="sum")
+            grad_x = F.embedding_bag(s.idx, W.to(xc.dtype), s.offsets, per_sample_weights=g, mode="sum")
         if ctx.needs_input_grad[1]:
-            grad_W = transpose_matmul(s, g, x).to(W.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device).index_add_(0, s.idx, g.to(W.dtype))
-        return grad_x, grad_W, grad_b, None
+            grad_W = transpose_matmul(s, g, xc).to(W.dtype)
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            per_latent = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device).index_add_(0, s.idx, g.to(W.dtype))
+            grad_b = per_latent if ctx.needs_input_grad[2] else None
+            grad_c = -(per_latent @ W) if ctx.needs_input_grad[3] else None
+        return grad_x, grad_W, grad_b, grad_c, None
 
 
-def encode_select(x: Tensor, W: Tensor, b: Tensor, selectors: list[Selector]) -> list[Sparse]:
-    """Select entries of ``x @ W.T + b`` [rows, n_latents] with each selector, differentiably in the
-    selected values only (gradients to x, W, b are computed sparsely)."""
-    out = _EncodeSelect.apply(x, W, b, tuple(selectors))
+def encode_select(x: Tensor, W: Tensor, b: Tensor, selectors: list[Selector], center: Tensor | None = None) -> list[Sparse]:
+    """Select entries of ``(x − center) @ W.T + b`` [rows, n_latents] with each selector, differentiably in
+    the selected values only (gradients to x, W, b and center are computed sparsely)."""
+    out = _EncodeSelect.apply(x, W, b, center, tuple(selectors))
     return [Sparse(out[i], out[i + 1], out[i + 2], out[i + 3], x.shape[0], W.shape[0]) for i in range(0, len(out), 4)]
 
 
@@ -179,11 +186,9 @@ class _SparseDecode(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         vals, W, idx, rows, offsets = ctx.saved_tensors
         grad_vals = grad_W = None
-        if ctx.needs_input_grad[0]:
-            with torch.enable_grad():
-                v = vals.detach().requires_grad_(True)
-                out = F.embedding_bag(idx, W.detach().to(vals.dtype), offsets, per_sample_weights=v, mode="sum")
-                (grad_vals,) = torch.autograd.grad(out, v, grad_out)
+        if ctx.needs_input_grad[0]:  # per-entry dot products ⟨grad_out[row], W[idx]⟩, no forward re-run
+            grad_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad_out.to(vals.dtype), W.detach().to(vals.dtype), idx, offsets, rows, 0, -1)
         if ctx.needs_input_grad[1]:
             s = Sparse(vals, idx, rows, offsets, ctx.n_rows, W.shape[0])
             grad_W = transpose_matmul(s, vals, grad_out.to(vals.dtype)).to(W.dtype)

@@ -195,7 +195,7 @@ class Trainer:
             s = self.stats[i]  # tensors until the next log line (no device sync per step)
             yf = y.reshape(y.shape[0], -1).detach()
             s.sq_err += out.sq_err
-            s.var += yf.var(0, correction=0).sum() * yf.shape[0]
+            s.var += (yf - yf.mean(0)).pow(2).sum()
             s.l0 += out.l0.detach()
             s.loss += out.loss.detach()
             s.aux += out.aux.detach()
