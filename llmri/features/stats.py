@@ -1,0 +1,473 @@
+"""Feature statistics of a dictionary in one streaming pass over a corpus, with bounded memory.
+
+Per feature (latent; a CLT's are numbered layer-major, ``layer · n + i``):
+
+* density (fraction of kept tokens where it is active) and mean activation when active;
+* an exact histogram of its nonzero activations in fixed log10 bins (no second pass for the range);
+* the ``top_k`` windows with the highest maximum activation, each stored as a context of ``before`` tokens
+  before the window's max token and ``after`` after it, with the feature's activation on every token;
+* a uniform random sample of ``samples`` windows where it is active (bottom-k of random keys, i.e. a
+  reservoir sample in one pass), stored the same way, from which examples by activation quantile are drawn;
+* its most co-occurring features (Jaccard index of the token sets where both are active) over the first
+  ``cooc_tokens`` kept tokens;
+* the top and bottom logit effects of its decoder vector through the final norm and the unembedding.
+
+Tokens excluded by :class:`llmri.data.Exclusion` (position 0, special tokens, norm outliers) are never
+encoded: their activations are 0 and they count towards nothing, though they still show in contexts.
+Memory is O(features × (top_k + samples) × context) plus one dense [windows, context, features] batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .. import data
+from ..atomic import atomic_path, write_json
+from ..dictionaries.clt import CrossLayerTranscoder
+from ..dictionaries.config import DictionaryError
+from ..progress import bar
+
+STATS_FILE = "features.safetensors"
+META_FILE = "features.json"
+
+
+@dataclass
+class FeatureConfig:
+    """What the statistics pass keeps per feature."""
+
+    tokens: int = 65_536
+    """Corpus tokens to read (whole windows, before exclusion)."""
+    context: int = 128
+    """Window length."""
+    batch_size: int = 16
+    """Windows per LM forward."""
+    split: str = "all"
+    """Corpus split read (``train``, ``eval`` or ``all``)."""
+    top_k: int = 20
+    """Top-activating windows kept per feature."""
+    samples: int = 40
+    """Windows sampled uniformly among those where the feature is active (for quantile examples)."""
+    before: int = 16
+    """Context tokens kept before each example's max token."""
+    after: int = 8
+    """Context tokens kept after it."""
+    hist_range: tuple[float, float] = (-4.0, 4.0)
+    """log10 range of the activation histogram (values outside go to the under/overflow bins)."""
+    hist_bins: int = 64
+    """Bins of the activation histogram."""
+    cooc_tokens: int = 131_072
+    """Kept tokens (the first ones read) over which co-occurrence is counted."""
+    neighbours: int = 10
+    """Co-occurring features kept per feature."""
+    logits: int = 10
+    """Top and bottom logit effects kept per feature."""
+    exclusion: data.Exclusion = field(default_factory=data.Exclusion)
+    """Tokens never encoded."""
+    seed: int = 0
+    """Seeds the corpus order and the random sample."""
+    max_floats: int = 1 << 25
+    """Bound on one dense activation batch (windows × context × features), for wide dictionaries."""
+
+    @property
+    def width(self) -> int:
+        return self.before + 1 + self.after
+
+
+class Windows(NamedTuple):
+    """A batch for the statistics pass: token ids, a dictionary's input activations and the kept mask."""
+
+    tokens: Tensor
+    """[B, T] token ids."""
+    acts: dict[str, Tensor]
+    """{point: [B, T, d]} raw model activations."""
+    keep: Tensor
+    """[B, T] bool: tokens that are encoded (the rest count as inactive)."""
+
+
+class Examples(NamedTuple):
+    """Per feature, up to ``size`` windows: slot-major tensors [size, n, ...] (empty slots have value −inf)."""
+
+    value: Tensor
+    """[size, n] the window's max activation (−inf: empty slot)."""
+    acts: Tensor
+    """[size, n, width] activation on each context token (max token at index ``before``)."""
+    tokens: Tensor
+    """[size, n, width] token ids (−1 beyond the window)."""
+    window: Tensor
+    """[size, n] global window number."""
+
+
+# ---------------------------------------------------------------- the streaming accumulator
+
+
+class _ExampleBuffer:
+    """Keeps, per feature, the ``size`` windows with the highest score and their contexts."""
+
+    def __init__(self, size: int, n: int, cfg: FeatureConfig, device):
+        self.size, self.cfg = size, cfg
+        self.score = torch.full((size, n), -math.inf, device=device)
+        self.ex = Examples(torch.full((size, n), -math.inf, device=device),
+                           torch.zeros(size, n, cfg.width, dtype=torch.float16, device=device),
+                           torch.full((size, n, cfg.width), -1, dtype=torch.int32, device=device),
+                           torch.full((size, n), -1, dtype=torch.long, device=device))
+
+    def offer(self, score: Tensor, A: Tensor, tokens: Tensor, wmax: Tensor, wpos: Tensor, first_window: int) -> None:
+        """``score`` [B, n] (−inf: not a candidate); ``A`` [B, T, n] activations; ``wmax``/``wpos`` [B, n]."""
+        B, T, n = A.shape
+        s, w = score.topk(min(self.size, B), dim=0)  # the batch's best candidates per feature [m, n]
+        f = torch.arange(n, device=A.device).expand_as(w)
+        pos = wpos[w, f].unsqueeze(-1) - self.cfg.before + torch.arange(self.cfg.width, device=A.device)
+        inside = (pos >= 0) & (pos < T)
+        pos_c = pos.clamp(0, T - 1)
+        acts = A[w.unsqueeze(-1), pos_c, f.unsqueeze(-1)].masked_fill(~inside, 0).to(torch.float16)
+        toks = tokens[w.unsqueeze(-1), pos_c].masked_fill(~inside, -1).to(torch.int32)
+        value = torch.where(s > -math.inf, wmax[w, f], -math.inf)
+        new = Examples(value, acts, toks, w + first_window)
+        all_score = torch.cat([self.score, s])
+        self.score, order = all_score.topk(self.size, dim=0)
+        self.ex = Examples(*(_take(torch.cat([old, cand]), order) for old, cand in zip(self.ex, new)))
+
+
+def _take(t: Tensor, order: Tensor) -> Tensor:
+    index = order.view(*order.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
+    return t.gather(0, index)
+
+
+class _Accumulator:
+    def __init__(self, n: int, cfg: FeatureConfig, device):
+        self.n, self.cfg = n, cfg
+        self.counts = torch.zeros(n, dtype=torch.long, device=device)
+        self.act_sum = torch.zeros(n, dtype=torch.float64, device=device)
+        self.hist_edges = torch.linspace(*cfg.hist_range, cfg.hist_bins + 1, device=device)
+        self.hist = torch.zeros(n * (cfg.hist_bins + 2), dtype=torch.long, device=device)
+        self.top = _ExampleBuffer(cfg.top_k, n, cfg, device)
+        self.sample = _ExampleBuffer(cfg.samples, n, cfg, device)
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.cooc_rows: list[np.ndarray] = []
+        self.cooc_cols: list[np.ndarray] = []
+        self.cooc_seen = 0
+        self.tokens = self.windows = 0
+
+    def update(self, tokens: Tensor, keep: Tensor, rows: Tensor, feats: Tensor, vals: Tensor) -> None:
+        """One batch: ``rows`` index the kept tokens (in ``keep.nonzero()`` order), ``feats``/``vals`` the
+        active features there (vals > 0)."""
+        cfg, n = self.cfg, self.n
+        B, T = tokens.shape
+        where = keep.nonzero()
+        b, t = where[rows, 0], where[rows, 1]
+        self.counts += torch.bincount(feats, minlength=n)
+        self.act_sum.index_add_(0, feats, vals.double())
+        bins = torch.bucketize(vals.log10(), self.hist_edges)  # 0: underflow, hist_bins + 1: overflow
+        self.hist += torch.bincount(feats * (cfg.hist_bins + 2) + bins, minlength=self.hist.numel())
+        if self.cooc_seen < cfg.cooc_tokens:
+            take = rows < cfg.cooc_tokens - self.cooc_seen
+            self.cooc_rows.append((rows[take] + self.cooc_seen).cpu().numpy().astype(np.int64))
+            self.cooc_cols.append(feats[take].cpu().numpy().astype(np.int64))
+            self.cooc_seen += min(int(keep.sum()), cfg.cooc_tokens - self.cooc_seen)
+        A = torch.zeros(B, T, n, device=vals.device)
+        A[b, t, feats] = vals
+        wmax, wpos = A.max(dim=1)
+        active = wmax > 0
+        self.top.offer(wmax.masked_fill(~active, -math.inf), A, tokens, wmax, wpos, self.windows)
+        keys = torch.rand(B, n, generator=self.gen, device=vals.device)
+        self.sample.offer((-keys).masked_fill(~active, -math.inf), A, tokens, wmax, wpos, self.windows)
+        self.tokens += int(keep.sum())
+        self.windows += B
+
+
+# ---------------------------------------------------------------- the result
+
+
+@dataclass
+class FeatureStats:
+    """Everything the dashboards show, for every feature of one dictionary."""
+
+    meta: dict
+    """Dictionary name, points, features per layer, model, corpus, exclusion, tokens, config."""
+    counts: Tensor
+    """[n] kept tokens on which the feature is active."""
+    act_sum: Tensor
+    """[n] sum of its activations there."""
+    hist: Tensor
+    """[n, bins + 2] counts of nonzero activations per log10 bin (first/last: under/overflow)."""
+    hist_edges: Tensor
+    """[bins + 1] log10 bin edges."""
+    top: Examples
+    samples: Examples
+    neighbours: Tensor
+    """[n, m] most co-occurring features (−1: none)."""
+    jaccard: Tensor
+    """[n, m] their Jaccard index."""
+    logit_top: tuple[Tensor, Tensor]
+    """([n, l] token ids, [n, l] effects) with the largest logit effect."""
+    logit_bottom: tuple[Tensor, Tensor]
+    """The same for the most negative effects."""
+
+    @property
+    def n(self) -> int:
+        return len(self.counts)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.meta["tokens"])
+
+    @property
+    def density(self) -> Tensor:
+        return self.counts.double() / max(self.n_tokens, 1)
+
+    @property
+    def max_activation(self) -> Tensor:
+        return self.top.value[0].clamp_min(0)
+
+    @property
+    def mean_activation(self) -> Tensor:
+        return self.act_sum / self.counts.clamp_min(1)
+
+    def name(self, i: int) -> str:
+        """``L{layer}/{index}`` for a CLT's features, the plain index otherwise."""
+        per = self.meta.get("features_per_layer")
+        return f"L{self.meta['layers'][i // per]}/{i % per}" if per else str(i)
+
+    def examples(self, i: int, which: str = "top") -> list[dict]:
+        """Examples of feature ``i`` (``top`` or ``samples``), best first: value, window, tokens, acts."""
+        ex = self.top if which == "top" else self.samples
+        out = []
+        for s in range(len(ex.value)):
+            v = float(ex.value[s, i])
+            if v == -math.inf:
+                continue
+            toks = ex.tokens[s, i]
+            valid = toks >= 0
+            out.append({"value": v, "window": int(ex.window[s, i]), "tokens": toks[valid].tolist(),
+                        "acts": [float(f"{a:.4g}") for a in ex.acts[s, i][valid].float().tolist()],
+                        "max_index": int(self.meta["before"] - (~valid[: self.meta["before"]]).sum())})
+        if which == "samples":
+            out.sort(key=lambda e: -e["value"])
+        return out
+
+    def quantile_groups(self, i: int, groups: int = 5, per_group: int = 5) -> list[dict]:
+        """The sampled examples split into ``groups`` equal-count activation quantiles (highest first)."""
+        ex = self.examples(i, "samples")
+        if not ex:
+            return []
+        chunks = np.array_split(np.arange(len(ex)), min(groups, len(ex)))
+        out = []
+        for j, idx in enumerate(chunks):
+            part = [ex[k] for k in idx]
+            lo, hi = part[-1]["value"], part[0]["value"]
+            q_hi, q_lo = 1 - j / len(chunks), 1 - (j + 1) / len(chunks)
+            out.append({"quantile": [round(q_lo, 3), round(q_hi, 3)], "range": [lo, hi],
+                        "examples": part[: per_group]})
+        return out
+
+    def histogram(self, i: int) -> tuple[list[float], list[int]]:
+        """(log10 bin centres, counts) of feature ``i``'s nonzero activations, under/overflow folded in."""
+        h = self.hist[i].clone()
+        h[1] += h[0]
+        h[-2] += h[-1]
+        centres = ((self.hist_edges[1:] + self.hist_edges[:-1]) / 2).tolist()
+        return centres, h[1:-1].tolist()
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``features.safetensors`` + ``features.json`` into ``folder`` (atomically, as a whole)."""
+        tensors = {"counts": self.counts, "act_sum": self.act_sum, "hist": self.hist, "hist_edges": self.hist_edges,
+                   "neighbours": self.neighbours, "jaccard": self.jaccard, "logit_top_ids": self.logit_top[0],
+                   "logit_top_vals": self.logit_top[1], "logit_bottom_ids": self.logit_bottom[0],
+                   "logit_bottom_vals": self.logit_bottom[1]}
+        for prefix, ex in (("top", self.top), ("samples", self.samples)):
+            tensors |= {f"{prefix}.{k}": v for k, v in ex._asdict().items()}
+        with atomic_path(folder, directory=True) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / STATS_FILE))
+            write_json(tmp / META_FILE, self.meta)
+        return Path(folder)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> FeatureStats:
+        folder = Path(folder)
+        if not (folder / STATS_FILE).exists() or not (folder / META_FILE).exists():
+            raise DictionaryError(f"no feature statistics in {folder}", "compute them with `llmri dashboard DICT`")
+        t = load_file(str(folder / STATS_FILE))
+        ex = {p: Examples(*(t[f"{p}.{k}"] for k in Examples._fields)) for p in ("top", "samples")}
+        return cls(json.loads((folder / META_FILE).read_text()), t["counts"], t["act_sum"], t["hist"], t["hist_edges"],
+                   ex["top"], ex["samples"], t["neighbours"], t["jaccard"], (t["logit_top_ids"], t["logit_top_vals"]),
+                   (t["logit_bottom_ids"], t["logit_bottom_vals"]))
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def n_features(d) -> int:
+    return d.n_latents
+
+
+def encode_rows(d, acts: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Active features of raw activations ``{point: [N, d]}``: (rows, features, values), values > 0."""
+    x = d.inputs(acts)
+    enc = d.encode(x)
+    parts = enc if isinstance(enc, list) else [enc]
+    rows, feats, vals = [], [], []
+    per = d.cfg.n_latents if isinstance(d, CrossLayerTranscoder) else 0
+    for l, s in enumerate(parts):
+        pos = s.vals > 0
+        rows.append(s.rows[pos])
+        feats.append(s.idx[pos] + l * per)
+        vals.append(s.vals[pos].float())
+    return torch.cat(rows), torch.cat(feats), torch.cat(vals)
+
+
+# ---------------------------------------------------------------- sources of windows
+
+
+def model_windows(model, docs: list[data.Document], points: list[str], cfg: FeatureConfig) -> Iterator[Windows]:
+    """Windows of a corpus run through the model, with the exclusion rule applied at every point."""
+    spec = data.WindowSpec(context=cfg.context, split=cfg.split, seed=cfg.seed)
+    n_windows = max(1, cfg.tokens // cfg.context)
+    for batch in data.batched(data.token_windows(model, docs, spec), cfg.batch_size, limit=n_windows):
+        acts = model.capture(batch, points)
+        keep = data.token_mask(batch, model.special_ids, cfg.exclusion).to(model.device)
+        base = keep.clone()
+        for p in points:
+            keep &= ~data.outlier_mask(acts[p], base, cfg.exclusion)
+        yield Windows(batch.to(model.device), acts, keep)
+
+
+def row_windows(tokens: Tensor, keep: Tensor, rows: dict[str, Tensor], batch_size: int = 16) -> Iterator[Windows]:
+    """Windows rebuilt from kept rows (as the scan's statistics pass collects them): ``tokens``/``keep``
+    [W, T], ``rows`` {point: [keep.sum(), d]} in ``keep.nonzero()`` order."""
+    offsets = torch.cumsum(keep.sum(1), 0) - keep.sum(1)
+    for s in range(0, len(tokens), batch_size):
+        k = keep[s : s + batch_size]
+        lo = int(offsets[s])
+        hi = lo + int(k.sum())
+        acts = {}
+        for p, r in rows.items():
+            full = torch.zeros(*k.shape, r.shape[-1], dtype=r.dtype, device=r.device)
+            full[k] = r[lo:hi]
+            acts[p] = full
+        yield Windows(tokens[s : s + batch_size], acts, k)
+
+
+# ---------------------------------------------------------------- the pass
+
+
+def collect(d, windows: Iterable[Windows], cfg: FeatureConfig | None = None, *, model=None, total_tokens: int | None = None,
+            meta: dict | None = None) -> FeatureStats:
+    """Statistics of every feature of dictionary ``d`` over ``windows`` (see the module docstring).
+    ``model`` (the LM the dictionary belongs to) is needed for the logit effects; without it they are empty."""
+    cfg = cfg or FeatureConfig()
+    n = n_features(d)
+    device = next(d.parameters()).device
+    acc = _Accumulator(n, cfg, device)
+    points = list(d.cfg.in_points)
+    with torch.no_grad(), bar("feature statistics", total=total_tokens, unit="tokens") as progress:
+        for w in windows:
+            B, T = w.tokens.shape
+            step = max(1, cfg.max_floats // (T * n))  # windows per dense batch
+            for s in range(0, B, step):
+                keep = w.keep[s : s + step].to(device)
+                x = {p: w.acts[p][s : s + step].to(device)[keep].float() for p in points}
+                rows, feats, vals = encode_rows(d, x)
+                acc.update(w.tokens[s : s + step].to(device), keep, rows, feats, vals)
+            progress.advance(w.tokens.numel())
+    if acc.windows == 0:
+        raise DictionaryError("no windows to compute feature statistics on", "use a larger corpus or more --tokens")
+    neighbours, jaccard = cooccurrence(acc, cfg.neighbours)
+    top, bottom = logit_effects(model, d, cfg.logits) if model is not None else (_empty_logits(n), _empty_logits(n))
+    info = {**describe(d), "tokens": acc.tokens, "windows": acc.windows, "cooc_tokens": acc.cooc_seen,
+            "exclusion": cfg.exclusion.describe(), "before": cfg.before, "after": cfg.after,
+            "config": {k: v for k, v in asdict(cfg).items() if k != "exclusion"}, **(meta or {})}
+    info = json.loads(json.dumps(info))  # the same plain-JSON values as after a save/load
+    return FeatureStats(info, acc.counts.cpu(), acc.act_sum.cpu(), acc.hist.view(n, -1).cpu(), acc.hist_edges.cpu(),
+                        Examples(*(t.cpu() for t in acc.top.ex)), Examples(*(t.cpu() for t in acc.sample.ex)),
+                        neighbours, jaccard, top, bottom)
+
+
+def describe(d) -> dict:
+    """Name, kind and geometry of a dictionary as the dashboards show it."""
+    info = {"dictionary": d.cfg.name, "kind": d.cfg.kind, "arch": d.cfg.arch, "in_points": list(d.cfg.in_points),
+            "out_points": list(d.cfg.out_points), "n_features": n_features(d)}
+    if isinstance(d, CrossLayerTranscoder):
+        info["features_per_layer"] = d.cfg.n_latents
+        info["layers"] = [int(p.split(".")[1]) for p in d.cfg.in_points]
+    return info
+
+
+def cooccurrence(acc: _Accumulator, m: int) -> tuple[Tensor, Tensor]:
+    """Top-``m`` features by Jaccard index |i ∧ j| / |i ∨ j| over the co-occurrence sample."""
+    import scipy.sparse as sps
+
+    n = acc.n
+    rows = np.concatenate(acc.cooc_rows) if acc.cooc_rows else np.zeros(0, dtype=np.int64)
+    cols = np.concatenate(acc.cooc_cols) if acc.cooc_cols else np.zeros(0, dtype=np.int64)
+    B = sps.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(max(acc.cooc_seen, 1), n))
+    C = (B.T @ B).tocsr()
+    c = np.asarray(C.diagonal())
+    idx = np.full((n, m), -1, dtype=np.int64)
+    jac = np.zeros((n, m), dtype=np.float32)
+    for i in range(n):
+        lo, hi = C.indptr[i], C.indptr[i + 1]
+        j, both = C.indices[lo:hi], C.data[lo:hi]
+        other = j != i
+        j, both = j[other], both[other]
+        if not len(j):
+            continue
+        score = both / (c[i] + c[j] - both)
+        best = np.argsort(-score, kind="stable")[:m]
+        idx[i, : len(best)], jac[i, : len(best)] = j[best], score[best]
+    return torch.from_numpy(idx), torch.from_numpy(jac)
+
+
+def decoder_directions(d) -> Tensor:
+    """[n, d_model] the residual-stream direction each feature writes: its decoder (a crosscoder's last
+    output block; a CLT's decoders summed over the layers it writes to)."""
+    if isinstance(d, CrossLayerTranscoder):
+        return torch.cat([w.sum(1) for w in d.W_dec]) / d.out_scale.mean()
+    w = d.W_dec.view(d.n_latents, len(d.cfg.out_points), d.cfg.d_out)[:, -1]
+    return w / d.out_scale[-1]
+
+
+@torch.no_grad()
+def logit_effects(model, d, count: int = 10, chunk: int = 1024) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Top/bottom ``count`` tokens of W_U · norm(w) − W_U · norm(0) for each feature's direction w (scaled to
+    unit RMS, so the effect is the norm's linear part with its denominator fixed; positive rescaling does
+    not change the ranking). Returns ((ids, effects), (ids, effects)), each [n, count]."""
+    norm = model.site("final_norm").module
+    W_U = model.hf.get_output_embeddings().weight
+    dirs = decoder_directions(d)
+    if dirs.shape[1] != W_U.shape[1]:
+        return _empty_logits(len(dirs)), _empty_logits(len(dirs))
+    zero = norm(torch.zeros(1, dirs.shape[1], device=W_U.device, dtype=W_U.dtype)).float()
+    tops, bots = [], []
+    for s in range(0, len(dirs), chunk):
+        v = dirs[s : s + chunk].to(W_U.device, W_U.dtype)
+        v = v / v.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
+        eff = (norm(v).float() - zero) @ W_U.float().t()
+        tops.append(eff.topk(count, dim=1))
+        bots.append((-eff).topk(count, dim=1))
+    top = (torch.cat([t.indices for t in tops]).cpu(), torch.cat([t.values for t in tops]).cpu())
+    bottom = (torch.cat([b.indices for b in bots]).cpu(), -torch.cat([b.values for b in bots]).cpu())
+    return top, bottom
+
+
+def _empty_logits(n: int) -> tuple[Tensor, Tensor]:
+    return torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, 0)
+
+
+def feature_stats(model, d, docs: list[data.Document], cfg: FeatureConfig | None = None, *, meta: dict | None = None) -> FeatureStats:
+    """The statistics pass over a corpus with the live model (one forward per batch, early exit after the
+    dictionary's deepest input point)."""
+    cfg = cfg or FeatureConfig()
+    n_windows = max(1, cfg.tokens // cfg.context)
+    windows = model_windows(model, docs, list(d.cfg.in_points), cfg)
+    return collect(d, windows, cfg, model=model, total_tokens=n_windows * cfg.context,
+                   meta={"model": model.name, **(meta or {})})
