@@ -315,6 +315,19 @@ class ActivationStore:
         if carry is not None and len(carry[points[0]]):
             yield carry
 
+    def windows(self, batch_windows: int, *, points: Sequence[str] | None = None, exclude: bool = True,
+                dtype: torch.dtype = torch.float32) -> Iterator[tuple[Tensor, dict[str, Tensor], Tensor]]:
+        """Whole windows in stored order: (tokens [B, T], {point: [B, T, d]}, kept mask [B, T])."""
+        points = [self._point(p) for p in (points or self.points)]
+        for i in range(len(self.shards)):
+            m = self._map(i)
+            tokens = torch.from_numpy(np.array(m["tokens"])).long()
+            keep = torch.from_numpy(self._keep_local(m, points, exclude)).view(tokens.shape)
+            for s in range(0, len(tokens), batch_windows):
+                rows = slice(s * self.context, (s + len(tokens[s : s + batch_windows])) * self.context)
+                acts = {p: _torch(np.asarray(m[p][rows])).to(dtype).view(-1, self.context, self.d[p]) for p in points}
+                yield tokens[s : s + batch_windows], acts, keep[s : s + batch_windows]
+
     def _keep_local(self, m: dict[str, np.ndarray], points: Sequence[str], exclude: bool) -> np.ndarray:
         if not exclude:
             return np.ones(m["excluded"].shape[0], dtype=bool)

@@ -212,6 +212,10 @@ class FeatureStats:
     """([n, l] token ids, [n, l] effects) with the largest logit effect."""
     logit_bottom: tuple[Tensor, Tensor]
     """The same for the most negative effects."""
+    logit_hist: Tensor
+    """[n, bins] histogram of the logit effects over the whole vocabulary, in equal bins over ``logit_range``."""
+    logit_range: Tensor
+    """[n, 2] (min, max) logit effect of each feature."""
 
     @property
     def n(self) -> int:
@@ -283,7 +287,8 @@ class FeatureStats:
         tensors = {"counts": self.counts, "act_sum": self.act_sum, "hist": self.hist, "hist_edges": self.hist_edges,
                    "neighbours": self.neighbours, "jaccard": self.jaccard, "logit_top_ids": self.logit_top[0],
                    "logit_top_vals": self.logit_top[1], "logit_bottom_ids": self.logit_bottom[0],
-                   "logit_bottom_vals": self.logit_bottom[1]}
+                   "logit_bottom_vals": self.logit_bottom[1], "logit_hist": self.logit_hist,
+                   "logit_range": self.logit_range}
         for prefix, ex in (("top", self.top), ("samples", self.samples)):
             tensors |= {f"{prefix}.{k}": v for k, v in ex._asdict().items()}
         with atomic_path(folder, directory=True) as tmp:
@@ -300,7 +305,7 @@ class FeatureStats:
         ex = {p: Examples(*(t[f"{p}.{k}"] for k in Examples._fields)) for p in ("top", "samples")}
         return cls(json.loads((folder / META_FILE).read_text()), t["counts"], t["act_sum"], t["hist"], t["hist_edges"],
                    ex["top"], ex["samples"], t["neighbours"], t["jaccard"], (t["logit_top_ids"], t["logit_top_vals"]),
-                   (t["logit_bottom_ids"], t["logit_bottom_vals"]))
+                   (t["logit_bottom_ids"], t["logit_bottom_vals"]), t["logit_hist"], t["logit_range"])
 
 
 # ---------------------------------------------------------------- encoding
@@ -382,14 +387,14 @@ def collect(d, windows: Iterable[Windows], cfg: FeatureConfig | None = None, *, 
     if acc.windows == 0:
         raise DictionaryError("no windows to compute feature statistics on", "use a larger corpus or more --tokens")
     neighbours, jaccard = cooccurrence(acc, cfg.neighbours)
-    top, bottom = logit_effects(model, d, cfg.logits) if model is not None else (_empty_logits(n), _empty_logits(n))
+    logits = logit_effects(model, d, cfg.logits) if model is not None else LogitEffects.empty(n)
     info = {**describe(d), "tokens": acc.tokens, "windows": acc.windows, "cooc_tokens": acc.cooc_seen,
             "exclusion": cfg.exclusion.describe(), "before": cfg.before, "after": cfg.after,
             "config": {k: v for k, v in asdict(cfg).items() if k != "exclusion"}, **(meta or {})}
     info = json.loads(json.dumps(info))  # the same plain-JSON values as after a save/load
     return FeatureStats(info, acc.counts.cpu(), acc.act_sum.cpu(), acc.hist.view(n, -1).cpu(), acc.hist_edges.cpu(),
                         Examples(*(t.cpu() for t in acc.top.ex)), Examples(*(t.cpu() for t in acc.sample.ex)),
-                        neighbours, jaccard, top, bottom)
+                        neighbours, jaccard, logits.top, logits.bottom, logits.hist, logits.range)
 
 
 def describe(d) -> dict:
@@ -436,31 +441,46 @@ def decoder_directions(d) -> Tensor:
     return w / d.out_scale[-1]
 
 
+class LogitEffects(NamedTuple):
+    top: tuple[Tensor, Tensor]
+    """([n, count] token ids, [n, count] effects), largest first."""
+    bottom: tuple[Tensor, Tensor]
+    """The most negative, most negative first."""
+    hist: Tensor
+    """[n, bins] histogram of the effects over the vocabulary."""
+    range: Tensor
+    """[n, 2] its (min, max)."""
+
+    @classmethod
+    def empty(cls, n: int) -> LogitEffects:
+        none = (torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, 0))
+        return cls(none, none, torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, 2))
+
+
 @torch.no_grad()
-def logit_effects(model, d, count: int = 10, chunk: int = 1024) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """Top/bottom ``count`` tokens of W_U · norm(w) − W_U · norm(0) for each feature's direction w (scaled to
-    unit RMS, so the effect is the norm's linear part with its denominator fixed; positive rescaling does
-    not change the ranking). Returns ((ids, effects), (ids, effects)), each [n, count]."""
+def logit_effects(model, d, count: int = 10, bins: int = 32, chunk: int = 1024) -> LogitEffects:
+    """Logit effect of each feature's direction w: W_U · norm(w) − W_U · norm(0), with w scaled to unit RMS
+    (the norm's linear part with its denominator fixed; a positive rescaling does not change rankings or
+    the histogram's shape)."""
     norm = model.site("final_norm").module
     W_U = model.hf.get_output_embeddings().weight
     dirs = decoder_directions(d)
+    n = len(dirs)
     if dirs.shape[1] != W_U.shape[1]:
-        return _empty_logits(len(dirs)), _empty_logits(len(dirs))
+        return LogitEffects.empty(n)
     zero = norm(torch.zeros(1, dirs.shape[1], device=W_U.device, dtype=W_U.dtype)).float()
-    tops, bots = [], []
-    for s in range(0, len(dirs), chunk):
+    parts = []
+    for s in range(0, n, chunk):
         v = dirs[s : s + chunk].to(W_U.device, W_U.dtype)
         v = v / v.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
         eff = (norm(v).float() - zero) @ W_U.float().t()
-        tops.append(eff.topk(count, dim=1))
-        bots.append((-eff).topk(count, dim=1))
-    top = (torch.cat([t.indices for t in tops]).cpu(), torch.cat([t.values for t in tops]).cpu())
-    bottom = (torch.cat([b.indices for b in bots]).cpu(), -torch.cat([b.values for b in bots]).cpu())
-    return top, bottom
-
-
-def _empty_logits(n: int) -> tuple[Tensor, Tensor]:
-    return torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, 0)
+        top, bot = eff.topk(count, dim=1), (-eff).topk(count, dim=1)
+        lo, hi = eff.min(1, keepdim=True).values, eff.max(1, keepdim=True).values
+        which = ((eff - lo) / (hi - lo).clamp_min(1e-12) * bins).long().clamp(0, bins - 1)
+        hist = torch.zeros(len(v), bins, dtype=torch.long, device=eff.device).scatter_add_(1, which, torch.ones_like(which))
+        parts.append((top.indices, top.values, bot.indices, -bot.values, hist, torch.cat([lo, hi], 1)))
+    cols = [torch.cat(c).cpu() for c in zip(*parts)]
+    return LogitEffects((cols[0], cols[1]), (cols[2], cols[3]), cols[4], cols[5])
 
 
 def feature_stats(model, d, docs: list[data.Document], cfg: FeatureConfig | None = None, *, meta: dict | None = None) -> FeatureStats:
