@@ -267,6 +267,124 @@ def export(
     print(f"wrote {folder}")
 
 
+def _feature_config(tokens: str, context: int, top_k: int, seed: int):
+    from .features import FeatureConfig
+
+    return FeatureConfig(tokens=parse_count(tokens), context=context, top_k=top_k, seed=seed)
+
+
+@command
+def dashboard(
+    path: Path = typer.Argument(..., help="dictionary folder (llmri/SAELens/sparsify, or a CLT)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="site folder (default: PATH/dashboard)"),
+    tokens: str = typer.Option("64k", help="corpus tokens read for the statistics"),
+    corpus: str = typer.Option(data.DEFAULT_CORPUS, help="corpus (bundled name or path)"),
+    context: int = typer.Option(128, help="window length"),
+    top_k: int = typer.Option(20, help="top-activating windows kept per feature"),
+    features: Optional[str] = typer.Option(None, help="write pages only for these features (e.g. 0-99,512); the index lists all"),
+    neuronpedia: bool = typer.Option(True, help="also write Neuronpedia-style feature JSON to PATH/neuronpedia"),
+    recompute: bool = typer.Option(False, help="recompute the statistics even if PATH/features matches"),
+    seed: int = typer.Option(0),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the dictionary was trained on)"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Feature dashboards: statistics over a corpus, then a static offline site (open index.html)."""
+    import time
+
+    from .features.dashboard import write_dashboard, write_neuronpedia
+    from .features.pipeline import ensure_stats, load_dictionary, load_explanations, model_spec
+    from .model import load_model
+
+    t0 = time.perf_counter()
+    d = load_dictionary(path)
+    lm = load_model(model_spec(d, model), dtype=dtype, device=device)
+    d = d.to(lm.device)
+    stats = ensure_stats(lm, d, path, _feature_config(tokens, context, top_k, seed), corpus, recompute)
+    pages = _parse_features(features, stats.n) if features else None
+    site = write_dashboard(stats, lm.tokenizer, out or path / "dashboard", explanations=load_explanations(path), features=pages)
+    record = {"dashboard": str(site), "features": stats.n, "dead": int((stats.counts == 0).sum()), "tokens": stats.n_tokens}
+    if neuronpedia:
+        layer = "-".join(p.replace(".", "") for p in d.cfg.in_points[:1])
+        record["neuronpedia"] = str(write_neuronpedia(stats, lm.tokenizer, path / "neuronpedia", model_id=lm.name, layer=layer,
+                                                      explanations=load_explanations(path)))
+    record["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(record))
+
+
+def _parse_features(spec: str, n: int) -> list[int]:
+    out: list[int] = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise LlmriError(f"cannot read the feature list '{spec}'", "write indices and ranges like 0-99,512")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi >= n or lo > hi:
+            raise LlmriError(f"feature range '{part.strip()}' is outside 0..{n - 1}", f"use indices below {n}")
+        out += range(lo, hi + 1)
+    return out
+
+
+@command
+def interp(
+    path: Path = typer.Argument(..., help="dictionary folder"),
+    explainer: str = typer.Option("smollm2-135m-instruct", help="local model spec, or an OpenAI-compatible URL (http://host:port/v1)"),
+    explainer_model: str = typer.Option("", help="model name sent to the endpoint"),
+    features: Optional[str] = typer.Option(None, help="features to explain (e.g. 0-9,42; default: --n-features random alive ones)"),
+    n_features: int = typer.Option(20, help="random alive features to explain when --features is not given"),
+    explain_examples: int = typer.Option(10, help="top contexts shown to the explainer"),
+    score_examples: int = typer.Option(10, help="activating contexts scored per feature (plus as many silent ones)"),
+    tokens: str = typer.Option("64k", help="corpus tokens for the statistics, if they must be computed"),
+    corpus: str = typer.Option(data.DEFAULT_CORPUS),
+    seed: int = typer.Option(0),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the dictionary was trained on)"),
+    device: str = DeviceOpt,
+):
+    """Explain features with an LLM and score the explanations by detection (writes PATH/features/explanations.json)."""
+    from .features.autointerp import InterpConfig, interpret, make_explainer, summary
+    from .features.dashboard import write_dashboard
+    from .features.pipeline import ensure_stats, load_dictionary, load_explanations, model_spec, save_explanations
+    from .model import load_model
+    from .progress import bar
+
+    d = load_dictionary(path)
+    lm = load_model(model_spec(d, model), device=device)
+    d = d.to(lm.device)
+    ex = make_explainer(explainer, model_name=explainer_model, device=device)
+    stats = ensure_stats(lm, d, path, _feature_config(tokens, 128, 20, seed), corpus, any_settings=True)
+    chosen = _parse_features(features, stats.n) if features else None
+    cfg = InterpConfig(features=chosen, n_features=n_features, explain_examples=explain_examples,
+                       score_examples=score_examples, seed=seed)
+    with bar("explaining features", total=len(chosen) if chosen else n_features, unit="features") as b:
+        result = interpret(stats, lm, d, ex, cfg, progress=b)
+    save_explanations(path, result)
+    if (path / "dashboard" / "index.html").exists():
+        write_dashboard(stats, lm.tokenizer, path / "dashboard", explanations=load_explanations(path))
+    print(json.dumps({"explainer": ex.name, **summary(result)}))
+
+
+@command
+def serve(
+    dictionaries: list[Path] = typer.Argument(None, help="dictionary folders to show (their dashboards are linked)"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (127.0.0.1: this machine only)"),
+    port: int = typer.Option(8765, help="port (0: any free one)"),
+    max_tokens: int = typer.Option(256, help="longest prompt accepted"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the first dictionary's, else the bundled one)"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """A local web explorer: residual norms and top features per token, feature dashboards, steering."""
+    from .features.pipeline import load_dictionary, model_spec
+    from .features.serve import load_explorer
+    from .features.serve import serve as run_server
+    from .model import DEFAULT_MODEL, load_model
+
+    dictionaries = list(dictionaries or [])
+    spec = model_spec(load_dictionary(dictionaries[0]), model) if dictionaries else (model or DEFAULT_MODEL)
+    lm = load_model(spec, dtype=dtype, device=device)
+    run_server(load_explorer(lm, dictionaries, max_tokens=max_tokens), host, port)
+
+
 def main() -> None:
     app()
 

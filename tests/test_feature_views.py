@@ -1,0 +1,224 @@
+"""Dashboards, Neuronpedia JSON, auto-interp and the explorer's API on a tiny random model."""
+
+import json
+import random
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from tiny import WORDS
+
+import llmri
+from llmri import data
+from llmri.dictionaries import DictConfig, build, save
+from llmri.features import FeatureConfig, feature_stats
+from llmri.features.autointerp import (ExplainerError, HFExplainer, InterpConfig, OpenAIExplainer, cheap_labels,
+                                       interpret, summary)
+from llmri.features.dashboard import write_dashboard, write_neuronpedia
+from llmri.features.serve import Explorer, ExplorerError, Loaded, make_server
+
+XSS = ["<script>window.__pwned=1</script>", "<img src=x onerror=window.__pwned=2>"]
+
+
+def long_tiny(tiny_dir, tmp_path_factory):
+    """The tiny llama with a 512-token context and two HTML-injection strings as tokens of its vocabulary."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-xss")
+    tok = AutoTokenizer.from_pretrained(tiny_dir("llama"))
+    tok.add_tokens(XSS)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dir("llama"))
+    hf.resize_token_embeddings(len(tok))
+    hf.config.max_position_embeddings = 512
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_dir, tmp_path_factory):
+    folder = long_tiny(tiny_dir, tmp_path_factory)
+    model = llmri.load_model(str(folder))
+    model.test_folder = str(folder)
+    rng = random.Random(0)
+    docs = [data.Document(f"d{i}", " ".join(rng.choice(XSS) if j % 5 == 2 else rng.choice(WORDS) for j in range(150)))
+            for i in range(40)]
+    d = build(DictConfig(kind="sae", arch="topk", in_points=["resid_post.1"], d_in=64, n_latents=48, k=4,
+                         model_name=model.name)).eval()
+    stats = feature_stats(model, d, docs, FeatureConfig(tokens=32 * 30, context=32, before=4, after=2), meta={"corpus": "test"})
+    return model, d, stats
+
+
+def test_dashboard_files_escape_text_and_list_dead_features(setup, tmp_path):
+    model, d, stats = setup
+    index = write_dashboard(stats, model.tokenizer, tmp_path / "dash")
+    site = index.parent
+    assert len(list((site / "data" / "f").glob("*.js"))) == stats.n
+    for f in [site / "data" / "tokens.js", *site.glob("data/f/*.js")]:
+        text = f.read_text()
+        assert "<" not in text and ">" not in text, f  # JSON escaped: no markup can open or close a script
+    tokens = json.loads(json.loads(json.dumps((site / "data" / "tokens.js").read_text().split("=", 1)[1].rstrip(";\n"))))
+    assert set(XSS) <= set(tokens.values())
+    rows = json.loads((site / "data" / "index.js").read_text().split("window.LLMRI_INDEX=", 1)[1].rstrip(";\n"))
+    assert len(rows) == stats.n and [r[0] for r in rows] == list(range(stats.n))
+    assert sum(r[2] == 0 for r in rows) == int((stats.counts == 0).sum())
+
+
+def test_neuronpedia_json_has_parallel_histograms_and_real_examples(setup, tmp_path):
+    model, d, stats = setup
+    out = write_neuronpedia(stats, model.tokenizer, tmp_path / "np", model_id="tiny", layer="1-res", batch=20)
+    batches = sorted(out.glob("batch-*.json"))
+    feats = [f for b in batches for f in json.loads(b.read_text())["features"]]
+    assert [int(f["index"]) for f in feats] == list(range(stats.n))
+    for f in feats:
+        i = int(f["index"])
+        assert len(f["freq_hist_data_bar_values"]) == len(f["freq_hist_data_bar_heights"])
+        assert len(f["logits_hist_data_bar_values"]) == len(f["logits_hist_data_bar_heights"])
+        assert sum(f["freq_hist_data_bar_heights"]) == int(stats.counts[i])
+        assert f["frac_nonzero"] == pytest.approx(float(stats.density[i]))
+        assert f["pos_str"] == [model.tokenizer.decode([int(t)]) for t in stats.logit_top[0][i]]
+        for a in f["activations"]:
+            assert a["values"][a["maxValueTokenIndex"]] == pytest.approx(a["maxValue"], rel=5e-3)  # 3 significant digits
+
+
+def test_cheap_labels_name_the_most_common_max_token(setup):
+    model, d, stats = setup
+    labels = cheap_labels(stats, model.tokenizer)
+    assert set(labels) == {i for i in range(stats.n) if stats.counts[i] > 0}
+    for i in list(labels)[:10]:
+        maxtoks = [e["tokens"][e["max_index"]] for e in stats.examples(i, "top") + stats.examples(i, "samples")]
+        best = max(set(maxtoks), key=maxtoks.count)
+        assert labels[i].startswith("'" + model.tokenizer.decode([best]).replace("\n", "↵") + "'") or \
+            maxtoks.count(best) == sorted(map(maxtoks.count, set(maxtoks)))[-2]  # ties may come in either order
+
+
+def test_autointerp_local_and_through_an_openai_compatible_endpoint(setup):
+    model, d, stats = setup
+    local = HFExplainer(model)
+    cfg = InterpConfig(n_features=3, explain_examples=2, score_examples=3, max_new_tokens=6)
+    a = interpret(stats, model, d, local, cfg)
+    assert len(a) == 3 and all(e["explanation"] for e in a.values())
+    for e in a.values():
+        if e["score"] is not None:
+            assert 0 <= e["score"] <= 1 and 0 <= e["auroc"] <= 1 and e["n_pos"] > 0 and e["n_neg"] > 0
+    s = summary(a)
+    assert s["features"] == 3
+
+    class Chat(BaseHTTPRequestHandler):  # an OpenAI-style server backed by the same real (tiny) model
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            text = local.complete(body["messages"], body.get("max_tokens", 16))
+            reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Chat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = OpenAIExplainer(f"http://127.0.0.1:{server.server_address[1]}/v1", "tiny")
+        b = interpret(stats, model, d, remote, cfg)
+        assert [e["explanation"] for e in b.values()] == [e["explanation"] for e in a.values()]  # same greedy model
+        for e in b.values():
+            if e["score"] is not None:
+                assert e["score"] in {x / (2 * e["n_pos"] * e["n_neg"]) for x in range(0, 2 * e["n_pos"] * e["n_neg"] + 1)}
+    finally:
+        server.shutdown()
+    with pytest.raises(ExplainerError, match="endpoint"):
+        OpenAIExplainer("http://127.0.0.1:9/v1").complete([{"role": "user", "content": "hi"}])
+
+
+def test_explorer_analysis_and_steering_edit_the_right_activations(setup):
+    model, d, stats = setup
+    ex = Explorer(model, [Loaded("sae", d, cheap_labels(stats, model.tokenizer), None, None)], max_tokens=40)
+    res = ex.analyze("the state of the nation")
+    ids = model.tokenize("the state of the nation").input_ids
+    acts = model.capture(ids, [f"resid_post.{l}" for l in range(model.n_layers)])
+    assert torch.allclose(torch.tensor(res["norms"]), torch.stack([acts[f"resid_post.{l}"][0].norm(dim=-1) for l in range(3)]), atol=0.01)
+    dense = d.encode(acts["resid_post.1"][0]).dense()
+    for t, feats in enumerate(res["dictionaries"][0]["features"]):
+        ref = dense[t].topk(len(feats))
+        assert [f[0] for f in feats] == ref.indices.tolist()
+    f = int(res["dictionaries"][0]["features"][-1][0][0])
+    edits = ex._edits(ex.dicts[0], f, 5.0, "add")
+    with model.intervene(edits):
+        got = model.capture(ids, ["resid_post.1"])["resid_post.1"]
+    assert torch.allclose(got, acts["resid_post.1"] + 5.0 * d.W_dec[f], atol=1e-5)
+    with model.intervene(ex._edits(ex.dicts[0], f, 2.0, "clamp")):
+        got = model.capture(ids, ["resid_post.1"])["resid_post.1"]
+    now = dense[:, f]
+    assert torch.allclose(got[0], acts["resid_post.1"][0] + (2.0 - now)[:, None] * d.W_dec[f], atol=1e-5)
+    same = ex.steer("the state of", 0, f, 0.0, "add", 6)
+    assert same["original"] == same["steered"]
+    moved = ex.steer("the state of", 0, f, 200.0, "add", 6)
+    assert moved["original"] == same["original"] and moved["steered"] != moved["original"]
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda ex: ex.analyze(""), "empty"),
+    (lambda ex: ex.analyze("the " * 60), "tokens long"),
+    (lambda ex: ex.steer("the", 0, 999, 1.0), "unknown feature"),
+    (lambda ex: ex.steer("the", 3, 1, 1.0), "unknown dictionary"),
+    (lambda ex: ex.steer("the", 0, 1, "lots"), "not a number"),
+    (lambda ex: ex.steer("the", 0, 1, 1.0, "twist"), "mode"),
+])
+def test_explorer_rejects_bad_input_with_a_message(setup, call, match):
+    model, d, stats = setup
+    ex = Explorer(model, [Loaded("sae", d, {}, None, None)], max_tokens=40)
+    with pytest.raises(ExplorerError, match=match):
+        call(ex)
+
+
+def test_server_answers_errors_as_json_400_and_binds_localhost(setup):
+    model, d, stats = setup
+    server = make_server(Explorer(model, [Loaded("sae", d, {}, None, None)]), port=0)
+    assert server.server_address[0] == "127.0.0.1"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        req = urllib.request.Request(url + "/api/analyze", data=b'{"prompt": ""}', method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req)
+        assert err.value.code == 400 and "empty" in json.loads(err.value.read())["error"]
+        req = urllib.request.Request(url + "/api/analyze", data=b'{"prompt": "the war"}', method="POST")
+        assert len(json.loads(urllib.request.urlopen(req).read())["tokens"]) == 3
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url + "/dash/0/../../etc/passwd")
+        assert err.value.code == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cli_dashboard_and_interp_write_their_artefacts(setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmri.cli import app
+
+    model, d, stats = setup
+    folder = save(build(d.cfg).eval(), tmp_path / "sae")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = random.Random(1)
+    for i in range(20):
+        (corpus / f"{i}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(200)))
+    runner = CliRunner()
+    r = runner.invoke(app, ["dashboard", str(folder), "--model", model.test_folder, "--corpus", str(corpus),
+                            "--tokens", "2k", "--context", "32"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (folder / "dashboard" / "index.html").exists() and (folder / "neuronpedia" / "batch-0.json").exists()
+    assert out["features"] == 48 and out["tokens"] > 1500
+    r = runner.invoke(app, ["dashboard", str(folder), "--model", model.test_folder, "--corpus", str(corpus),
+                            "--features", "3-99"])
+    assert r.exit_code == 2 and "outside 0..47" in r.output
+    r = runner.invoke(app, ["interp", str(folder), "--explainer", "http://127.0.0.1:9/v1", "--model",
+                            model.test_folder, "--corpus", str(corpus), "--tokens", "2k"])
+    assert r.exit_code == 2 and "endpoint" in r.output
