@@ -66,3 +66,16 @@ def timed(fn, repeat: int = 3) -> float:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def gemm_rate(dtype=torch.float32, repeat: int = 7, rows: int = 4096, d_in: int = 576, n: int = 4608) -> float:
+    """FLOP/s of an encoder-shaped GEMM [rows × d_in] @ [d_in × n] into a reused output (best of ``repeat``)."""
+    a = torch.randn(rows, d_in, dtype=dtype)
+    w = torch.randn(n, d_in, dtype=dtype)
+    out = torch.empty(rows, n, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        torch.mm(a, w.t(), out=out)
+        best = min(best, time.perf_counter() - t)
+    return 2 * rows * d_in * n / best

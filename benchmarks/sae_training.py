@@ -24,26 +24,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import emit, log, machine
+from common import emit, gemm_rate, log, machine
 
 from llmri.dictionaries import DictConfig, StoreSource, TrainConfig, Trainer, build
 from llmri.dictionaries.evaluate import reconstruction_metrics
 from llmri.store import ActivationStore
 
 D_IN, N_LAT, K, BATCH = 576, 4608, 32, 4096
-
-
-def gemm_rate(dtype=torch.float32, repeat: int = 7) -> float:
-    """FLOP/s of the encoder-shaped GEMM [4096 × 576] @ [576 × 4608] into a reused output."""
-    a = torch.randn(BATCH, D_IN, dtype=dtype)
-    w = torch.randn(N_LAT, D_IN, dtype=dtype)
-    out = torch.empty(BATCH, N_LAT, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        torch.mm(a, w.t(), out=out)
-        best = min(best, time.perf_counter() - t)
-    return 2 * BATCH * D_IN * N_LAT / best
 
 
 def plain_loop(store: ActivationStore, tokens: int, point: str, lr: float, seed: int = 0):

@@ -222,3 +222,98 @@ def test_cli_dashboard_and_interp_write_their_artefacts(setup, tmp_path):
     r = runner.invoke(app, ["interp", str(folder), "--explainer", "http://127.0.0.1:9/v1", "--model",
                             model.test_folder, "--corpus", str(corpus), "--tokens", "2k"])
     assert r.exit_code == 2 and "endpoint" in r.output
+
+
+# ---------------------------------------------------------------- in a real browser
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+                 if __import__("os").path.exists(p)), None)
+SHOTS = __import__("pathlib").Path(__file__).resolve().parent.parent / "build" / "screenshots"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_dashboard_and_explorer_in_headless_chromium(setup, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install -e .[test])")
+    model, d, stats = setup
+    folder = tmp_path / "sae"
+    save(d, folder)
+    stats.save(folder / "features")
+    write_dashboard(stats, model.tokenizer, folder / "dashboard")
+    from llmri.features.serve import load_explorer
+
+    server = make_server(load_explorer(model, [folder], max_tokens=40), port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    errors = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            # the static dashboard from file://: index → feature → back
+            page.goto((folder / "dashboard" / "index.html").as_uri())
+            assert page.locator("#features tbody tr").count() == stats.n
+            page.fill("#search", "zzz-no-such-label")
+            assert page.locator("#features tbody tr").count() == 0
+            page.fill("#search", "")
+            page.click("th[data-k='2']")  # sort by density, ascending after the default descending
+            first = int(page.locator("#features tbody tr a").first.get_attribute("data-feature"))
+            assert stats.counts[first] == stats.counts[stats.counts > 0].min()
+            busiest = int(stats.counts.argmax())
+            page.click(f"a[data-feature='{busiest}']")
+            page.wait_for_selector("#top .ctx")
+            assert page.locator("#top .ctx").count() == min(12, len(stats.examples(busiest)))
+            page.screenshot(path=str(SHOTS / "dashboard-feature.png"), full_page=True)
+            page.go_back()
+            page.wait_for_selector("#index", state="visible")
+            assert page.locator("#panel").is_hidden()
+            # corpus text with markup shows as text and never runs
+            xss_id = model.tokenizer.convert_tokens_to_ids(XSS[0])
+            shown = next(i for i in range(stats.n) if any(xss_id in e["tokens"] for e in stats.examples(i)[:12]))
+            page.evaluate(f"location.hash = '#f{shown}'")
+            page.wait_for_selector(f"#panel h2:text('Feature {shown}')")
+            assert XSS[0] in page.inner_text("#top")  # shown as text...
+            assert page.locator("#panel script, #panel img").count() == 0  # ...never as markup
+            assert page.evaluate("window.__pwned") is None
+            # the explorer: a prompt, its heatmap and features, a feature's dashboard, steering, bad input
+            page.goto(url)
+            page.fill("#prompt", "the state of the nation")
+            page.click("#analyze")
+            page.wait_for_selector("#norms")
+            assert page.locator("#norms tr").count() == model.n_layers + 1
+            assert page.locator("#norms th.tok").count() == 6
+            page.locator("#norms th.tok").nth(3).click()
+            assert "Top features at token 3" in page.inner_text("#features")
+            link = page.locator("#features a.flink").first
+            feature = int(link.get_attribute("data-feature"))
+            with page.context.expect_page() as popup:
+                link.click()
+            dash = popup.value
+            dash.wait_for_selector("#panel h2")
+            assert dash.inner_text("#panel h2") == f"Feature {feature}"
+            dash.close()
+            page.locator("#features button.use").first.click()
+            assert page.input_value("#feature") == str(feature)
+            page.fill("#coef", "200")
+            page.fill("#ntok", "6")
+            page.click("#steer")
+            page.wait_for_function("document.getElementById('steered').textContent && !document.getElementById('steered').textContent.startsWith('generating')")
+            original, steered = page.inner_text("#original"), page.inner_text("#steered")
+            assert steered and original and steered != original
+            page.screenshot(path=str(SHOTS / "explorer.png"), full_page=True)
+            page.fill("#prompt", "")
+            page.click("#analyze")
+            page.wait_for_function("document.getElementById('error').textContent.length > 0")
+            assert "empty" in page.inner_text("#error")
+            page.fill("#prompt", "the war")
+            page.fill("#feature", "4096")
+            page.click("#steer")
+            page.wait_for_function("document.getElementById('error').textContent.length > 0")
+            assert "unknown feature" in page.inner_text("#error")
+        finally:
+            browser.close()
+            server.shutdown()
+            server.server_close()
+    assert not errors, errors
+    assert (SHOTS / "explorer.png").stat().st_size > 10_000

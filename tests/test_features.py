@@ -146,3 +146,18 @@ def test_quantile_groups_are_ordered_and_cover_the_sample(tiny):
     assert sum(len(g["examples"]) for g in groups) == len(st.examples(f, "samples"))
     lows = [g["range"][0] for g in groups]
     assert lows == sorted(lows, reverse=True)
+
+
+def test_rows_collected_by_the_scan_give_the_same_statistics(tiny):
+    """The scan keeps only kept rows (plus tokens and mask); rebuilding windows from them changes nothing."""
+    from llmri.features import row_windows
+
+    model, d, corpus = tiny(), sae(), docs()
+    cfg = FeatureConfig(**CFG)
+    direct = feature_stats(model, d, corpus, cfg)
+    ws = list(model_windows(model, corpus, ["resid_post.1"], cfg))
+    tokens, keep = torch.cat([w.tokens for w in ws]), torch.cat([w.keep for w in ws])
+    rows = {"resid_post.1": torch.cat([w.acts["resid_post.1"][w.keep] for w in ws])}
+    rebuilt = collect(d, row_windows(tokens, keep, rows, batch_size=7), cfg, model=model)
+    assert torch.equal(direct.counts, rebuilt.counts) and torch.equal(direct.hist, rebuilt.hist)
+    assert torch.allclose(direct.top.value, rebuilt.top.value) and torch.equal(direct.neighbours, rebuilt.neighbours)

@@ -122,20 +122,43 @@ class _ExampleBuffer:
                            torch.full((size, n), -1, dtype=torch.long, device=device))
 
     def offer(self, score: Tensor, A: Tensor, tokens: Tensor, wmax: Tensor, wpos: Tensor, first_window: int) -> None:
-        """``score`` [B, n] (−inf: not a candidate); ``A`` [B, T, n] activations; ``wmax``/``wpos`` [B, n]."""
+        """``score`` [B, n] (−inf: not a candidate); ``A`` [B, T, n] activations; ``wmax``/``wpos`` [B, n].
+
+        Slots are unordered: a candidate that makes a feature's best ``size`` overwrites a slot that no
+        longer does, so the work (and the context gathering) is proportional to the entries that change."""
         B, T, n = A.shape
         s, w = score.topk(min(self.size, B), dim=0)  # the batch's best candidates per feature [m, n]
-        f = torch.arange(n, device=A.device).expand_as(w)
-        pos = wpos[w, f].unsqueeze(-1) - self.cfg.before + torch.arange(self.cfg.width, device=A.device)
+        both = torch.cat([self.score, s])
+        chosen = torch.zeros_like(both, dtype=torch.bool).scatter_(0, both.topk(self.size, dim=0).indices, True)
+        chosen &= both > -math.inf
+        f_in, c_in = chosen[self.size :].t().nonzero(as_tuple=True)  # entering (feature, candidate), by feature
+        if not len(f_in):
+            return
+        f_out, s_out = (~chosen[: self.size]).t().nonzero(as_tuple=True)  # free slots (feature, slot), by feature
+        need = torch.bincount(f_in, minlength=n)
+        keep = _rank(f_out, n) < need[f_out]  # as many free slots per feature as entering candidates
+        f_out, s_out = f_out[keep], s_out[keep]
+        wq = w[c_in, f_in]
+        pos = wpos[wq, f_in].unsqueeze(-1) - self.cfg.before + torch.arange(self.cfg.width, device=A.device)
         inside = (pos >= 0) & (pos < T)
         pos_c = pos.clamp(0, T - 1)
-        acts = A[w.unsqueeze(-1), pos_c, f.unsqueeze(-1)].masked_fill(~inside, 0).to(torch.float16)
-        toks = tokens[w.unsqueeze(-1), pos_c].masked_fill(~inside, -1).to(torch.int32)
-        value = torch.where(s > -math.inf, wmax[w, f], -math.inf)
-        new = Examples(value, acts, toks, w + first_window)
-        all_score = torch.cat([self.score, s])
-        self.score, order = all_score.topk(self.size, dim=0)
-        self.ex = Examples(*(_take(torch.cat([old, cand]), order) for old, cand in zip(self.ex, new)))
+        self.score[s_out, f_out] = s[c_in, f_in]
+        self.ex.value[s_out, f_out] = wmax[wq, f_in]
+        self.ex.window[s_out, f_out] = wq + first_window
+        self.ex.acts[s_out, f_out] = A[wq.unsqueeze(-1), pos_c, f_in.unsqueeze(-1)].masked_fill(~inside, 0).to(torch.float16)
+        self.ex.tokens[s_out, f_out] = tokens[wq.unsqueeze(-1), pos_c].masked_fill(~inside, -1).to(torch.int32)
+
+    def result(self) -> Examples:
+        """The slots sorted best first per feature (empty ones last)."""
+        order = self.score.argsort(dim=0, descending=True, stable=True)
+        return Examples(*(_take(t, order).cpu() for t in self.ex))
+
+
+def _rank(groups: Tensor, n: int) -> Tensor:
+    """Position of each entry within its group, for entries sorted by group."""
+    counts = torch.bincount(groups, minlength=n)
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.arange(len(groups), device=groups.device) - starts[groups]
 
 
 def _take(t: Tensor, order: Tensor) -> Tensor:
@@ -393,7 +416,7 @@ def collect(d, windows: Iterable[Windows], cfg: FeatureConfig | None = None, *, 
             "config": {k: v for k, v in asdict(cfg).items() if k != "exclusion"}, **(meta or {})}
     info = json.loads(json.dumps(info))  # the same plain-JSON values as after a save/load
     return FeatureStats(info, acc.counts.cpu(), acc.act_sum.cpu(), acc.hist.view(n, -1).cpu(), acc.hist_edges.cpu(),
-                        Examples(*(t.cpu() for t in acc.top.ex)), Examples(*(t.cpu() for t in acc.sample.ex)),
+                        acc.top.result(), acc.sample.result(),
                         neighbours, jaccard, logits.top, logits.bottom, logits.hist, logits.range)
 
 
