@@ -79,6 +79,10 @@ class ScanContext:
     timings: dict[str, float] = field(default_factory=dict)
     activations: dict[str, torch.Tensor] = field(default_factory=dict)
     """Kept activations captured by the statistics pass for the dictionaries section ({point: [rows, d]})."""
+    windows: tuple[torch.Tensor, torch.Tensor] | None = None
+    """The windows those rows come from: (token ids [W, T], kept mask [W, T])."""
+    dictionaries: list = field(default_factory=list)
+    """Dictionaries trained by the dictionaries section (in memory, for the features section)."""
 
 
 def scan(config: ScanConfig | None = None, *, model: Model | None = None) -> Path:
@@ -175,15 +179,19 @@ def layer_token_section(ctx: ScanContext) -> Section:
 
 def corpus_stats(model: Model, docs: list[data.Document], points: list[str], tokens: int, *, context: int = 128,
                  batch_size: int = 16, split: str = "eval", exclusion: data.Exclusion | None = None,
-                 collect: list[str] | None = None) -> tuple[dict[str, PointStats], dict[str, torch.Tensor]]:
+                 collect: list[str] | None = None
+                 ) -> tuple[dict[str, PointStats], dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Per-point statistics over ``tokens`` tokens of a corpus split (excluded tokens counted separately),
-    and the kept rows of the ``collect`` points ({point: [rows, d]} float32 on the CPU; rows aligned across
-    points: a token is kept only if it is an outlier at none of them)."""
+    the kept rows of the ``collect`` points ({point: [rows, d]} float32 on the CPU; rows aligned across
+    points: a token is kept only if it is an outlier at none of them), and the windows they come from:
+    (token ids [W, T], kept mask [W, T]), rows in ``kept.nonzero()`` order."""
     exclusion = exclusion or data.Exclusion()
     spec = data.WindowSpec(context=context, split=split)
     acc = {p: RunningStats(model.d_model) for p in points}
     collect = collect or []
     rows: dict[str, list[torch.Tensor]] = {p: [] for p in collect}
+    seen: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
     n_windows = max(1, tokens // context)
     with bar("layer statistics", total=n_windows * context, unit="tokens") as b:
         for batch in data.batched(data.token_windows(model, docs, spec), batch_size, limit=n_windows):
@@ -197,8 +205,12 @@ def corpus_stats(model: Model, docs: list[data.Document], points: list[str], tok
                     kept &= ~data.outlier_mask(got[p], keep, exclusion)
                 for p in collect:
                     rows[p].append(got[p][kept].float().cpu())
+                seen.append(batch.cpu())
+                masks.append(kept.cpu())
             b.advance(batch.numel())
-    return {p: a.result() for p, a in acc.items()}, {p: torch.cat(v) for p, v in rows.items()}
+    windows = (torch.cat(seen), torch.cat(masks)) if seen else (torch.zeros(0, context, dtype=torch.long),
+                                                               torch.zeros(0, context, dtype=torch.bool))
+    return {p: a.result() for p, a in acc.items()}, {p: torch.cat(v) for p, v in rows.items()}, windows
 
 
 def depth_section(ctx: ScanContext) -> Section:
@@ -213,7 +225,7 @@ def depth_section(ctx: ScanContext) -> Section:
     points = [f"{k}.{l}" for l in range(L) for k in kinds]
     from .dictionaries.scan_section import sae_points
 
-    stats, ctx.activations = corpus_stats(model, ctx.docs, points, cfg.stats_tokens, context=cfg.context,
+    stats, ctx.activations, ctx.windows = corpus_stats(model, ctx.docs, points, cfg.stats_tokens, context=cfg.context,
                                           batch_size=cfg.batch_size, split="train", exclusion=cfg.exclusion,
                                           collect=sae_points(ctx))
     layers = list(range(L))
@@ -271,6 +283,12 @@ def dictionaries_section(ctx: ScanContext) -> Section | None:
     return section(ctx)
 
 
+def features_section(ctx: ScanContext) -> Section | None:
+    from .features.scan_section import section
+
+    return section(ctx)
+
+
 SECTIONS: list[Callable[[ScanContext], Section | None]] = [
-    model_card_section, layer_token_section, depth_section, dictionaries_section,
+    model_card_section, layer_token_section, depth_section, dictionaries_section, features_section,
 ]

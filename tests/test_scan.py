@@ -88,6 +88,13 @@ def test_dictionaries_section_trains_evaluates_and_saves_saes(tiny, tmp_path):
     html = (tmp_path / "rep" / "index.html").read_text()
     assert 'id="dictionaries"' in html and "CE recovered" in html
     assert "kept train-split tokens of the statistics pass" in html  # no second model pass for training
+    # the features section: dashboards of those SAEs, linked, with the densest features shown inline
+    feats = json.loads((tmp_path / "rep" / "scan.json").read_text())["sections"]["features"]
+    assert 'id="features"' in html and 'href="dashboards/resid_post.2/index.html#f' in html
+    site = tmp_path / "rep" / "dashboards" / "resid_post.2"
+    assert (site / "index.html").exists() and len(list((site / "data" / "f").glob("*.js"))) == 128
+    densest = [f["density"] for f in feats["resid_post.2"]["densest"]]
+    assert densest == sorted(densest, reverse=True) and densest[0] > feats["resid_post.2"]["median"][0]["density"]
 
 
 def test_stats_pass_collects_aligned_kept_rows(tiny, text_corpus):
@@ -96,7 +103,7 @@ def test_stats_pass_collects_aligned_kept_rows(tiny, text_corpus):
     model = tiny("llama")
     docs = data.load_corpus(str(text_corpus))
     ex = data.Exclusion(outlier_factor=1.05)  # low enough that tokens are outliers at one point but not another
-    stats, rows = corpus_stats(model, docs, ["resid_post.1"], 256, context=32, batch_size=8, split="train",
+    stats, rows, windows = corpus_stats(model, docs, ["resid_post.1"], 256, context=32, batch_size=8, split="train",
                                exclusion=ex, collect=["resid_post.0", "resid_post.2"])
     wins = data.token_windows(model, docs, data.WindowSpec(context=32, split="train"))
     ids = torch.stack([w for _, w in zip(range(8), wins)])
@@ -108,3 +115,4 @@ def test_stats_pass_collects_aligned_kept_rows(tiny, text_corpus):
     x1 = model.capture(ids, ["resid_post.1"])["resid_post.1"]
     assert stats["resid_post.1"].n_tokens == int((keep & ~data.outlier_mask(x1, keep, ex)).sum())
     assert len(rows["resid_post.0"]) < int(keep.sum())  # the rule did drop some tokens
+    assert torch.equal(windows[0], ids) and torch.equal(windows[1], kept)  # rows map back to their windows

@@ -66,6 +66,7 @@ def section(ctx) -> report.Section | None:
                                                               exclusion=cfg.exclusion))
     eval_s = time.perf_counter() - t0
     rows, summary = [], {}
+    ctx.dictionaries = dicts
     for d, r in zip(dicts, results):
         density = r.pop("_density")
         formats.save(d, ctx.artefacts / "saes" / d.cfg.name, density=density, extra={"eval.json": r})
