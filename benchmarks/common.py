@@ -79,3 +79,30 @@ def gemm_rate(dtype=torch.float32, repeat: int = 7, rows: int = 4096, d_in: int 
         torch.mm(a, w.t(), out=out)
         best = min(best, time.perf_counter() - t)
     return 2 * rows * d_in * n / best
+
+
+class AnonPeak:
+    """Peak anonymous resident memory (RssAnon: heap and tensors, not memory-mapped files) over a block,
+    sampled every ``interval`` seconds in a thread: ``with AnonPeak() as p: ...; p.peak_mb``."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.interval, self.peak_mb, self.start_mb = interval, 0.0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, rss_mb("RssAnon"))
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.start_mb = self.peak_mb = rss_mb("RssAnon")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, rss_mb("RssAnon"))

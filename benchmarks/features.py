@@ -2,8 +2,9 @@
 
     python benchmarks/features.py --dict RUN/resid_post.15 --store STORE [--tokens 1M]
 
-Prints JSON lines: the statistics pass (tokens/s, features × tokens/s, peak memory above the loaded
-inputs, the accumulator's own size), and in the same run the references it is measured against: the
+Prints JSON lines: the statistics pass (tokens/s, features × tokens/s, peak memory above the start —
+RSS, which counts the memory-mapped store pages read, and anonymous memory, which is what the pass itself
+allocates — and the accumulator's own size), and in the same run the references it is measured against: the
 encoder alone over the same windows, the encoder-shaped GEMM rate, and the LM forward that would produce
 the activations live (SmolLM2 up to the dictionary's layer, batch 16 × 128).
 """
@@ -16,7 +17,7 @@ import time
 
 import torch
 
-from common import emit, gemm_rate, log, machine, reset_peak_rss, rss_mb
+from common import AnonPeak, emit, gemm_rate, log, machine, reset_peak_rss, rss_mb
 
 from llmri.features.stats import FeatureConfig, Windows, collect, encode_rows
 from llmri.features.pipeline import load_dictionary
@@ -55,14 +56,16 @@ def main() -> None:
     reset_peak_rss()
     base = rss_mb("VmRSS")
     t0 = time.perf_counter()
-    stats = collect(d, store_windows(store, points, tokens, args.batch_windows), cfg, total_tokens=tokens)
+    with AnonPeak() as anon:
+        stats = collect(d, store_windows(store, points, tokens, args.batch_windows), cfg, total_tokens=tokens)
     wall = time.perf_counter() - t0
     peak = rss_mb("VmHWM") - base
     buffers = sum(t.numel() * t.element_size() for ex in (stats.top, stats.samples) for t in ex) + stats.hist.numel() * 8
     read = stats.meta["windows"] * store.context
     emit({"pass": "feature statistics", "tokens_read": read, "tokens_kept": stats.n_tokens, "seconds": round(wall, 1),
           "tokens_per_s": round(read / wall), "feature_tokens_per_s": round(n * read / wall),
-          "peak_mb_above_start": round(peak), "accumulator_mb": round(buffers / 2**20, 1),
+          "peak_rss_mb_above_start": round(peak), "peak_anon_mb_above_start": round(anon.peak_mb - anon.start_mb),
+          "accumulator_mb": round(buffers / 2**20, 1),
           "cooc_tokens": stats.meta["cooc_tokens"], "dead": int((stats.counts == 0).sum())})
 
     # references, same run: the encoder alone over the same windows, the GEMM rate, the LM forward
