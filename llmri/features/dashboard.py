@@ -35,7 +35,7 @@ def token_strings(tokenizer, ids) -> dict[int, str]:
 
 
 def _example(e: dict) -> list:
-    return [e["tokens"], [_sig(a) for a in e["acts"]], e["max_index"], _sig(e["value"], 4)]
+    return [e["tokens"], e["acts"], e["max_index"], _sig(e["value"], 4)]
 
 
 def feature_record(stats: FeatureStats, i: int, labels: dict[int, str] | None = None,

@@ -265,21 +265,28 @@ class FeatureStats:
         per = self.meta.get("features_per_layer")
         return f"L{self.meta['layers'][i // per]}/{i % per}" if per else str(i)
 
+    def _arrays(self, which: str) -> Examples:
+        """The example buffers as numpy arrays (converted once: per-feature access is then cheap)."""
+        cache = self.__dict__.setdefault("_numpy", {})
+        if which not in cache:
+            ex = self.top if which == "top" else self.samples
+            cache[which] = Examples(ex.value.numpy(), round_sig(ex.acts.float().numpy(), 4), ex.tokens.numpy(),
+                                    ex.window.numpy())
+        return cache[which]
+
     def examples(self, i: int, which: str = "top") -> list[dict]:
-        """Examples of feature ``i`` (``top`` or ``samples``), best first: value, window, tokens, acts."""
-        ex = self.top if which == "top" else self.samples
+        """Examples of feature ``i`` (``top`` or ``samples``), best first: value, window, tokens, acts (4
+        significant digits), and the index of the max token in ``tokens``."""
+        value, acts, tokens, window = (a[:, i] for a in self._arrays(which))
+        before = self.meta["before"]
         out = []
-        for s in range(len(ex.value)):
-            v = float(ex.value[s, i])
-            if v == -math.inf:
-                continue
-            toks = ex.tokens[s, i]
-            valid = toks >= 0
-            out.append({"value": v, "window": int(ex.window[s, i]), "tokens": toks[valid].tolist(),
-                        "acts": [float(f"{a:.4g}") for a in ex.acts[s, i][valid].float().tolist()],
-                        "max_index": int(self.meta["before"] - (~valid[: self.meta["before"]]).sum())})
-        if which == "samples":
-            out.sort(key=lambda e: -e["value"])
+        for s in np.argsort(-value, kind="stable"):
+            if value[s] == -math.inf:
+                break
+            valid = tokens[s] >= 0
+            out.append({"value": float(value[s]), "window": int(window[s]), "tokens": tokens[s][valid].tolist(),
+                        "acts": acts[s][valid].tolist(),
+                        "max_index": int(before - np.count_nonzero(~valid[:before]))})
         return out
 
     def quantile_groups(self, i: int, groups: int = 5, per_group: int = 5) -> list[dict]:
@@ -329,6 +336,15 @@ class FeatureStats:
         return cls(json.loads((folder / META_FILE).read_text()), t["counts"], t["act_sum"], t["hist"], t["hist_edges"],
                    ex["top"], ex["samples"], t["neighbours"], t["jaccard"], (t["logit_top_ids"], t["logit_top_vals"]),
                    (t["logit_bottom_ids"], t["logit_bottom_vals"]), t["logit_hist"], t["logit_range"])
+
+
+def round_sig(a: np.ndarray, digits: int) -> np.ndarray:
+    """Round to ``digits`` significant digits (vectorised; zeros and non-finite values pass through)."""
+    a = np.asarray(a, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = np.where((a != 0) & np.isfinite(a), np.floor(np.log10(np.abs(a))), 0)
+    scale = 10.0 ** (digits - 1 - mag)
+    return np.where(np.isfinite(a), np.round(a * scale) / scale, a)
 
 
 # ---------------------------------------------------------------- encoding
