@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jinja2
 
-from ..atomic import atomic_path, write_json
+from ..atomic import atomic_path
 from .autointerp import cheap_labels
 from .stats import FeatureStats
 
@@ -113,7 +113,7 @@ def write_dashboard(stats: FeatureStats, tokenizer, out: str | Path, *, explanat
 def neuronpedia_feature(stats: FeatureStats, i: int, tokenizer, *, model_id: str, layer: str,
                         labels: dict[int, str] | None = None, explanations: dict | None = None) -> dict:
     """One feature in the field names of Neuronpedia's feature records (SAEDashboard's export)."""
-    rec = feature_record(stats, i, labels, explanations, top=stats.top.value.shape[0], per_group=10)
+    rec = feature_record(stats, i, labels, explanations, top=stats.top.value.shape[0], per_group=5)
     tok = token_strings(tokenizer, _record_tokens(rec))
     centres = stats.histogram(i)[0][rec["hist"]["first"] :][: len(rec["hist"]["counts"])]
     counts = rec["hist"]["counts"]
@@ -155,5 +155,6 @@ def write_neuronpedia(stats: FeatureStats, tokenizer, out: str | Path, *, model_
         for k, s in enumerate(range(0, stats.n, batch)):
             feats = [neuronpedia_feature(stats, i, tokenizer, model_id=model_id, layer=layer, labels=labels,
                                          explanations=explanations) for i in range(s, min(s + batch, stats.n))]
-            write_json(tmp / f"batch-{k}.json", {"model_id": model_id, "layer": layer, "features": feats})
+            (tmp / f"batch-{k}.json").write_text(json.dumps({"model_id": model_id, "layer": layer, "features": feats},
+                                                            separators=(",", ":")))
     return Path(out)
