@@ -260,6 +260,16 @@ def token_mask(tokens: Tensor, special_ids: set[int], exclusion: Exclusion) -> T
     return keep
 
 
+def kept_mask(tokens: Tensor, acts: Sequence[Tensor], special_ids: set[int], exclusion: Exclusion) -> Tensor:
+    """Boolean [batch, seq]: tokens kept by :func:`token_mask` that are a norm outlier at none of ``acts``
+    (each point's median taken over the token-kept set — the rule the activation store applies)."""
+    base = token_mask(tokens, special_ids, exclusion)
+    keep = base.clone()
+    for a in acts:
+        keep &= ~outlier_mask(a, base, exclusion).to(keep.device)
+    return keep
+
+
 def outlier_mask(acts: Tensor, keep: Tensor, exclusion: Exclusion) -> Tensor:
     """Boolean like ``keep``: True where the activation norm exceeds ``outlier_factor`` × median kept norm."""
     if not exclusion.outlier_factor or not keep.any():

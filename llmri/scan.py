@@ -200,9 +200,7 @@ def corpus_stats(model: Model, docs: list[data.Document], points: list[str], tok
             for p in points:
                 acc[p].update(got[p], keep & ~data.outlier_mask(got[p], keep, exclusion))
             if collect:
-                kept = keep.clone()
-                for p in collect:
-                    kept &= ~data.outlier_mask(got[p], keep, exclusion)
+                kept = data.kept_mask(batch, [got[p] for p in collect], model.special_ids, exclusion).to(model.device)
                 for p in collect:
                     rows[p].append(got[p][kept].float().cpu())
                 seen.append(batch.cpu())

@@ -128,10 +128,19 @@ def _point_slice(d: Dictionary, t: Tensor, i: int) -> Tensor:
     return t[:, i * w : (i + 1) * w]
 
 
+def active_entries(d: Dictionary, acts) -> tuple[Tensor, Tensor, Tensor]:
+    """(rows, latents, values) of the positive entries of encoded ``acts``; a CLT's latents are numbered
+    layer-major (``layer · n + i``)."""
+    parts = acts if isinstance(acts, list) else [acts]
+    per = d.cfg.n_latents if isinstance(acts, list) else 0
+    pos = [a.vals > 0 for a in parts]
+    return (torch.cat([a.rows[p] for a, p in zip(parts, pos)]),
+            torch.cat([a.idx[p] + l * per for l, (a, p) in enumerate(zip(parts, pos))]),
+            torch.cat([a.vals[p].float() for a, p in zip(parts, pos)]))
+
+
 def _active_indices(d: Dictionary, acts) -> Tensor:
-    if isinstance(acts, list):  # CLT: latents numbered layer-major
-        return torch.cat([a.idx[a.vals > 0] + l * d.cfg.n_latents for l, a in enumerate(acts)])
-    return acts.idx[acts.vals > 0]
+    return active_entries(d, acts)[1]
 
 
 # ---------------------------------------------------------------- splicing
@@ -223,13 +232,10 @@ def ce_metrics(model, dicts: Dictionary | list[Dictionary], windows: Iterator[Te
         for batch in data.batched(itertools.chain([first], windows), batch_size, limit=n_windows):
             batch = batch.to(model.device)
             clean_acts = model.capture(batch, points + ["logits"], stop_early=False)
-            base_keep = data.token_mask(batch, model.special_ids, exclusion)
             lp_clean = clean_acts["logits"].float()[:, :-1].log_softmax(-1)
             target = batch[:, 1:]
             for d, acc in zip(dicts, sums):
-                keep = base_keep.clone()
-                for p in d.cfg.in_points:
-                    keep &= ~data.outlier_mask(clean_acts[p], keep, exclusion)
+                keep = data.kept_mask(batch, [clean_acts[p] for p in d.cfg.in_points], model.special_ids, exclusion)
                 clean_in = {p: clean_acts[p] for p in d.cfg.in_points}
                 m = keep[:, :-1]  # predictions made at kept positions, for the next token
                 for name, zero in (("spliced", False), ("zero", True)):

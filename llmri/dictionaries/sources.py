@@ -120,10 +120,8 @@ class ModelSource:
         for batch in data.batched(windows, self.lm_batch, limit=n_windows):
             t0 = time.perf_counter()
             acts = self.model.capture(batch, self.points)
-            keep = data.token_mask(batch, self.model.special_ids, self.exclusion).to(self.model.device)
-            for p in self.points:
-                keep &= ~data.outlier_mask(acts[p], keep, self.exclusion)
-            flat = keep.flatten()
+            keep = data.kept_mask(batch, [acts[p] for p in self.points], self.model.special_ids, self.exclusion)
+            flat = keep.flatten().to(self.model.device)
             for p in self.points:
                 got_rows[p].append(acts[p].reshape(-1, acts[p].shape[-1])[flat].float())
             self.lm_seconds += time.perf_counter() - t0
