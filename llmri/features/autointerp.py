@@ -64,9 +64,12 @@ def cheap_labels(stats, tokenizer, n_tokens: int = 3, n_logits: int = 3) -> dict
 class HFExplainer:
     """A local chat model (an llmri :class:`~llmri.model.Model`) as explainer and scorer, greedy decoding."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, batch_size: int = 16):
+        self.model, self.batch_size = model, batch_size
         self.name = model.name
+        tok = model.tokenizer
+        first = lambda words: sorted({tok(w, add_special_tokens=False)["input_ids"][0] for w in words})  # noqa: E731
+        self.yes_ids, self.no_ids = first(["Yes", " Yes", "yes", " yes"]), first(["No", " No", "no", " no"])
 
     def _ids(self, messages: list[dict], room: int = 0) -> list[int]:
         tok = self.model.tokenizer
@@ -89,18 +92,22 @@ class HFExplainer:
         return self.model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
     @torch.no_grad()
-    def yes_probability(self, messages: list[dict]) -> float:
-        """P(Yes) / (P(Yes) + P(No)) for the first answer token (case and leading space folded)."""
-        ids = torch.tensor([self._ids(messages)], device=self.model.device)
-        logp = self.model.hf(ids).logits[0, -1].float().log_softmax(-1)
-        tok = self.model.tokenizer
-
-        def mass(words):
-            ids_ = {tok(w, add_special_tokens=False)["input_ids"][0] for w in words}
-            return torch.logsumexp(logp[sorted(ids_)], 0)
-
-        yes, no = mass(["Yes", " Yes", "yes", " yes"]), mass(["No", " No", "no", " no"])
-        return float(torch.sigmoid(yes - no))
+    def yes_probabilities(self, prompts: list[list[dict]]) -> list[float]:
+        """P(Yes) / (P(Yes) + P(No)) for the first answer token of each prompt (case and leading space
+        folded), in right-padded batches."""
+        out = []
+        for s in range(0, len(prompts), self.batch_size):
+            rows = [self._ids(m) for m in prompts[s : s + self.batch_size]]
+            width = max(map(len, rows))
+            ids = torch.full((len(rows), width), self.model.bos_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, x in enumerate(rows):
+                ids[r, : len(x)], mask[r, : len(x)] = torch.tensor(x), 1
+            logits = self.model.hf(ids.to(self.model.device), attention_mask=mask.to(self.model.device)).logits
+            last = logits[torch.arange(len(rows)), torch.tensor([len(x) - 1 for x in rows])].float().log_softmax(-1)
+            diff = torch.logsumexp(last[:, self.yes_ids], 1) - torch.logsumexp(last[:, self.no_ids], 1)
+            out += torch.sigmoid(diff).tolist()
+        return out
 
 
 class OpenAIExplainer:
@@ -130,9 +137,9 @@ class OpenAIExplainer:
             raise ExplainerError(f"the explainer endpoint {self.url} failed ({err})",
                                  "check the URL (…/v1), the model name and OPENAI_API_KEY") from None
 
-    def yes_probability(self, messages: list[dict]) -> float:
+    def yes_probabilities(self, prompts: list[list[dict]]) -> list[float]:
         """1 for an answer starting with yes, 0 otherwise (chat endpoints give no portable probabilities)."""
-        return 1.0 if self.complete(messages, max_tokens=3).strip().lower().startswith("yes") else 0.0
+        return [1.0 if self.complete(m, max_tokens=3).strip().lower().startswith("yes") else 0.0 for m in prompts]
 
 
 def make_explainer(spec: str, *, model_name: str = "", device: str = "cpu"):
@@ -207,18 +214,26 @@ def _strings(tokenizer, ids: list[int], cache: dict[int, str]) -> list[str]:
 
 
 @torch.no_grad()
-def _silent(model, d, stats, feature: int, contexts: list[list[int]]) -> list[bool]:
-    """Whether ``feature`` stays at 0 on every token of each context, encoded exactly as shown."""
+def _silent(model, d, feature: int, contexts: list[list[int]]) -> list[bool]:
+    """Whether ``feature`` stays at 0 on every token of each context, encoded exactly as shown (after the
+    document-start token; right-padded batch, so padding never affects the real tokens)."""
     from .stats import encode_rows
 
-    points = list(d.cfg.in_points)
-    out = []
-    for ids in contexts:
-        x = torch.tensor([[model.bos_id, *ids]], device=model.device)
-        acts = model.capture(x, points)
-        rows, feats, vals = encode_rows(d, {p: a[0, 1:].float() for p, a in acts.items()})
-        out.append(not bool((feats == feature).any()))
-    return out
+    if not contexts:
+        return []
+    width = 1 + max(map(len, contexts))
+    ids = torch.full((len(contexts), width), model.bos_id, dtype=torch.long)
+    real = torch.zeros_like(ids, dtype=torch.bool)
+    for r, c in enumerate(contexts):
+        ids[r, 1 : 1 + len(c)], real[r, 1 : 1 + len(c)] = torch.tensor(c), True
+    acts = model.capture(ids.to(model.device), list(d.cfg.in_points))
+    real = real.to(model.device)
+    rows, feats, _ = encode_rows(d, {p: a[real].float() for p, a in acts.items()})
+    fired = torch.zeros(int(real.sum()), dtype=torch.bool, device=real.device)
+    fired[rows[feats == feature]] = True
+    per_context = torch.zeros(len(contexts), dtype=torch.long, device=real.device)
+    per_context.index_add_(0, real.nonzero()[:, 0], fired.long())
+    return (per_context == 0).tolist()
 
 
 def _balanced_accuracy(p_pos: list[float], p_neg: list[float]) -> float:
@@ -236,8 +251,8 @@ def _score(explainer, explanation: str, pos: list[list[str]], neg: list[list[str
     if not pos or not neg:
         return {"score": None, "auroc": None, "n_pos": len(pos), "n_neg": len(neg),
                 "note": "too few activating or silent contexts to score"}
-    p_pos = [explainer.yes_probability(detect_prompt(explanation, t)) for t in pos]
-    p_neg = [explainer.yes_probability(detect_prompt(explanation, t)) for t in neg]
+    p = explainer.yes_probabilities([detect_prompt(explanation, t) for t in pos + neg])
+    p_pos, p_neg = p[: len(pos)], p[len(pos) :]
     return {"score": _balanced_accuracy(p_pos, p_neg), "auroc": _auroc(p_pos, p_neg), "n_pos": len(pos), "n_neg": len(neg)}
 
 
@@ -253,7 +268,7 @@ def _scoring_set(stats, model, d, i: int, rng: random.Random, pool, n: int, skip
     samples = [e for e in stats.examples(i, "samples") if e["window"] not in skip]
     pos = [e["tokens"] for e in rng.sample(samples, min(n, len(samples)))]
     candidates = rng.sample(pool, min(len(pool), 4 * n))
-    neg = [c for c, ok in zip(candidates, _silent(model, d, stats, i, candidates)) if ok][: len(pos)]
+    neg = [c for c, ok in zip(candidates, _silent(model, d, i, candidates)) if ok][: len(pos)]
     return pos, neg
 
 

@@ -10,18 +10,20 @@ the JSON embedded in scripts escapes ``<``, ``>`` and ``&``, so a ``<script>`` i
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import jinja2
+import numpy as np
 
 from ..atomic import atomic_path
 from .autointerp import cheap_labels
-from .stats import FeatureStats
+from .stats import FeatureStats, round_sig
 
 
-def _sig(x: float, digits: int = 3) -> float:
-    return float(f"{x:.{digits}g}") if math.isfinite(x) else 0.0
+def _sig(x, digits: int = 3):
+    """Significant digits for the page (a float, or a list for an array); non-finite values become 0."""
+    r = round_sig(np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0), digits)
+    return r.tolist()
 
 
 def _js(obj) -> str:
@@ -52,13 +54,13 @@ def feature_record(stats: FeatureStats, i: int, labels: dict[int, str] | None = 
         "label": (labels or {}).get(i, ""),
         "explanation": expl,
         "hist": {"first": lo, "counts": counts[lo:hi]},
-        "logits": {"pos": [[int(t), _sig(float(v))] for t, v in zip(stats.logit_top[0][i], stats.logit_top[1][i])],
-                   "neg": [[int(t), _sig(float(v))] for t, v in zip(stats.logit_bottom[0][i], stats.logit_bottom[1][i])],
-                   "hist": stats.logit_hist[i].tolist(), "range": [_sig(float(v)) for v in stats.logit_range[i]]}
+        "logits": {"pos": [list(p) for p in zip(stats.logit_top[0][i].tolist(), _sig(stats.logit_top[1][i]))],
+                   "neg": [list(p) for p in zip(stats.logit_bottom[0][i].tolist(), _sig(stats.logit_bottom[1][i]))],
+                   "hist": stats.logit_hist[i].tolist(), "range": _sig(stats.logit_range[i])}
         if n_pos else None,
-        "neighbours": [[int(j), _sig(float(s))] for j, s in zip(stats.neighbours[i], stats.jaccard[i]) if j >= 0],
+        "neighbours": [[j, s] for j, s in zip(stats.neighbours[i].tolist(), _sig(stats.jaccard[i])) if j >= 0],
         "top": [_example(e) for e in stats.examples(i, "top")[:top]],
-        "groups": [{"quantile": g["quantile"], "range": [_sig(v) for v in g["range"]],
+        "groups": [{"quantile": g["quantile"], "range": _sig(g["range"]),
                     "examples": [_example(e) for e in g["examples"]]}
                    for g in stats.quantile_groups(i, groups, per_group)],
     }
@@ -73,12 +75,12 @@ def _record_tokens(rec: dict) -> set[int]:
 
 def index_rows(stats: FeatureStats, labels: dict[int, str], explanations: dict | None = None) -> list[list]:
     """[index, name, density, max activation, label, explanation score] per feature (dead ones included)."""
-    dens, mx = stats.density.tolist(), stats.max_activation.tolist()
+    dens, mx = _sig(stats.density, 4), _sig(stats.max_activation, 4)
     rows = []
     for i in range(stats.n):
         e = (explanations or {}).get(str(i))
         label = e["explanation"] if e else labels.get(i, "")
-        rows.append([i, stats.name(i), float(f"{dens[i]:.4g}"), _sig(mx[i], 4), label,
+        rows.append([i, stats.name(i), dens[i], mx[i], label,
                      None if not e or e.get("score") is None else round(e["score"], 3)])
     return rows
 
@@ -134,8 +136,8 @@ def neuronpedia_feature(stats: FeatureStats, i: int, tokenizer, *, model_id: str
         "pos_str": [tok[t] for t, _ in lg["pos"]], "pos_values": [v for _, v in lg["pos"]],
         "neg_str": [tok[t] for t, _ in lg["neg"]], "neg_values": [v for _, v in lg["neg"]],
         # parallel arrays (one value per bar); activation bars at 10^centre, logit bars at bin centres
-        "freq_hist_data_bar_values": [_sig(10 ** c) for c in centres], "freq_hist_data_bar_heights": counts,
-        "logits_hist_data_bar_values": [_sig(lo + (hi - lo) * (b + 0.5) / nb) for b in range(nb)],
+        "freq_hist_data_bar_values": _sig(10.0 ** np.asarray(centres)), "freq_hist_data_bar_heights": counts,
+        "logits_hist_data_bar_values": _sig(lo + (hi - lo) * (np.arange(nb) + 0.5) / nb),
         "logits_hist_data_bar_heights": lg["hist"],
         "correlated_features_indices": [j for j, _ in rec["neighbours"]],
         "correlated_features_jaccard": [s for _, s in rec["neighbours"]],

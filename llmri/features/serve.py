@@ -24,7 +24,7 @@ from ..errors import LlmriError
 from ..hooks import Add
 from ..progress import say
 from .autointerp import cheap_labels
-from .stats import decoder_directions, encode_rows
+from .stats import decoder_directions, encode_rows, feature_decoder
 
 
 class ExplorerError(LlmriError):
@@ -40,8 +40,6 @@ class Loaded:
     labels: dict[int, str]
     dashboard: Path | None
     """Its dashboard site folder, if one was written (served under /dash/{k}/)."""
-    pages: set[int] | None
-    """Features with a dashboard page (None: all)."""
 
 
 class Explorer:
@@ -91,19 +89,14 @@ class Explorer:
 
     def _link(self, k: int, i: int) -> str | None:
         x = self.dicts[k]
-        if x.dashboard is None or (x.pages is not None and i not in x.pages):
+        if x.dashboard is None or not (x.dashboard / "data" / "f" / f"{i}.js").exists():
             return None
         return f"/dash/{k}/index.html#f{i}"
 
     def _edits(self, x: Loaded, feature: int, coefficient: float, mode: str) -> dict:
         d = x.d
         if mode == "add":
-            if d.cfg.kind == "clt":
-                per, l = d.cfg.n_latents, feature // d.cfg.n_latents
-                ws = d.W_dec[l][feature % per] / d.out_scale[l]
-                return {p: Add(ws[j].detach(), coefficient) for j, p in enumerate(d.cfg.out_points[l:])}
-            blocks = d.W_dec[feature].view(len(d.cfg.out_points), -1) / d.out_scale[:, None]
-            return {p: Add(blocks[j].detach(), coefficient) for j, p in enumerate(d.cfg.out_points)}
+            return {p: Add(w.detach(), coefficient) for p, w in feature_decoder(d, feature).items()}
         if mode == "clamp":
             if d.cfg.kind != "sae":
                 raise ExplorerError(f"clamping needs an SAE (this is a {d.cfg.kind})", "use mode 'add'")
@@ -159,15 +152,11 @@ def load_explorer(model, paths: list[str | Path], **kw) -> Explorer:
     for p in paths:
         p = Path(p)
         d = load_dictionary(p).to(model.device)
-        labels, site, pages = {}, None, None
+        labels = {}
         if (stats_folder(p) / "features.json").exists():
             labels = cheap_labels(FeatureStats.load(stats_folder(p)), model.tokenizer)
-        if (p / "dashboard" / "index.html").exists():
-            site = p / "dashboard"
-            index = (site / "data" / "index.js").read_text()
-            meta = json.loads(index.split("window.LLMRI_META=", 1)[1].split(";\n", 1)[0])
-            pages = set(meta["pages"]) if meta.get("pages") is not None else None
-        loaded.append(Loaded(f"{d.cfg.name} ({p.name})", d, labels, site, pages))
+        site = p / "dashboard" if (p / "dashboard" / "index.html").exists() else None
+        loaded.append(Loaded(f"{d.cfg.name} ({p.name})", d, labels, site))
     return Explorer(model, loaded, **kw)
 
 

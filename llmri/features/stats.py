@@ -35,6 +35,7 @@ from .. import data
 from ..atomic import atomic_path, write_json
 from ..dictionaries.clt import CrossLayerTranscoder
 from ..dictionaries.config import DictionaryError
+from ..dictionaries.evaluate import active_entries
 from ..progress import bar
 
 STATS_FILE = "features.safetensors"
@@ -350,23 +351,9 @@ def round_sig(a: np.ndarray, digits: int) -> np.ndarray:
 # ---------------------------------------------------------------- encoding
 
 
-def n_features(d) -> int:
-    return d.n_latents
-
-
 def encode_rows(d, acts: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """Active features of raw activations ``{point: [N, d]}``: (rows, features, values), values > 0."""
-    x = d.inputs(acts)
-    enc = d.encode(x)
-    parts = enc if isinstance(enc, list) else [enc]
-    rows, feats, vals = [], [], []
-    per = d.cfg.n_latents if isinstance(d, CrossLayerTranscoder) else 0
-    for l, s in enumerate(parts):
-        pos = s.vals > 0
-        rows.append(s.rows[pos])
-        feats.append(s.idx[pos] + l * per)
-        vals.append(s.vals[pos].float())
-    return torch.cat(rows), torch.cat(feats), torch.cat(vals)
+    return active_entries(d, d.encode(d.inputs(acts)))
 
 
 # ---------------------------------------------------------------- sources of windows
@@ -378,10 +365,7 @@ def model_windows(model, docs: list[data.Document], points: list[str], cfg: Feat
     n_windows = max(1, cfg.tokens // cfg.context)
     for batch in data.batched(data.token_windows(model, docs, spec), cfg.batch_size, limit=n_windows):
         acts = model.capture(batch, points)
-        keep = data.token_mask(batch, model.special_ids, cfg.exclusion).to(model.device)
-        base = keep.clone()
-        for p in points:
-            keep &= ~data.outlier_mask(acts[p], base, cfg.exclusion)
+        keep = data.kept_mask(batch, [acts[p] for p in points], model.special_ids, cfg.exclusion).to(model.device)
         yield Windows(batch.to(model.device), acts, keep)
 
 
@@ -409,7 +393,7 @@ def collect(d, windows: Iterable[Windows], cfg: FeatureConfig | None = None, *, 
     """Statistics of every feature of dictionary ``d`` over ``windows`` (see the module docstring).
     ``model`` (the LM the dictionary belongs to) is needed for the logit effects; without it they are empty."""
     cfg = cfg or FeatureConfig()
-    n = n_features(d)
+    n = d.n_latents
     device = next(d.parameters()).device
     acc = _Accumulator(n, cfg, device)
     points = list(d.cfg.in_points)
@@ -439,7 +423,7 @@ def collect(d, windows: Iterable[Windows], cfg: FeatureConfig | None = None, *, 
 def describe(d) -> dict:
     """Name, kind and geometry of a dictionary as the dashboards show it."""
     info = {"dictionary": d.cfg.name, "kind": d.cfg.kind, "arch": d.cfg.arch, "in_points": list(d.cfg.in_points),
-            "out_points": list(d.cfg.out_points), "n_features": n_features(d)}
+            "out_points": list(d.cfg.out_points), "n_features": d.n_latents}
     if isinstance(d, CrossLayerTranscoder):
         info["features_per_layer"] = d.cfg.n_latents
         info["layers"] = [int(p.split(".")[1]) for p in d.cfg.in_points]
@@ -471,13 +455,30 @@ def cooccurrence(acc: _Accumulator, m: int) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(idx), torch.from_numpy(jac)
 
 
+def raw_decoders(d) -> list[tuple[list[str], Tensor]]:
+    """The decoder in raw activation units, as (output points, [n, len(points), d_out]) blocks: one block for
+    an SAE/transcoder/crosscoder, one per source layer for a CLT (its features are numbered layer-major)."""
+    if isinstance(d, CrossLayerTranscoder):
+        pts = d.cfg.out_points
+        return [(pts[l:], w / d.out_scale[l:, None]) for l, w in enumerate(d.W_dec)]
+    w = d.W_dec.view(d.n_latents, len(d.cfg.out_points), d.cfg.d_out) / d.out_scale[:, None]
+    return [(list(d.cfg.out_points), w)]
+
+
+def feature_decoder(d, feature: int) -> dict[str, Tensor]:
+    """{output point: raw decoder vector} of one feature."""
+    pts, w = raw_decoders(d)[feature // d.cfg.n_latents if isinstance(d, CrossLayerTranscoder) else 0]
+    row = w[feature % len(w)]
+    return {p: row[j] for j, p in enumerate(pts)}
+
+
 def decoder_directions(d) -> Tensor:
     """[n, d_model] the residual-stream direction each feature writes: its decoder (a crosscoder's last
     output block; a CLT's decoders summed over the layers it writes to)."""
+    blocks = raw_decoders(d)
     if isinstance(d, CrossLayerTranscoder):
-        return torch.cat([w.sum(1) for w in d.W_dec]) / d.out_scale.mean()
-    w = d.W_dec.view(d.n_latents, len(d.cfg.out_points), d.cfg.d_out)[:, -1]
-    return w / d.out_scale[-1]
+        return torch.cat([w.sum(1) for _, w in blocks])
+    return blocks[0][1][:, -1]
 
 
 class LogitEffects(NamedTuple):
