@@ -10,6 +10,7 @@ the JSON embedded in scripts escapes ``<``, ``>`` and ``&``, so a ``<script>`` i
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import jinja2
@@ -22,6 +23,8 @@ from .stats import FeatureStats, round_sig
 
 def _sig(x, digits: int = 3):
     """Significant digits for the page (a float, or a list for an array); non-finite values become 0."""
+    if isinstance(x, float):  # the common scalar case, without numpy's per-call overhead
+        return float(f"{x:.{digits}g}") if math.isfinite(x) else 0.0
     r = round_sig(np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0), digits)
     return r.tolist()
 

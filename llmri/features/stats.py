@@ -516,8 +516,9 @@ def logit_effects(model, d, count: int = 10, bins: int = 32, chunk: int = 1024) 
         eff = (norm(v).float() - zero) @ W_U.float().t()
         top, bot = eff.topk(count, dim=1), (-eff).topk(count, dim=1)
         lo, hi = eff.min(1, keepdim=True).values, eff.max(1, keepdim=True).values
-        which = ((eff - lo) / (hi - lo).clamp_min(1e-12) * bins).long().clamp(0, bins - 1)
-        hist = torch.zeros(len(v), bins, dtype=torch.long, device=eff.device).scatter_add_(1, which, torch.ones_like(which))
+        which = eff.sub_(lo).mul_(bins / (hi - lo).clamp_min(1e-12)).clamp_(0, bins - 1).long()  # eff is spent here
+        which += torch.arange(len(v), device=which.device).unsqueeze(1) * bins
+        hist = torch.bincount(which.flatten(), minlength=len(v) * bins).view(len(v), bins)
         parts.append((top.indices, top.values, bot.indices, -bot.values, hist, torch.cat([lo, hi], 1)))
     cols = [torch.cat(c).cpu() for c in zip(*parts)]
     return LogitEffects((cols[0], cols[1]), (cols[2], cols[3]), cols[4], cols[5])
