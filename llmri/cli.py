@@ -313,16 +313,9 @@ def dashboard(
 
 
 def _parse_features(spec: str, n: int) -> list[int]:
-    out: list[int] = []
-    for part in spec.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not m:
-            raise LlmriError(f"cannot read the feature list '{spec}'", "write indices and ranges like 0-99,512")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi >= n or lo > hi:
-            raise LlmriError(f"feature range '{part.strip()}' is outside 0..{n - 1}", f"use indices below {n}")
-        out += range(lo, hi + 1)
-    return out
+    from .dictionaries.run import parse_indices
+
+    return parse_indices(spec, n, "features", "dictionary")
 
 
 @command

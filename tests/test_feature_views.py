@@ -271,7 +271,7 @@ def test_cli_dashboard_and_interp_write_their_artefacts(setup, tmp_path):
     assert out["features"] == 48 and out["tokens"] > 1500
     r = runner.invoke(app, ["dashboard", str(folder), "--model", model.test_folder, "--corpus", str(corpus),
                             "--features", "3-99"])
-    assert r.exit_code == 2 and "outside 0..47" in r.output
+    assert r.exit_code == 2 and "do not exist" in r.output and "features 0..47" in r.output
     r = runner.invoke(app, ["interp", str(folder), "--explainer", "http://127.0.0.1:9/v1", "--model",
                             model.test_folder, "--corpus", str(corpus), "--tokens", "2k"])
     assert r.exit_code == 2 and "endpoint" in r.output

@@ -28,25 +28,31 @@ from .sources import ModelSource, StoreSource
 from .trainer import CHECKPOINT, Trainer, build, init_distributed
 
 
-def parse_layers(spec: str | None, n_layers: int) -> list[int]:
-    """``all`` | ``3`` | ``0-5`` | ``1,4,9`` (negative indices count from the end)."""
+def parse_indices(spec: str | None, n: int, what: str = "layers", owner: str = "model") -> list[int]:
+    """``all`` | ``3`` | ``0-5`` | ``1,4,9`` → indices below ``n`` (negative ones count from the end)."""
     if spec is None or spec == "":
         return []
     if spec == "all":
-        return list(range(n_layers))
+        return list(range(n))
     out: list[int] = []
     for part in spec.split(","):
         m = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(\d+))?\s*", part)
         if not m:
-            raise DictionaryError(f"cannot read layers '{spec}'", "use all, 5, 0-5 or 1,4,9")
+            raise DictionaryError(f"cannot read {what} '{spec}'", "use all, 5, 0-5 or 1,4,9")
         lo = int(m.group(1))
-        lo = lo + n_layers if lo < 0 else lo
+        lo = lo + n if lo < 0 else lo
         hi = int(m.group(2)) if m.group(2) else lo
         out += list(range(lo, hi + 1))
-    bad = [l for l in out if not 0 <= l < n_layers]
+    bad = [i for i in out if not 0 <= i < n]
     if bad:
-        raise DictionaryError(f"layers {bad} do not exist", f"the model has layers 0..{n_layers - 1}")
+        shown = bad if len(bad) <= 5 else [*bad[:3], "…", bad[-1]]
+        raise DictionaryError(f"{what} {shown} do not exist", f"the {owner} has {what} 0..{n - 1}")
     return out
+
+
+def parse_layers(spec: str | None, n_layers: int) -> list[int]:
+    """``all`` | ``3`` | ``0-5`` | ``1,4,9`` (negative indices count from the end)."""
+    return parse_indices(spec, n_layers)
 
 
 def plan(model, *, kind: str = "sae", arch: str = "topk", points: list[str] | None = None, layers: str | None = None,
