@@ -249,21 +249,13 @@ def export(
     model_name: str = typer.Option("", help="model name written into config.yaml (default: the one trained on)"),
 ):
     """Export transcoders (a per-layer set) or a CLT in circuit-tracer's format."""
-    from .dictionaries import CrossLayerTranscoder, export_circuit_tracer, load
+    from .dictionaries import export_circuit_tracer
     from .dictionaries.config import DictionaryError
+    from .dictionaries.formats import load_set
 
     if to != "circuit-tracer":
         raise DictionaryError(f"unknown export format '{to}'", "use --to circuit-tracer")
-    if (path / "cfg.json").exists():
-        loaded = load(path)
-        dicts = loaded if isinstance(loaded, CrossLayerTranscoder) else [loaded]
-    else:
-        folders = sorted(p for p in path.iterdir() if (p / "cfg.json").exists()) if path.is_dir() else []
-        dicts = [load(f) for f in folders]
-        if not dicts:
-            raise DictionaryError(f"no dictionaries in {path}", "point at a run folder of `llmri train` or a CLT folder")
-        dicts.sort(key=lambda d: int(d.cfg.in_points[0].split(".")[1]))
-    folder = export_circuit_tracer(dicts, out, model_name=model_name)
+    folder = export_circuit_tracer(load_set(path), out, model_name=model_name)
     print(f"wrote {folder}")
 
 

@@ -253,6 +253,21 @@ def load_sparsify(folder: str | Path, device: str | torch.device = "cpu") -> Spa
     return d.eval()
 
 
+def load_set(path: str | Path, device: str | torch.device = "cpu") -> list[SparseCoder] | CrossLayerTranscoder:
+    """A CLT, a circuit-tracer export, one dictionary folder (→ [it]) or a run folder holding one dictionary
+    folder per layer (``llmri train --layers all``), ordered by the layer they read."""
+    path = Path(path)
+    if (path / CFG).exists() or (path / "config.yaml").exists():
+        loaded = load(path, device=device)
+        return loaded if isinstance(loaded, (CrossLayerTranscoder, list)) else [loaded]
+    folders = sorted(p for p in path.iterdir() if (p / CFG).exists()) if path.is_dir() else []
+    if not folders:
+        raise DictionaryError(f"no dictionaries in {path}", "point at a run folder of `llmri train`, a CLT folder "
+                              "or a circuit-tracer export")
+    dicts = [load(f, device=device) for f in folders]
+    return sorted(dicts, key=lambda d: (int(d.cfg.in_points[0].split(".")[1]) if "." in d.cfg.in_points[0] else 0))
+
+
 # ---------------------------------------------------------------- circuit-tracer
 
 
