@@ -370,6 +370,133 @@ def serve(
     run_server(load_explorer(lm, dictionaries, max_tokens=max_tokens), host, port)
 
 
+# ---------------------------------------------------------------- circuits
+
+TranscodersOpt = typer.Option(None, "--transcoders", "-t",
+                              help="transcoders for every layer: a run folder of `llmri train --kind transcoder --layers all`, "
+                                   "a CLT folder or a circuit-tracer export")
+
+
+def _load_tracing(transcoders: Optional[Path], model: Optional[str], dtype: str, device: str):
+    from .circuits import load_transcoders
+    from .dictionaries.config import DictionaryError
+    from .dictionaries.formats import load_set
+    from .model import DEFAULT_MODEL, load_model
+
+    if transcoders is None:
+        raise DictionaryError("no transcoders given", "pass --transcoders PATH (train them with "
+                              "`llmri train --kind transcoder --layers all --out PATH`)")
+    loaded = load_set(transcoders)
+    first = loaded if not isinstance(loaded, list) else loaded[0]
+    lm = load_model(model or first.cfg.model_name or DEFAULT_MODEL, dtype=dtype, device=device)
+    tcs = load_transcoders(transcoders, lm.n_layers, device=lm.device)
+    return lm, tcs
+
+
+@command
+def trace(
+    prompt: str = typer.Argument(..., help="the prompt to trace (its next-token prediction is explained)"),
+    transcoders: Optional[Path] = TranscodersOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: trace-<slug>)"),
+    max_logits: int = typer.Option(10, help="attribute at most this many output tokens"),
+    logit_probability: float = typer.Option(0.95, help="…taken by probability until their cumulative probability reaches this"),
+    max_features: int = typer.Option(4096, help="feature nodes with computed inputs (most influential first; 0: all)"),
+    batch_size: int = typer.Option(0, help="targets per backward pass (0: automatic from the prompt length)"),
+    node_threshold: float = typer.Option(0.8, help="pruning: keep the features with this cumulative influence"),
+    edge_threshold: float = typer.Option(0.98, help="pruning: keep the edges with this cumulative influence"),
+    validate_top: int = typer.Option(20, "--validate", help="check predicted vs. measured ablation effects of this many top features (0: skip)"),
+    feature_tokens: str = typer.Option("16k", help="corpus tokens for the viewer's feature panels (0: none; cached with the transcoders)"),
+    slug: Optional[str] = typer.Option(None, help="graph name (default: from the prompt)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the transcoders were trained on)"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Attribution graph of a prompt: trace, prune, score, validate; writes the graph JSON and an offline viewer."""
+    from .circuits import AttributionConfig, PruneConfig
+    from .circuits.pipeline import TraceConfig, slug_of
+    from .circuits.pipeline import trace as run_trace
+
+    lm, tcs = _load_tracing(transcoders, model, dtype, device)
+    cfg = TraceConfig(AttributionConfig(max_logits, logit_probability, max_features or None, batch_size),
+                      PruneConfig(node_threshold, edge_threshold), validate_top, feature_tokens=parse_count(feature_tokens))
+    slug = slug or slug_of(prompt)
+    summary = run_trace(lm, tcs, prompt, out or Path(f"trace-{slug}"), cfg, transcoder_path=transcoders, slug=slug)
+    keys = ("prompt", "tokens", "replacement_score", "completeness_score", "feature_nodes", "pruned_nodes",
+            "pruned_edges", "seconds")
+    record = {k: summary[k] for k in keys}
+    if "validation" in summary:
+        record["validation_pearson"] = summary["validation"]["pearson"]
+    record["viewer"] = str((out or Path(f"trace-{slug}")) / "index.html")
+    print(json.dumps(record))
+
+
+def _parse_edit(text: str):
+    """``L:P:F=V`` (set to V) or ``L:P:F*S`` (scale by S)."""
+    m = re.fullmatch(r"\s*(\d+):(-?\d+):(\d+)\s*([=*])\s*(-?\d+(?:\.\d*)?(?:e-?\d+)?)\s*", text)
+    if not m:
+        raise LlmriError(f"cannot read the feature edit '{text}'",
+                         "write LAYER:POS:FEATURE=VALUE (set) or LAYER:POS:FEATURE*FACTOR (scale), e.g. 12:5:345=0")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4), float(m.group(5))
+
+
+@command
+def intervene(
+    prompt: str = typer.Argument(..., help="the prompt"),
+    edit: list[str] = typer.Option(..., "--edit", "-e", help="LAYER:POS:FEATURE=VALUE or LAYER:POS:FEATURE*FACTOR (repeatable; POS may be negative)"),
+    transcoders: Optional[Path] = TranscodersOpt,
+    freeze_attention: bool = typer.Option(True, help="hold attention patterns and norm denominators at the clean run's values"),
+    top: int = typer.Option(10, help="output tokens shown"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the transcoders were trained on)"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Set, scale or ablate transcoder features at (layer, position) and show how the next-token distribution changes."""
+    import torch
+
+    from .circuits import build
+    from .circuits.intervene import FeatureEdit, current_activation, run
+
+    lm, tcs = _load_tracing(transcoders, model, dtype, device)
+    rep = build(lm, tcs, lm.tokenize([prompt]).input_ids[0])
+    edits = []
+    for text in edit:
+        l, p, f, op, v = _parse_edit(text)
+        p = p + rep.n_pos if p < 0 else p
+        edits.append(FeatureEdit(l, p, f, v if op == "=" else v * current_activation(rep, l, p, f)))
+    after = torch.softmax(run(rep, edits, freeze_attention=freeze_attention)[-1], -1)
+    before = torch.softmax(rep.logits[-1].float(), -1)
+    ids = torch.cat([before.topk(top).indices, after.topk(top).indices]).unique()
+    ids = ids[(after[ids] + before[ids]).argsort(descending=True)][:top]
+    rows = [{"token": lm.tokenizer.decode([int(i)]), "before": round(float(before[i]), 4),
+             "after": round(float(after[i]), 4)} for i in ids]
+    print(json.dumps({"edits": [e._asdict() for e in edits], "freeze_attention": freeze_attention, "next_token": rows}))
+
+
+@command
+def validate(
+    graph: Path = typer.Argument(..., help="a trace folder (or its attribution.safetensors)"),
+    transcoders: Optional[Path] = TranscodersOpt,
+    top: int = typer.Option(20, help="most influential features tested"),
+    factor: float = typer.Option(0.0, help="intervention: activation × factor (0: ablation)"),
+    freeze_attention: bool = typer.Option(True, help="hold attention patterns and norm denominators at the clean run's values"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the transcoders were trained on)"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Does the graph predict interventions? Predicted vs. measured change of the top logit for its top features."""
+    from .circuits import Graph
+    from .circuits import validate as run_validate
+    from .circuits.export import node_ids
+
+    g = Graph.load(graph / "attribution.safetensors" if graph.is_dir() else graph)
+    lm, tcs = _load_tracing(transcoders, model, dtype, device)
+    v = run_validate(lm, tcs, g, top=top, factor=factor, freeze_attention=freeze_attention)
+    ids = node_ids(g)
+    print(json.dumps({"pearson": v.pearson, "spearman": v.spearman, "factor": factor, "freeze_attention": freeze_attention,
+                      "features": [{"node": ids[i], "predicted": round(p, 5), "measured": round(m, 5)}
+                                   for i, p, m in zip(v.nodes, v.predicted, v.measured)]}))
+
+
 def main() -> None:
     app()
 

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .. import progress
+from .. import data, progress
 from ..atomic import atomic_path, write_json
 from ..errors import LlmriError
 from . import replacement as rp
@@ -45,6 +45,9 @@ class AttributionConfig:
     """Targets per backward pass (prompt copies in the retained forward); 0: min(64, 8192 // prompt length)."""
     influence_every: int = 1
     """Re-estimate feature influence after this many batches of feature rows."""
+    exclusion: data.Exclusion = field(default_factory=data.Exclusion)
+    """Positions without features (their whole MLP output is an error node): by default those excluded from
+    dictionary training (position 0, special tokens, norm outliers)."""
 
 
 class GraphError(LlmriError):
@@ -176,7 +179,7 @@ def attribute(model, tcs: Transcoders, prompt: str | Tensor, cfg: AttributionCon
     else:
         input_ids, text = prompt.long().cpu(), model.tokenizer.decode(prompt)
     with _float32(model):
-        rep = rp.build(model, tcs, input_ids)
+        rep = rp.build(model, tcs, input_ids, cfg.exclusion)
         graph = _graph(model, tcs, rep, cfg, text)
     graph.meta["seconds"] = round(time.perf_counter() - t0, 2)
     return graph
@@ -258,7 +261,8 @@ def _graph(model, tcs: Transcoders, rep: rp.Replacement, cfg: AttributionConfig,
         prompt=text, input_ids=rep.input_ids.cpu(), tokens=model.token_strings(rep.input_ids.cpu()), n_layers=L,
         features=feats, activations=rep.activation[sel].detach().cpu(), logit_tokens=logit_tok.cpu(),
         logit_probs=logit_p.cpu(), adjacency=adj, n_active=n_f,
-        meta={"model": getattr(model, "name", ""), "config": asdict(cfg), "batch_size": B},
+        meta={"model": getattr(model, "name", ""), "config": json.loads(json.dumps(asdict(cfg), default=str)),
+              "batch_size": B},
     )
 
 

@@ -105,7 +105,7 @@ class Validation(NamedTuple):
 
 
 def validate(model, tcs, graph: Graph, *, top: int = 20, factor: float = 0.0, freeze_attention: bool = True,
-             influence: Tensor | None = None) -> Validation:
+             influence: Tensor | None = None, exclusion=None) -> Validation:
     """Predicted vs. measured effect of scaling each of the ``top`` most influential features by ``factor``."""
     from scipy.stats import pearsonr, spearmanr
 
@@ -116,7 +116,7 @@ def validate(model, tcs, graph: Graph, *, top: int = 20, factor: float = 0.0, fr
         raise InterventionError("the graph has no feature nodes to validate", "trace a prompt where features are active")
     infl = influence if influence is not None else node_influence(normalized(graph.adjacency), graph.logit_weights())
     nodes = infl[: graph.n_features].argsort(descending=True)[:top].tolist()
-    rep = rp.build(model, tcs, graph.input_ids)
+    rep = rp.build(model, tcs, graph.input_ids, exclusion)
     target = graph.logit_tokens[:1]
     pred = predicted_change(graph, nodes, factor)[:, 0].tolist()
     meas = []

@@ -1,0 +1,182 @@
+"""``llmri trace`` end to end: attribute, prune, score, validate, and write the graph files and viewer.
+
+Output folder: ``attribution.safetensors`` (+ ``.json``: the full graph, reloadable with
+:meth:`Graph.load`), ``<slug>.json`` (the pruned graph in the circuit-tracer / Neuronpedia schema),
+``index.html`` (the offline viewer) and ``summary.json`` (scores, sizes, timings, validation).
+Feature statistics for the viewer's feature panels are computed once per transcoder set and layer and
+cached under ``<transcoders>/features/layer_<l>`` (``<transcoders>/features/clt`` for a CLT).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import data
+from ..atomic import write_json
+from ..features.stats import META_FILE, FeatureConfig, FeatureStats, collect, model_windows
+from . import export
+from .attribution import AttributionConfig, Graph, attribute
+from .intervene import validate
+from .prune import PruneConfig, prune, scores
+from .transcoders import Transcoders
+
+
+@dataclass
+class TraceConfig:
+    """Everything ``llmri trace`` does besides the attribution itself."""
+
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    """How much of the graph to compute."""
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    """Pruning thresholds for the graph files."""
+    validate_top: int = 20
+    """Validate the graph on this many of its most influential features (0: skip)."""
+    validate_factor: float = 0.0
+    """Intervention used for validation: activation × factor (0: ablation)."""
+    feature_tokens: int = 16_384
+    """Corpus tokens for the feature panels' statistics (0: no feature panels)."""
+    corpus: str = data.DEFAULT_CORPUS
+    """Corpus for those statistics."""
+
+
+def slug_of(prompt: str) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48]
+    return s or "graph"
+
+
+def trace(model, tcs: Transcoders, prompt: str, out: str | Path, cfg: TraceConfig | None = None, *,
+          transcoder_path: str | Path | None = None, slug: str | None = None) -> dict:
+    """Trace ``prompt`` and write the output folder; returns the summary."""
+    cfg = cfg or TraceConfig()
+    out = Path(out)
+    slug = slug or slug_of(prompt)
+    graph = attribute(model, tcs, prompt, cfg.attribution)
+    return write_trace(model, tcs, graph, out, cfg, transcoder_path=transcoder_path, slug=slug)
+
+
+def write_trace(model, tcs: Transcoders, graph: Graph, out: Path, cfg: TraceConfig, *,
+                transcoder_path: str | Path | None, slug: str) -> dict:
+    from .viewer import write_viewer
+
+    t0 = time.perf_counter()
+    pruned = prune(graph, cfg.prune)
+    sc = scores(graph)
+    summary = summarise(graph, pruned, sc)
+    if cfg.validate_top:
+        v = validate(model, tcs, graph, top=cfg.validate_top, factor=cfg.validate_factor, influence=pruned.influence)
+        summary["validation"] = {"features": len(v.nodes), "factor": v.factor, "freeze_attention": v.freeze_attention,
+                                 "pearson": _r(v.pearson), "spearman": _r(v.spearman),
+                                 "predicted": [_r(x) for x in v.predicted], "measured": [_r(x) for x in v.measured],
+                                 "nodes": [export.node_ids(graph)[i] for i in v.nodes]}
+    graph.meta["scores"] = {"replacement": _r(sc.replacement), "completeness": _r(sc.completeness)}
+    records, tokens = feature_records(model, tcs, graph, pruned, cfg, transcoder_path)
+    labels = {nid: rec.get("label", "") for nid, rec in _by_node(graph, pruned, records).items()}
+    suggested = export.suggest_supernodes(graph, pruned)
+    gj = export.graph_json(graph, pruned, model.tokenizer, slug=slug, scan=getattr(model, "name", ""),
+                           node_threshold=cfg.prune.node_threshold, labels=labels)
+    out.mkdir(parents=True, exist_ok=True)
+    graph.save(out / "attribution.safetensors")
+    write_json(out / f"{slug}.json", gj)
+    write_viewer(out / "index.html", gj, features=records, tokens=tokens, suggested=suggested,
+                 title=f"{getattr(model, 'name', '')} · {graph.prompt}")
+    summary["files"] = {"graph": f"{slug}.json", "viewer": "index.html", "attribution": "attribution.safetensors"}
+    summary["seconds"] = {"attribution": graph.meta.get("seconds"), "rest": round(time.perf_counter() - t0, 2)}
+    summary["config"] = asdict(cfg)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _r(x: float, digits: int = 4) -> float:
+    return round(float(x), digits) if x == x else None  # NaN → null
+
+
+def summarise(graph: Graph, pruned, sc) -> dict:
+    nz = int((graph.adjacency != 0).sum())
+    return {
+        "prompt": graph.prompt, "tokens": graph.n_pos,
+        "top_logits": [[graph.meta.get("decoded", {}).get(str(t), t), _r(p)] for t, p in
+                       zip(graph.logit_tokens.tolist(), graph.logit_probs.tolist())],
+        "replacement_score": _r(sc.replacement), "completeness_score": _r(sc.completeness),
+        "active_features": graph.n_active, "feature_nodes": graph.n_features,
+        "nodes": int(graph.adjacency.shape[0]), "edges": nz,
+        "pruned_nodes": int(pruned.node_mask.sum()), "pruned_features": int(pruned.node_mask[: graph.n_features].sum()),
+        "pruned_edges": int(pruned.edge_mask.sum()),
+    }
+
+
+def _by_node(graph: Graph, pruned, records: dict) -> dict:
+    out = {}
+    for i in pruned.node_mask[: graph.n_features].nonzero().flatten().tolist():
+        l, p, f = graph.features[i].tolist()
+        if f"{l}_{f}" in records:
+            out[f"{l}_{f}_{p}"] = records[f"{l}_{f}"]
+    return out
+
+
+def feature_records(model, tcs: Transcoders, graph: Graph, pruned, cfg: TraceConfig,
+                    transcoder_path: str | Path | None) -> tuple[dict, dict]:
+    """Dashboard records ``{"layer_feature": record}`` of the kept feature nodes, and the token texts they use."""
+    from ..features.autointerp import cheap_labels
+    from ..features.dashboard import _record_tokens, feature_record, token_strings
+
+    if not cfg.feature_tokens or graph.n_features == 0:
+        return {}, {}
+    kept = pruned.node_mask[: graph.n_features].nonzero().flatten()
+    by_layer: dict[int, set[int]] = {}
+    for l, _, f in graph.features[kept].tolist():
+        by_layer.setdefault(l, set()).add(f)
+    stats = layer_stats(model, tcs, sorted(by_layer), cfg, transcoder_path)
+    records, ids, label_cache = {}, set(), {}
+    for l, feats in by_layer.items():
+        s, offset = stats[l]
+        labels = label_cache.setdefault(id(s), cheap_labels(s, model.tokenizer))
+        for f in feats:
+            rec = feature_record(s, offset + f, labels, top=6, groups=2, per_group=2)
+            records[f"{l}_{f}"] = rec
+            ids |= _record_tokens(rec)
+    return records, token_strings(model.tokenizer, ids)
+
+
+def layer_stats(model, tcs: Transcoders, layers: list[int], cfg: TraceConfig,
+                transcoder_path: str | Path | None) -> dict[int, tuple[FeatureStats, int]]:
+    """Feature statistics per layer (and the offset of that layer's features in them), cached on disk."""
+    fc = FeatureConfig(tokens=cfg.feature_tokens, top_k=10, samples=12, cooc_tokens=min(cfg.feature_tokens, 16_384))
+    root = Path(transcoder_path) / "features" if transcoder_path else None
+    out: dict[int, tuple[FeatureStats, int]] = {}
+    if tcs.clt is not None:
+        folder = root / "clt" if root else None
+        s = _cached(folder) or _compute(model, tcs.clt, fc, cfg, folder)
+        return {l: (s, l * tcs.n_features) for l in layers}
+    todo = []
+    for l in layers:
+        folder = root / f"layer_{l}" if root else None
+        cached = _cached(folder)
+        if cached is not None:
+            out[l] = (cached, 0)
+        else:
+            todo.append(l)
+    if todo:
+        windows = list(model_windows(model, data.load_corpus(cfg.corpus), [f"mlp_in.{l}" for l in todo], fc))
+        for l in todo:
+            folder = root / f"layer_{l}" if root else None
+            out[l] = (_compute(model, tcs.dicts[l], fc, cfg, folder, windows), 0)
+    return out
+
+
+def _cached(folder: Path | None) -> FeatureStats | None:
+    return FeatureStats.load(folder) if folder is not None and (folder / META_FILE).exists() else None
+
+
+def _compute(model, d, fc: FeatureConfig, cfg: TraceConfig, folder: Path | None, windows=None) -> FeatureStats:
+    if windows is None:
+        windows = model_windows(model, data.load_corpus(cfg.corpus), list(d.cfg.in_points), fc)
+    with torch.no_grad():
+        s = collect(d, iter(windows), fc, model=model, meta={"corpus": cfg.corpus, "model": model.name})
+    if folder is not None:
+        s.save(folder)
+    return s
