@@ -82,7 +82,7 @@ def test_circuit_tracer_export_round_trips(tmp_path):
     before = [t.reconstruct({f"mlp_in.{l}": acts[f"mlp_in.{l}"]}) for l, t in enumerate(tcs)]
     folder = export_circuit_tracer(tcs, tmp_path / "plt", model_name="tiny")
     text = (folder / "config.yaml").read_text()
-    assert "model_kind: transcoder_set" in text and "feature_output_hook: hook_mlp_out" in text
+    assert "model_kind: transcoder_set" in text and "feature_input_hook: mlp.hook_in" in text and "feature_output_hook: mlp.hook_out" in text
     loaded = load_circuit_tracer(folder)
     for l, t in enumerate(loaded):
         after = t.reconstruct({f"mlp_in.{l}": acts[f"mlp_in.{l}"]})

@@ -274,7 +274,11 @@ def load_set(path: str | Path, device: str | torch.device = "cpu") -> list[Spars
 def export_circuit_tracer(dicts: list[SparseCoder] | CrossLayerTranscoder, folder: str | Path, *,
                           model_name: str = "", n_layers: int | None = None) -> Path:
     """Write a per-layer transcoder set (one transcoder per layer, in layer order) or a CLT in
-    circuit-tracer's format. Hooks: ``ln2.hook_normalized`` → ``hook_mlp_out`` (our mlp_in → mlp_out)."""
+    circuit-tracer's format. Hooks: ``mlp.hook_in`` → ``mlp.hook_out`` (our mlp_in → mlp_out), the names
+    circuit-tracer resolves in both its backends (``ln2.hook_normalized`` is the norm's output *before* its
+    gain in TransformerLens with ``fold_ln=False``, and unknown to its nnsight backend). circuit-tracer
+    0.5 reads ReLU/JumpReLU (and BatchTopK, saved with its threshold) transcoder sets; it has no TopK
+    activation for them, so TopK sets are written with a ``k`` entry only llmri reads."""
     folder = Path(folder)
     clt = isinstance(dicts, CrossLayerTranscoder)
     items = [dicts] if clt else list(dicts)
@@ -286,7 +290,7 @@ def export_circuit_tracer(dicts: list[SparseCoder] | CrossLayerTranscoder, folde
     arch = items[0].cfg.arch
     yaml = [f"model_name: {json.dumps(model_name or items[0].cfg.model_name)}",
             f"model_kind: {'cross_layer_transcoder' if clt else 'transcoder_set'}",
-            "feature_input_hook: ln2.hook_normalized", "feature_output_hook: hook_mlp_out",
+            "feature_input_hook: mlp.hook_in", "feature_output_hook: mlp.hook_out",
             f"activation: {'topk' if arch == 'topk' else 'relu'}"]
     if arch == "topk":
         yaml.append(f"k: {items[0].cfg.k}")
