@@ -406,6 +406,7 @@ def trace(
     edge_threshold: float = typer.Option(0.98, help="pruning: keep the edges with this cumulative influence"),
     validate_top: int = typer.Option(20, "--validate", help="check predicted vs. measured ablation effects of this many top features (0: skip)"),
     feature_tokens: str = typer.Option("16k", help="corpus tokens for the viewer's feature panels (0: none; cached with the transcoders)"),
+    corpus: str = typer.Option(data.DEFAULT_CORPUS, help="corpus for those feature panels (bundled name or path)"),
     slug: Optional[str] = typer.Option(None, help="graph name (default: from the prompt)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the transcoders were trained on)"),
     dtype: str = DtypeOpt,
@@ -418,7 +419,8 @@ def trace(
 
     lm, tcs = _load_tracing(transcoders, model, dtype, device)
     cfg = TraceConfig(AttributionConfig(max_logits, logit_probability, max_features or None, batch_size),
-                      PruneConfig(node_threshold, edge_threshold), validate_top, feature_tokens=parse_count(feature_tokens))
+                      PruneConfig(node_threshold, edge_threshold), validate_top, feature_tokens=parse_count(feature_tokens),
+                      corpus=corpus)
     slug = slug or slug_of(prompt)
     summary = run_trace(lm, tcs, prompt, out or Path(f"trace-{slug}"), cfg, transcoder_path=transcoders, slug=slug)
     keys = ("prompt", "tokens", "replacement_score", "completeness_score", "feature_nodes", "pruned_nodes",

@@ -251,3 +251,53 @@ def test_graph_files(tiny_dir, tmp_path):
     assert len(members) == len(set(members))
     with pytest.raises(llmri.circuits.GraphError):
         Graph.load(tmp_path / "missing.safetensors")
+
+
+def test_trace_cli_writes_graph_viewer_and_summary(tiny_dir, tmp_path, text_corpus):
+    from typer.testing import CliRunner
+
+    from llmri.cli import app
+    from llmri.dictionaries import save
+
+    model = scaled_model(tiny_dir("llama"))
+    model.hf.save_pretrained(tmp_path / "model")
+    model.tokenizer.save_pretrained(tmp_path / "model")
+    tcs = random_tcs(model, arch="topk")
+    for l, d in enumerate(tcs.dicts):
+        save(d, tmp_path / "tcs" / f"mlp_in.{l}")
+    runner = CliRunner()
+    base = ["--transcoders", str(tmp_path / "tcs"), "--model", str(tmp_path / "model")]
+    r = runner.invoke(app, ["trace", PROMPT, *base, "--out", str(tmp_path / "out"), "--feature-tokens", "2k", "--corpus", str(text_corpus),
+                            "--validate", "5", "--max-features", "64"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["feature_nodes"] == 64 and summary["validation"]["features"] == 5
+    assert 0 <= summary["replacement_score"] <= 1 and 0 <= summary["completeness_score"] <= 1
+    graph = json.loads((out / "the-nation-and-the-war-of-the-states.json").read_text())
+    assert len(graph["nodes"]) == summary["pruned_nodes"] and len(graph["links"]) == summary["pruned_edges"]
+    html = (out / "index.html").read_text()
+    assert "graph-data" in html and "http://" not in html and "https://" not in html
+    assert any((tmp_path / "tcs" / "features").glob("layer_*/features.json"))  # feature panels cached
+    again = Graph.load(out / "attribution.safetensors")
+    assert again.n_features == 64
+    r = runner.invoke(app, ["validate", str(out), *base, "--top", "4"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.output)["features"]) == 4
+    l, p, f = again.features[0].tolist()
+    r = runner.invoke(app, ["intervene", PROMPT, *base, "--edit", f"{l}:{p}:{f}=0", "--edit", f"{l}:-1:3*2"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)["next_token"]
+    assert rows and abs(sum(x["before"] for x in rows) - sum(x["after"] for x in rows)) < 1
+    # bad input: one line, exit code 2, nothing half-written
+    for args in (["trace", " ", *base, "--out", str(tmp_path / "bad")],
+                 ["trace", PROMPT, "--model", str(tmp_path / "model"), "--out", str(tmp_path / "bad")],
+                 ["trace", PROMPT, "--transcoders", str(tmp_path / "tcs" / "mlp_in.0"), "--model", str(tmp_path / "model"),
+                  "--out", str(tmp_path / "bad")],
+                 ["intervene", PROMPT, *base, "--edit", "1:2"],
+                 ["intervene", PROMPT, *base, "--edit", "9:1:1=0"],
+                 ["validate", str(tmp_path / "nothing"), *base]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        assert "error:" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "bad").exists()
