@@ -73,6 +73,8 @@ def scan(
     chat_prompt: str = typer.Option("Explain in two sentences why the sky is blue.", help="chat prompt shown"),
     sae_layers: str = typer.Option("auto", help="layers that get a quick SAE ('auto': five over depth; '' skips)"),
     sae_tokens: str = typer.Option("64k", help="training tokens of those SAEs"),
+    circuit_prompt: str = typer.Option("The capital of France is", help="prompt traced in the circuits section ('' skips)"),
+    transcoders: str = typer.Option("", help="transcoders for every layer for that trace ('': quick ones trained in the scan)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -82,7 +84,8 @@ def scan(
 
     run_scan(ScanConfig(model=model, corpus=corpus, out=str(out), stats_tokens=parse_count(stats_tokens),
                         passages=passages, chat_prompt=chat_prompt, sae_layers=sae_layers,
-                        sae_tokens=parse_count(sae_tokens), dtype=dtype, device=device))
+                        sae_tokens=parse_count(sae_tokens), circuit_prompt=circuit_prompt, transcoders=transcoders,
+                        dtype=dtype, device=device))
 
 
 @command

@@ -65,6 +65,19 @@ class ScanConfig:
     """Held-out tokens for their NMSE / L0 / dead %."""
     sae_ce_tokens: int = 2_048
     """Held-out tokens for their CE loss recovered."""
+    circuit_prompt: str = "The capital of France is"
+    """Prompt traced in the circuits section ("" skips the section)."""
+    transcoders: str = ""
+    """Transcoders for every layer (run folder, CLT or circuit-tracer export) for the circuits section; ""
+    trains quick ones on the statistics pass's first ``circuit_tokens`` kept tokens."""
+    circuit_tokens: int = 16_384
+    """Kept tokens of the statistics pass (fp16 mlp_in/mlp_out of every layer) the quick transcoders train on."""
+    circuit_expansion: float = 2.0
+    """Quick transcoders' width as a multiple of d_model."""
+    circuit_k: int = 16
+    """Quick transcoders' k."""
+    circuit_features: int = 1024
+    """Feature nodes with computed inputs in the traced graph."""
 
 
 @dataclass
@@ -83,6 +96,8 @@ class ScanContext:
     """The windows those rows come from: (token ids [W, T], kept mask [W, T])."""
     dictionaries: list = field(default_factory=list)
     """Dictionaries trained by the dictionaries section (in memory, for the features section)."""
+    extra_rows: dict[str, torch.Tensor] = field(default_factory=dict)
+    """fp16 kept rows of further points the statistics pass keeps for later sections (the quick transcoders')."""
 
 
 def scan(config: ScanConfig | None = None, *, model: Model | None = None) -> Path:
@@ -179,7 +194,7 @@ def layer_token_section(ctx: ScanContext) -> Section:
 
 def corpus_stats(model: Model, docs: list[data.Document], points: list[str], tokens: int, *, context: int = 128,
                  batch_size: int = 16, split: str = "eval", exclusion: data.Exclusion | None = None,
-                 collect: list[str] | None = None
+                 collect: list[str] | None = None, extra: list[str] | None = None, extra_tokens: int = 0,
                  ) -> tuple[dict[str, PointStats], dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Per-point statistics over ``tokens`` tokens of a corpus split (excluded tokens counted separately),
     the kept rows of the ``collect`` points ({point: [rows, d]} float32 on the CPU; rows aligned across
@@ -189,13 +204,16 @@ def corpus_stats(model: Model, docs: list[data.Document], points: list[str], tok
     spec = data.WindowSpec(context=context, split=split)
     acc = {p: RunningStats(model.d_model) for p in points}
     collect = collect or []
-    rows: dict[str, list[torch.Tensor]] = {p: [] for p in collect}
+    extra = [p for p in extra or [] if p not in collect]
+    rows: dict[str, list[torch.Tensor]] = {p: [] for p in collect + extra}
+    n_extra = 0
     seen: list[torch.Tensor] = []
     masks: list[torch.Tensor] = []
     n_windows = max(1, tokens // context)
     with bar("layer statistics", total=n_windows * context, unit="tokens") as b:
         for batch in data.batched(data.token_windows(model, docs, spec), batch_size, limit=n_windows):
-            got = model.capture(batch, list(dict.fromkeys([*points, *collect])))
+            want_extra = extra if n_extra < extra_tokens else []
+            got = model.capture(batch, list(dict.fromkeys([*points, *collect, *want_extra])))
             keep = data.token_mask(batch, model.special_ids, exclusion).to(model.device)
             for p in points:
                 acc[p].update(got[p], keep & ~data.outlier_mask(got[p], keep, exclusion))
@@ -205,6 +223,11 @@ def corpus_stats(model: Model, docs: list[data.Document], points: list[str], tok
                     rows[p].append(got[p][kept].float().cpu())
                 seen.append(batch.cpu())
                 masks.append(kept.cpu())
+            if want_extra:
+                kept = data.kept_mask(batch, [got[p] for p in want_extra], model.special_ids, exclusion).to(model.device)
+                for p in want_extra:
+                    rows[p].append(got[p][kept][: extra_tokens - n_extra].half().cpu())
+                n_extra += min(int(kept.sum()), extra_tokens - n_extra)
             b.advance(batch.numel())
     windows = (torch.cat(seen), torch.cat(masks)) if seen else (torch.zeros(0, context, dtype=torch.long),
                                                                torch.zeros(0, context, dtype=torch.bool))
@@ -223,9 +246,14 @@ def depth_section(ctx: ScanContext) -> Section:
     points = [f"{k}.{l}" for l in range(L) for k in kinds]
     from .dictionaries.scan_section import sae_points
 
-    stats, ctx.activations, ctx.windows = corpus_stats(model, ctx.docs, points, cfg.stats_tokens, context=cfg.context,
-                                          batch_size=cfg.batch_size, split="train", exclusion=cfg.exclusion,
-                                          collect=sae_points(ctx))
+    from .circuits.scan_section import circuit_points
+
+    extra = circuit_points(ctx)
+    stats, acts, ctx.windows = corpus_stats(model, ctx.docs, points, cfg.stats_tokens, context=cfg.context,
+                                            batch_size=cfg.batch_size, split="train", exclusion=cfg.exclusion,
+                                            collect=sae_points(ctx), extra=extra, extra_tokens=cfg.circuit_tokens)
+    ctx.extra_rows = {p: acts.pop(p) for p in extra}
+    ctx.activations = acts
     layers = list(range(L))
 
     def series(kind: str, attr: str) -> list[float]:
@@ -287,6 +315,12 @@ def features_section(ctx: ScanContext) -> Section | None:
     return section(ctx)
 
 
+def circuits_section(ctx: ScanContext) -> Section | None:
+    from .circuits.scan_section import section
+
+    return section(ctx)
+
+
 SECTIONS: list[Callable[[ScanContext], Section | None]] = [
-    model_card_section, layer_token_section, depth_section, dictionaries_section, features_section,
+    model_card_section, layer_token_section, depth_section, dictionaries_section, features_section, circuits_section,
 ]

@@ -32,7 +32,7 @@ def scaled_model(folder):
     return model
 
 
-def random_tcs(model, kind="tc", arch="relu", skip=True, n=32, seed=0):
+def random_tcs(model, kind="tc", arch="relu", skip=True, n=32, seed=0, k=4):
     L, d = model.n_layers, model.d_model
     g = torch.Generator().manual_seed(seed)
 
@@ -49,10 +49,10 @@ def random_tcs(model, kind="tc", arch="relu", skip=True, n=32, seed=0):
 
     if kind == "clt":
         cfg = DictConfig(kind="clt", arch=arch, in_points=[f"mlp_in.{l}" for l in range(L)],
-                         out_points=[f"mlp_out.{l}" for l in range(L)], d_in=d, d_out=d, n_latents=n, k=4)
+                         out_points=[f"mlp_out.{l}" for l in range(L)], d_in=d, d_out=d, n_latents=n, k=k)
         return Transcoders(rnd(build_dict(cfg)), L)
     return Transcoders([rnd(build_dict(DictConfig(kind="transcoder", arch=arch, in_points=[f"mlp_in.{l}"],
-                                                  out_points=[f"mlp_out.{l}"], d_in=d, d_out=d, n_latents=n, k=4,
+                                                  out_points=[f"mlp_out.{l}"], d_in=d, d_out=d, n_latents=n, k=k,
                                                   skip=skip))) for l in range(L)], L)
 
 
@@ -301,3 +301,18 @@ def test_trace_cli_writes_graph_viewer_and_summary(tiny_dir, tmp_path, text_corp
         assert r.exit_code == 2, (args, r.output)
         assert "error:" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_real_model_replacement_is_exact_and_complete(real_model):
+    model = real_model
+    tcs = random_tcs(model, arch="topk", n=256, skip=False, k=1)  # one feature per layer and position
+    ids = model.tokenize(["The capital of France is"]).input_ids[0]
+    rep = build(model, tcs, ids)
+    with torch.no_grad():
+        logits = rep.forward(*rep.coefficients(1, requires_grad=False), reads=["logits"])["logits"][0]
+    torch.testing.assert_close(logits, rep.logits, rtol=1e-4, atol=1e-3)
+    g = attribute(model, tcs, ids, ALL)
+    assert g.n_features == g.n_active == model.n_layers * int(rep.kept.sum())
+    got, want = _targets_reconstructed(model, tcs, g, rep)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max().detach()))
+    assert model.tokenizer.decode([int(g.logit_tokens[0])]).strip() == "Paris"

@@ -116,3 +116,28 @@ def test_stats_pass_collects_aligned_kept_rows(tiny, text_corpus):
     assert stats["resid_post.1"].n_tokens == int((keep & ~data.outlier_mask(x1, keep, ex)).sum())
     assert len(rows["resid_post.0"]) < int(keep.sum())  # the rule did drop some tokens
     assert torch.equal(windows[0], ids) and torch.equal(windows[1], kept)  # rows map back to their windows
+
+
+def test_circuits_section_traces_the_prompt_with_quick_transcoders(tiny, tmp_path):
+    import random
+
+    from tiny import WORDS
+
+    model = tiny("llama")
+    rng = random.Random(1)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(120):
+        (corpus / f"d{i:03d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(300)))
+    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), passages=1, stats_tokens=2048,
+                     context=32, batch_size=8, sae_layers="", circuit_prompt="the nation and the war of the",
+                     circuit_tokens=2048, circuit_features=64)
+    index = scan(cfg, model=model)
+    summary = json.loads((tmp_path / "rep" / "scan.json").read_text())["sections"]["circuits"]
+    assert 0 <= summary["replacement_score"] <= 1 and 0 <= summary["completeness_score"] <= 1
+    assert summary["feature_nodes"] == 64 and summary["validation"]["features"] == 10
+    graph = json.loads((tmp_path / "rep" / "circuits" / "scan.json").read_text())
+    assert len(graph["nodes"]) == summary["pruned_nodes"]
+    html = index.read_text()
+    assert 'id="circuits"' in html and 'src="circuits/index.html"' in html and "<script" not in html.lower()
+    assert (tmp_path / "rep" / "circuits" / "index.html").exists()
