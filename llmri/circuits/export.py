@@ -98,12 +98,14 @@ def suggest_supernodes(graph: Graph, pruned: Pruned, *, threshold: float = 0.5, 
         return []
     Z = linkage(prof, method="average", metric="cosine")
     labels = fcluster(Z, t=threshold, criterion="distance")
-    groups = []
+    groups, names = [], {}
     for c in np.unique(labels):
         members = [feats[k] for k in np.nonzero(labels == c)[0]]
         if len(members) >= min_size:
             layers = sorted({int(graph.features[m, 0]) for m in members})
             pos = sorted({int(graph.features[m, 1]) for m in members})
-            name = f"L{layers[0]}–{layers[-1]} @ {','.join(map(str, pos))}" if len(layers) > 1 else f"L{layers[0]} @ {','.join(map(str, pos))}"
-            groups.append([name] + [ids[m] for m in members])
+            span = f"L{layers[0]}-{layers[-1]}" if len(layers) > 1 else f"L{layers[0]}"
+            name = f"{span} @ {','.join(map(str, pos))}"
+            names[name] = names.get(name, 0) + 1
+            groups.append([name if names[name] == 1 else f"{name} #{names[name]}"] + [ids[m] for m in members])
     return groups

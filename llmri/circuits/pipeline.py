@@ -66,7 +66,7 @@ def write_trace(model, tcs: Transcoders, graph: Graph, out: Path, cfg: TraceConf
     t0 = time.perf_counter()
     pruned = prune(graph, cfg.prune)
     sc = scores(graph)
-    summary = summarise(graph, pruned, sc)
+    summary = summarise(graph, pruned, sc, model.tokenizer)
     if cfg.validate_top:
         v = validate(model, tcs, graph, top=cfg.validate_top, factor=cfg.validate_factor, influence=pruned.influence)
         summary["validation"] = {"features": len(v.nodes), "factor": v.factor, "freeze_attention": v.freeze_attention,
@@ -95,12 +95,11 @@ def _r(x: float, digits: int = 4) -> float:
     return round(float(x), digits) if x == x else None  # NaN → null
 
 
-def summarise(graph: Graph, pruned, sc) -> dict:
+def summarise(graph: Graph, pruned, sc, tokenizer) -> dict:
     nz = int((graph.adjacency != 0).sum())
     return {
         "prompt": graph.prompt, "tokens": graph.n_pos,
-        "top_logits": [[graph.meta.get("decoded", {}).get(str(t), t), _r(p)] for t, p in
-                       zip(graph.logit_tokens.tolist(), graph.logit_probs.tolist())],
+        "top_logits": [[tokenizer.decode([t]), _r(p)] for t, p in zip(graph.logit_tokens.tolist(), graph.logit_probs.tolist())],
         "replacement_score": _r(sc.replacement), "completeness_score": _r(sc.completeness),
         "active_features": graph.n_active, "feature_nodes": graph.n_features,
         "nodes": int(graph.adjacency.shape[0]), "edges": nz,
