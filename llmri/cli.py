@@ -381,7 +381,7 @@ TranscodersOpt = typer.Option(None, "--transcoders", "-t",
 
 
 def _load_tracing(transcoders: Optional[Path], model: Optional[str], dtype: str, device: str):
-    from .circuits import load_transcoders
+    from .circuits import Transcoders
     from .dictionaries.config import DictionaryError
     from .dictionaries.formats import load_set
     from .model import DEFAULT_MODEL, load_model
@@ -392,8 +392,7 @@ def _load_tracing(transcoders: Optional[Path], model: Optional[str], dtype: str,
     loaded = load_set(transcoders)
     first = loaded if not isinstance(loaded, list) else loaded[0]
     lm = load_model(model or first.cfg.model_name or DEFAULT_MODEL, dtype=dtype, device=device)
-    tcs = load_transcoders(transcoders, lm.n_layers, device=lm.device)
-    return lm, tcs
+    return lm, Transcoders(loaded, lm.n_layers).to(lm.device)
 
 
 @command
