@@ -148,23 +148,27 @@ def logit_directions(model, tokens: Tensor) -> Tensor:
     return W[tokens] - W.mean(0)
 
 
-def influence_on_sources(rows: Tensor, row_cols: Tensor, weights: Tensor, n_cols: int, steps: int) -> Tensor:
-    """Influence of every column on the weighted rows through the computed rows (normalised |rows|).
+def influence_on_sources(rows: Tensor, row_sums: Tensor, row_cols: Tensor, weights: Tensor, steps: int,
+                         chunk: int = 256) -> Tensor:
+    """Influence of every column on the weighted rows through the computed rows (|rows| normalised by
+    ``row_sums``, their absolute sums), without materialising the normalised matrix.
 
     ``row_cols[i]`` is the column of row i's node when it is also a source (features), −1 otherwise."""
-    norm = rows.abs()
-    norm = norm / norm.sum(1, keepdim=True).clamp_min(1e-10)
+    inv = 1.0 / row_sums.clamp_min(1e-10)
     has_col = row_cols >= 0
     # row influence r = weights + Σ_k r_k·norm[k, col(i)]: iterate on the square block of computed rows
-    square = norm[:, row_cols.clamp_min(0)] * has_col[None, :]
+    square = rows[:, row_cols.clamp_min(0)].abs() * inv[:, None] * has_col[None, :]
     r, cur = weights.clone(), weights.clone()
     for _ in range(steps):
         cur = cur @ square
         if not cur.any():
             break
         r += cur
-    out = r @ norm
-    return out[:n_cols]
+    coef = r * inv
+    out = torch.zeros(rows.shape[1])
+    for i in range(0, rows.shape[0], chunk):
+        out += coef[i:i + chunk] @ rows[i:i + chunk].abs()
+    return out
 
 
 def attribute(model, tcs: Transcoders, prompt: str | Tensor, cfg: AttributionConfig | None = None) -> Graph:
@@ -195,6 +199,7 @@ def _graph(model, tcs: Transcoders, rep: rp.Replacement, cfg: AttributionConfig,
     max_feat = n_f if cfg.max_feature_nodes is None else min(n_f, cfg.max_feature_nodes)
     n_logits = int(logit_tok.shape[0])
     rows = torch.zeros(n_logits + max_feat, n_cols)
+    row_sums = torch.zeros(n_logits + max_feat)
     row_cols = torch.full((n_logits + max_feat,), -1, dtype=torch.long)
 
     reads = [f"mlp_in.{l}" for l in range(L)] + ["final_norm"]
@@ -220,6 +225,7 @@ def _graph(model, tcs: Transcoders, rep: rp.Replacement, cfg: AttributionConfig,
         for i in range(0, n_logits, B):
             chunk = [(L, P - 1, logit_vecs[j]) for j in range(i, min(i + B, n_logits))]
             rows[n_rows:n_rows + len(chunk)] = backward(chunk)
+            row_sums[n_rows:n_rows + len(chunk)] = rows[n_rows:n_rows + len(chunk)].abs().sum(1)
             n_rows += len(chunk)
             bar.advance(len(chunk))
         visited = torch.zeros(n_f, dtype=torch.bool)
@@ -228,7 +234,8 @@ def _graph(model, tcs: Transcoders, rep: rp.Replacement, cfg: AttributionConfig,
         n_visited, batches, infl = 0, 0, None
         while n_visited < max_feat:
             if infl is None or batches % cfg.influence_every == 0:
-                infl = influence_on_sources(rows[:n_rows], row_cols[:n_rows], weights[:n_rows], n_f, L + 2)
+                infl = influence_on_sources(rows[:n_rows], row_sums[:n_rows], row_cols[:n_rows], weights[:n_rows],
+                                            L + 2)[:n_f]
             score = infl.masked_fill(visited, -1.0)
             take = min(B, max_feat - n_visited)
             top = score.topk(take).indices
@@ -241,6 +248,7 @@ def _graph(model, tcs: Transcoders, rep: rp.Replacement, cfg: AttributionConfig,
                 w, _ = tcs.encoder(l, rep.feature[f:f + 1])
                 chunk.append((l, int(rep.pos[f]), w[0].detach()))
             rows[n_rows:n_rows + take] = backward(chunk)
+            row_sums[n_rows:n_rows + take] = rows[n_rows:n_rows + take].abs().sum(1)
             row_cols[n_rows:n_rows + take] = top
             n_rows += take
             n_visited += take
