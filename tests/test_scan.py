@@ -60,19 +60,24 @@ def test_running_stats_top_dims_find_a_planted_outlier_dimension():
     np.testing.assert_allclose(r.mean_norm, x.norm(dim=-1).mean().item(), rtol=1e-5)
 
 
-def test_dictionaries_section_trains_evaluates_and_saves_saes(tiny, tmp_path):
+def word_corpus(folder, n_docs: int, seed: int):
+    """``n_docs`` documents of 300 random words of the tiny vocabulary."""
     import random
 
     from tiny import WORDS
 
+    rng = random.Random(seed)
+    folder.mkdir()
+    for i in range(n_docs):
+        (folder / f"d{i:03d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(300)))
+    return folder
+
+
+def test_dictionaries_section_trains_evaluates_and_saves_saes(tiny, tmp_path):
     from llmri.dictionaries import EvalConfig, evaluate, load
 
     model = tiny("llama")
-    rng = random.Random(0)
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(200):
-        (corpus / f"d{i:03d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(300)))
+    corpus = word_corpus(tmp_path / "corpus", 200, 0)
     cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), passages=1, stats_tokens=2048,
                      context=32, batch_size=8, sae_layers="0,2", sae_tokens=8192, sae_expansion=2,
                      sae_eval_tokens=2048, sae_ce_tokens=256)
@@ -119,16 +124,8 @@ def test_stats_pass_collects_aligned_kept_rows(tiny, text_corpus):
 
 
 def test_circuits_section_traces_the_prompt_with_quick_transcoders(tiny, tmp_path):
-    import random
-
-    from tiny import WORDS
-
     model = tiny("llama")
-    rng = random.Random(1)
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(120):
-        (corpus / f"d{i:03d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(300)))
+    corpus = word_corpus(tmp_path / "corpus", 120, 1)
     cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), passages=1, stats_tokens=2048,
                      context=32, batch_size=8, sae_layers="", circuit_prompt="the nation and the war of the",
                      circuit_tokens=2048, circuit_features=64)
