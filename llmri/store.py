@@ -295,25 +295,29 @@ class ActivationStore:
             order = rng.permutation(len(self.shards)) if shuffle else np.arange(len(self.shards))
             for g in range(0, len(order), buffer_shards):
                 group = order[g : g + buffer_shards]
-                rows = {p: [] for p in points}
-                for i in group:
-                    m = self._map(int(i))
-                    keep = self._keep_local(m, points, exclude)
-                    for p in points:
-                        rows[p].append(_torch(np.asarray(m[p])[keep]).to(dtype))
-                buf = {p: torch.cat(v) for p, v in rows.items()}
-                if carry is not None:
-                    buf = {p: torch.cat([carry[p], buf[p]]) for p in points}
-                if shuffle:
-                    perm = torch.from_numpy(rng.permutation(len(buf[points[0]])))
-                    buf = {p: v[perm] for p, v in buf.items()}
+                maps = [self._map(int(i)) for i in group]
+                keeps = [self._keep_local(m, points, exclude) for m in maps]
+                perm = None
+                buf: dict[str, Tensor] = {}
+                for p in points:  # one point at a time, kept in the stored dtype: memory ≈ the shards' kept rows
+                    parts = [_torch(np.asarray(m[p])[k]) for m, k in zip(maps, keeps)]
+                    if carry is not None:
+                        parts.insert(0, carry.pop(p))
+                    v = torch.cat(parts)
+                    del parts
+                    if shuffle:
+                        if perm is None:
+                            perm = torch.from_numpy(rng.permutation(len(v)))
+                        v = v[perm]
+                    buf[p] = v
                 n = len(buf[points[0]])
                 full = n - n % batch_size
                 for s in range(0, full, batch_size):
-                    yield {p: v[s : s + batch_size] for p, v in buf.items()}
+                    yield {p: v[s : s + batch_size].to(dtype) for p, v in buf.items()}
                 carry = {p: v[full:] for p, v in buf.items()}
+                del buf
         if carry is not None and len(carry[points[0]]):
-            yield carry
+            yield {p: v.to(dtype) for p, v in carry.items()}
 
     def windows(self, batch_windows: int, *, points: Sequence[str] | None = None, exclude: bool = True,
                 dtype: torch.dtype = torch.float32) -> Iterator[tuple[Tensor, dict[str, Tensor], Tensor]]:
