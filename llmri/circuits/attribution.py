@@ -253,7 +253,6 @@ def _graph(model, tcs: Transcoders, rep: rp.Replacement, cfg: AttributionConfig,
             n_rows += take
             n_visited += take
             batches += 1
-            infl = None if batches % cfg.influence_every == 0 else infl
             bar.advance(take)
     outs = out_list = c = None  # free the retained forward pass before assembling the graph
 
