@@ -406,6 +406,7 @@ def trace(
     batch_size: int = typer.Option(0, help="targets per backward pass (0: automatic from the prompt length)"),
     node_threshold: float = typer.Option(0.8, help="pruning: keep the features with this cumulative influence"),
     edge_threshold: float = typer.Option(0.98, help="pruning: keep the edges with this cumulative influence"),
+    max_edges: int = typer.Option(10_000, help="pruning: then at most this many edges, the strongest (0: no cap)"),
     validate_top: int = typer.Option(20, "--validate", help="check predicted vs. measured ablation effects of this many top features (0: skip)"),
     feature_tokens: str = typer.Option("16k", help="corpus tokens for the viewer's feature panels (0: none; cached with the transcoders)"),
     corpus: str = typer.Option(data.DEFAULT_CORPUS, help="corpus for those feature panels (bundled name or path)"),
@@ -421,7 +422,7 @@ def trace(
 
     lm, tcs = _load_tracing(transcoders, model, dtype, device)
     cfg = TraceConfig(AttributionConfig(max_logits, logit_probability, max_features or None, batch_size),
-                      PruneConfig(node_threshold, edge_threshold), validate_top, feature_tokens=parse_count(feature_tokens),
+                      PruneConfig(node_threshold, edge_threshold, max_edges or None), validate_top, feature_tokens=parse_count(feature_tokens),
                       corpus=corpus)
     slug = slug or slug_of(prompt)
     summary = run_trace(lm, tcs, prompt, out or Path(f"trace-{slug}"), cfg, transcoder_path=transcoders, slug=slug)

@@ -187,6 +187,10 @@ def test_pruning_and_scores(tiny_dir):
     assert float(cum[kept].max()) <= cut + 1e-6
     assert float(cum[kept].min()) == pytest.approx(float(cum.min()))  # the most influential feature survives
     assert not (p.edge_mask & ~(p.node_mask[:, None] & p.node_mask[None, :])).any()
+    from llmri.circuits import PruneConfig
+    capped = prune(g, PruneConfig(max_edges=50))
+    assert 0 < int(capped.edge_mask.sum()) <= 50 < int(p.edge_mask.sum())
+    assert not (capped.edge_mask & ~p.edge_mask).any()  # the cap keeps a subset: the strongest edges
     # random transcoders leave most of the work to error nodes
     g2 = attribute(model, random_tcs(model, skip=False), ids, ALL)
     assert scores(g2).replacement < 0.9

@@ -5,8 +5,8 @@
   fraction of the output a node accounts for through all paths (Â is nilpotent: the graph is acyclic).
 * Node pruning keeps the features that make up ``node_threshold`` of the total feature influence (sorted,
   cumulative); logits, tokens and error nodes are kept. Edge pruning keeps the edges that make up
-  ``edge_threshold`` of the total edge influence, edge score = Â[t, s] × (influence(t) + w_t). Nodes that
-  are left with no outgoing edge (logits excepted) are dropped, repeatedly.
+  ``edge_threshold`` of the total edge influence, edge score = Â[t, s] × (influence(t) + w_t), at most
+  ``max_edges`` of them. Nodes that are left with no outgoing edge (logits excepted) are dropped, repeatedly.
 * Replacement score = influence of tokens / (influence of tokens + errors): how much of the output is
   explained from the prompt through features rather than through error nodes.
 * Completeness score = Σ_t (1 − fraction of t's input from error nodes) × (influence(t) + w_t) / Σ_t (…):
@@ -32,6 +32,9 @@ class PruneConfig:
     """Keep the features that account for this fraction of the total feature influence on the logits."""
     edge_threshold: float = 0.98
     """Keep the edges that account for this fraction of the total edge influence."""
+    max_edges: int | None = 10_000
+    """Then keep at most this many of them, the highest-scoring (a diffuse graph can keep 10⁵–10⁶ edges at
+    0.98, more than a file or a viewer is any use with); None: no cap."""
 
 
 class Pruned(NamedTuple):
@@ -99,7 +102,12 @@ def prune(graph: Graph, cfg: PruneConfig | None = None) -> Pruned:
     # edges among kept nodes, scored by how much output influence flows through them
     pruned_norm = normalized(A * node_mask[None, :] * node_mask[:, None])
     out_infl = influence(pruned_norm, w) + w
-    edge_mask, _ = _cumulative_mask(pruned_norm * out_infl[:, None], cfg.edge_threshold)
+    edge_scores = pruned_norm * out_infl[:, None]
+    edge_mask, _ = _cumulative_mask(edge_scores, cfg.edge_threshold)
+    if cfg.max_edges is not None and int(edge_mask.sum()) > cfg.max_edges:
+        kept_scores = edge_scores[edge_mask]
+        cut = kept_scores.topk(cfg.max_edges).values[-1]
+        edge_mask &= edge_scores >= cut
     logits = torch.zeros_like(node_mask)
     logits[graph.logit_slice] = True
     while True:  # drop nodes left without an outgoing edge (and their incoming edges)
