@@ -449,7 +449,7 @@ def intervene(
     prompt: str = typer.Argument(..., help="the prompt"),
     edit: list[str] = typer.Option(..., "--edit", "-e", help="LAYER:POS:FEATURE=VALUE or LAYER:POS:FEATURE*FACTOR (repeatable; POS may be negative)"),
     transcoders: Optional[Path] = TranscodersOpt,
-    freeze_attention: bool = typer.Option(True, help="hold attention patterns and norm denominators at the clean run's values"),
+    freeze: str = typer.Option("attention", help="held at the clean run: attention (patterns) | all (patterns and norm denominators) | none"),
     top: int = typer.Option(10, help="output tokens shown"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the transcoders were trained on)"),
     dtype: str = DtypeOpt,
@@ -468,13 +468,13 @@ def intervene(
         l, p, f, op, v = _parse_edit(text)
         p = p + rep.n_pos if p < 0 else p
         edits.append(FeatureEdit(l, p, f, v if op == "=" else v * current_activation(rep, l, p, f)))
-    after = torch.softmax(run(rep, edits, freeze_attention=freeze_attention)[-1], -1)
+    after = torch.softmax(run(rep, edits, freeze=freeze)[-1], -1)
     before = torch.softmax(rep.logits[-1].float(), -1)
     ids = torch.cat([before.topk(top).indices, after.topk(top).indices]).unique()
     ids = ids[(after[ids] + before[ids]).argsort(descending=True)][:top]
     rows = [{"token": lm.tokenizer.decode([int(i)]), "before": round(float(before[i]), 4),
              "after": round(float(after[i]), 4)} for i in ids]
-    print(json.dumps({"edits": [e._asdict() for e in edits], "freeze_attention": freeze_attention, "next_token": rows}))
+    print(json.dumps({"edits": [e._asdict() for e in edits], "freeze": freeze, "next_token": rows}))
 
 
 @command
@@ -483,7 +483,7 @@ def validate(
     transcoders: Optional[Path] = TranscodersOpt,
     top: int = typer.Option(20, help="most influential features tested"),
     factor: float = typer.Option(0.0, help="intervention: activation × factor (0: ablation)"),
-    freeze_attention: bool = typer.Option(True, help="hold attention patterns and norm denominators at the clean run's values"),
+    freeze: str = typer.Option("attention", help="held at the clean run: attention (patterns) | all (patterns and norm denominators) | none"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the transcoders were trained on)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -495,9 +495,9 @@ def validate(
 
     g = Graph.load(graph / "attribution.safetensors" if graph.is_dir() else graph)
     lm, tcs = _load_tracing(transcoders, model, dtype, device)
-    v = run_validate(lm, tcs, g, top=top, factor=factor, freeze_attention=freeze_attention)
+    v = run_validate(lm, tcs, g, top=top, factor=factor, freeze=freeze)
     ids = node_ids(g)
-    print(json.dumps({"pearson": v.pearson, "spearman": v.spearman, "factor": factor, "freeze_attention": freeze_attention,
+    print(json.dumps({"pearson": v.pearson, "spearman": v.spearman, "factor": factor, "freeze": freeze, "diverged": v.diverged,
                       "features": [{"node": ids[i], "predicted": round(p, 5), "measured": round(m, 5)}
                                    for i, p, m in zip(v.nodes, v.predicted, v.measured)]}))
 

@@ -124,11 +124,11 @@ class Freezer:
 
     # ------------------------------------------------------------ contexts
     @contextmanager
-    def _active(self, mode: str) -> Iterator[Freezer]:
+    def _active(self, mode: str, norms: bool = True) -> Iterator[Freezer]:
         if self._mode != "off":
             raise RuntimeError("a Freezer is already active")
         self._mode = mode
-        handles = [m.register_forward_hook(self._norm_hook) for m in self.norms]
+        handles = [m.register_forward_hook(self._norm_hook) for m in self.norms] if norms else []
         for m in self.attn:
             _ACTIVE[id(m)] = self
         try:
@@ -144,8 +144,8 @@ class Freezer:
         """Context: forward passes inside it record queries, keys and σ (values are unchanged)."""
         return self._active("record")
 
-    def frozen(self):
-        """Context: forward passes inside it use the recorded patterns and σ (gradients stop there)."""
+    def frozen(self, norms: bool = True):
+        """Context: forward passes inside it use the recorded patterns and (``norms``) σ; gradients stop there."""
         if not self.qk or not self.sigma:
             raise RuntimeError("record a forward pass before freezing")
-        return self._active("frozen")
+        return self._active("frozen", norms)

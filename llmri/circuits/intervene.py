@@ -3,8 +3,10 @@
 An intervention sets transcoder features at (layer, position) to new activations — ablate (0), scale
 (factor × current) or clamp (any value, also for a feature that was not active) — by adding
 ``(new − current) · W_dec`` to the MLP outputs the feature writes to. Everything downstream is the real
-model: its MLPs respond as they do, and attention is either recomputed or frozen (patterns and norm
-denominators held at the clean run's values, the regime attribution graphs describe).
+model: its MLPs respond as they do, and ``freeze`` says what is held at the clean run's values:
+``"attention"`` (the attention patterns), ``"all"`` (patterns and norm denominators — the linear regime
+attribution graphs describe; large edits can blow up there, since nothing renormalises the stream) or
+``"none"`` (everything recomputed).
 
 Validation compares, for the most influential features of a graph, the graph's prediction of an
 intervention's effect on the top logit (the linear effect through every path of the graph, features
@@ -14,6 +16,7 @@ effect measured on the model.
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from typing import NamedTuple
 
@@ -44,7 +47,10 @@ def scaled(rep: rp.Replacement, layer: int, pos: int, feature: int, factor: floa
     return FeatureEdit(layer, pos, feature, factor * current_activation(rep, layer, pos, feature))
 
 
-def run(rep: rp.Replacement, edits: list[FeatureEdit], *, freeze_attention: bool = True) -> Tensor:
+FREEZE = ("all", "attention", "none")
+
+
+def run(rep: rp.Replacement, edits: list[FeatureEdit], *, freeze: str = "attention") -> Tensor:
     """Logits [P, V] of the prompt with ``edits`` applied."""
     model, tcs = rep.model, rep.tcs
     P = rep.n_pos
@@ -57,14 +63,17 @@ def run(rep: rp.Replacement, edits: list[FeatureEdit], *, freeze_attention: bool
         dec = tcs.decoder(e.layer, torch.tensor([e.feature], device=rep.errors.device))[0]
         for j, m in enumerate(tcs.out_layers(e.layer)):
             adds.setdefault(m, torch.zeros(P, dec.shape[-1], device=dec.device))[e.pos] += delta * dec[j]
+    if freeze not in FREEZE:
+        raise InterventionError(f"unknown freeze mode '{freeze}'", f"use one of {', '.join(FREEZE)}")
     patch = {f"mlp_out.{m}": (lambda x, a=a: x + a.to(x.dtype)) for m, a in adds.items()}
-    with torch.no_grad(), (rep.freezer.frozen() if freeze_attention else nullcontext()), model.intervene(patch):
+    frozen = rep.freezer.frozen(norms=freeze == "all") if freeze != "none" else nullcontext()
+    with torch.no_grad(), frozen, model.intervene(patch):
         return model.capture(rep.input_ids[None], ["logits"])["logits"][0].float()
 
 
-def logit_change(rep: rp.Replacement, edits: list[FeatureEdit], tokens: Tensor, *, freeze_attention: bool = True) -> Tensor:
+def logit_change(rep: rp.Replacement, edits: list[FeatureEdit], tokens: Tensor, *, freeze: str = "attention") -> Tensor:
     """Change of (logit − mean logit) at the last position for ``tokens``."""
-    after = run(rep, edits, freeze_attention=freeze_attention)[-1]
+    after = run(rep, edits, freeze=freeze)[-1]
     before = rep.logits[-1].float()
     return ((after - after.mean()) - (before - before.mean()))[tokens.to(after.device)].cpu()
 
@@ -99,12 +108,15 @@ class Validation(NamedTuple):
     measured: list[float]
     """Measured change."""
     pearson: float
+    """Over the finite measurements."""
     spearman: float
     factor: float
-    freeze_attention: bool
+    freeze: str
+    diverged: int
+    """Interventions whose measured logits were not finite (only with freeze="all")."""
 
 
-def validate(model, tcs, graph: Graph, *, top: int = 20, factor: float = 0.0, freeze_attention: bool = True,
+def validate(model, tcs, graph: Graph, *, top: int = 20, factor: float = 0.0, freeze: str = "attention",
              influence: Tensor | None = None, exclusion=None) -> Validation:
     """Predicted vs. measured effect of scaling each of the ``top`` most influential features by ``factor``."""
     from scipy.stats import pearsonr, spearmanr
@@ -122,8 +134,10 @@ def validate(model, tcs, graph: Graph, *, top: int = 20, factor: float = 0.0, fr
     meas = []
     for i in nodes:
         l, p, f = graph.features[i].tolist()
-        meas.append(float(logit_change(rep, [scaled(rep, l, p, f, factor)], target, freeze_attention=freeze_attention)[0]))
-    ok = len(nodes) > 2 and np.std(pred) > 0 and np.std(meas) > 0
-    r = float(pearsonr(pred, meas)[0]) if ok else float("nan")
-    rho = float(spearmanr(pred, meas)[0]) if ok else float("nan")
-    return Validation(nodes, pred, meas, r, rho, factor, freeze_attention)
+        meas.append(float(logit_change(rep, [scaled(rep, l, p, f, factor)], target, freeze=freeze)[0]))
+    finite = [i for i, m in enumerate(meas) if math.isfinite(m)]
+    x, y = [pred[i] for i in finite], [meas[i] for i in finite]
+    ok = len(finite) > 2 and np.std(x) > 0 and np.std(y) > 0
+    r = float(pearsonr(x, y)[0]) if ok else float("nan")
+    rho = float(spearmanr(x, y)[0]) if ok else float("nan")
+    return Validation(nodes, pred, meas, r, rho, factor, freeze, len(meas) - len(finite))

@@ -9,6 +9,7 @@ cached under ``<transcoders>/features/layer_<l>`` (``<transcoders>/features/clt`
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,9 @@ class TraceConfig:
     """Validate the graph on this many of its most influential features (0: skip)."""
     validate_factor: float = 0.0
     """Intervention used for validation: activation × factor (0: ablation)."""
+    validate_freeze: str = "attention"
+    """What the validation's interventions hold fixed: attention patterns ("attention"), patterns and norm
+    denominators ("all") or nothing ("none")."""
     feature_tokens: int = 16_384
     """Corpus tokens for the feature panels' statistics (0: no feature panels)."""
     corpus: str = data.DEFAULT_CORPUS
@@ -68,10 +72,12 @@ def write_trace(model, tcs: Transcoders, graph: Graph, out: Path, cfg: TraceConf
     sc = scores(graph)
     summary = summarise(graph, pruned, sc, model.tokenizer)
     if cfg.validate_top:
-        v = validate(model, tcs, graph, top=cfg.validate_top, factor=cfg.validate_factor, influence=pruned.influence)
-        summary["validation"] = {"features": len(v.nodes), "factor": v.factor, "freeze_attention": v.freeze_attention,
+        v = validate(model, tcs, graph, top=cfg.validate_top, factor=cfg.validate_factor, freeze=cfg.validate_freeze,
+                     influence=pruned.influence)
+        summary["validation"] = {"features": len(v.nodes), "factor": v.factor, "freeze": v.freeze, "diverged": v.diverged,
                                  "pearson": _r(v.pearson), "spearman": _r(v.spearman),
-                                 "predicted": [_r(x) for x in v.predicted], "measured": [_r(x) for x in v.measured],
+                                 "predicted": [_r(x) for x in v.predicted],
+                                 "measured": [_r(x) if math.isfinite(x) else None for x in v.measured],
                                  "nodes": [export.node_ids(graph)[i] for i in v.nodes]}
     graph.meta["scores"] = {"replacement": _r(sc.replacement), "completeness": _r(sc.completeness)}
     records, tokens = feature_records(model, tcs, graph, pruned, cfg, transcoder_path)
