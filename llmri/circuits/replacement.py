@@ -77,8 +77,7 @@ class Replacement:
         return self.tcs.decoder(layer, self.feature[self.layer_slice(layer)])
 
     # ------------------------------------------------------------ the linear forward pass
-    def forward(self, c_feat: Tensor, c_err: Tensor, c_tok: Tensor, reads: list[str],
-                extra_edits: dict | None = None) -> dict[str, Tensor]:
+    def forward(self, c_feat: Tensor, c_err: Tensor, c_tok: Tensor, reads: list[str]) -> dict[str, Tensor]:
         """Run the replacement model with coefficients ``c_feat`` [B, n], ``c_err`` [B, L, P], ``c_tok`` [B, P]
         (patterns and denominators frozen) and return the requested read points ([B, P, d] each; the pass
         stops after the deepest one). Gradients flow from the reads to the coefficients."""
@@ -115,8 +114,6 @@ class Replacement:
         for m in range(L):
             edits[f"mlp_in.{m}"] = keep_in(m)
             edits[f"mlp_out.{m}"] = write(m)
-        for point, fn in (extra_edits or {}).items():
-            edits[point] = [edits[point], fn] if point in edits else fn
         ids = self.input_ids[None].expand(B, -1)
         with ExitStack() as stack:
             stack.enter_context(self.freezer.frozen())
