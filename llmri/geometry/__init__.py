@@ -1,0 +1,1 @@
+"""Geometry of representations: intrinsic dimension (work in progress for issue 6)."""
