@@ -61,10 +61,7 @@ class Transcoders:
         if self.clt is not None:
             return self.clt.W_enc[layer][feats] * self.clt.in_scale[layer], self.clt.b_enc[layer][feats]
         d = self.dicts[layer]
-        w, b = d.W_enc[feats] * d.in_scale[0], d.b_enc[feats]
-        if d._center() is not None:  # never for transcoders, kept for completeness
-            b = b - w @ d._center()
-        return w, b
+        return d.W_enc[feats] * d.in_scale[0], d.b_enc[feats]
 
     def decoder(self, layer: int, feats: Tensor) -> Tensor:
         """Raw-unit writes [n, n_out, d] of features ``feats`` of ``layer`` into ``out_layers(layer)``."""
