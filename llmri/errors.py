@@ -54,3 +54,7 @@ class StoreError(LlmriError):
 
 class InterventionError(LlmriError):
     """An intervention does not fit the activation it is applied to."""
+
+
+class GeometryError(LlmriError):
+    """Data handed to a geometry tool (intrinsic dimension, diffusion maps, steering) cannot be used as given."""
