@@ -115,7 +115,7 @@ def local_pca(X: np.ndarray, k: int = 60, *, alpha: float = 0.1, samples: int = 
     dims = []
     for rows in idx:
         P = Xd[rows] - Xd[rows].mean(0)
-        s = np.linalg.svd(P, compute_uv=False) ** 2
+        s = np.linalg.eigvalsh(P @ P.T)[::-1]  # squared singular values, via the small k×k Gram matrix
         dims.append(int((s > alpha * s[0]).sum()))
     dims = np.array(dims, dtype=np.float64)
     stat = lambda v: float(v.mean())  # noqa: E731
