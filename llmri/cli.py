@@ -27,10 +27,15 @@ app = typer.Typer(
 )
 
 
-def command(fn=None, *, name: str | None = None):
+geometry_app = typer.Typer(help="Geometry of representations: intrinsic dimension, diffusion maps, manifold steering.",
+                           no_args_is_help=True)
+app.add_typer(geometry_app, name="geometry")
+
+
+def command(fn=None, *, name: str | None = None, on: typer.Typer = app):
     """Register a command whose LlmriErrors (and full disks) become one-line errors with exit code 2."""
     if fn is None:
-        return lambda f: command(f, name=name)
+        return lambda f: command(f, name=name, on=on)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -46,7 +51,7 @@ def command(fn=None, *, name: str | None = None):
                           soft_wrap=True)
             raise typer.Exit(2) from None
 
-    return app.command(name=name)(wrapper)
+    return on.command(name=name)(wrapper)
 
 
 def parse_count(text: str) -> int:
@@ -500,6 +505,144 @@ def validate(
     print(json.dumps({"pearson": v.pearson, "spearman": v.spearman, "factor": factor, "freeze": freeze, "diverged": v.diverged,
                       "features": [{"node": ids[i], "predicted": round(p, 5), "measured": round(m, 5)}
                                    for i, p, m in zip(v.nodes, v.predicted, v.measured)]}))
+
+
+# ---------------------------------------------------------------- geometry
+
+
+@command(name="id", on=geometry_app)
+def geometry_id(
+    model: str = ModelOpt,
+    corpus: str = typer.Option(data.DEFAULT_CORPUS, help="bundled corpus (sotu, shakespeare, kjv) or a path"),
+    out: Path = typer.Option(Path("llmri-geometry-id"), "--out", "-o", help="output folder (id_profile.json, id_profile.png)"),
+    points: str = typer.Option("4096", help="token states per layer"),
+    per_window: int = typer.Option(8, help="random kept positions sampled per window"),
+    position: str = typer.Option("random", help="'random' (token states) or 'last' (last kept position of each window)"),
+    context: int = typer.Option(128, help="window length"),
+    split: str = typer.Option("eval", help="corpus split: train, eval or all"),
+    kind: str = typer.Option("resid_post", help="hook-point kind profiled at every layer"),
+    control: bool = typer.Option(True, help="also profile the same windows shuffled within each window"),
+    seed: int = typer.Option(0),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Intrinsic dimension (TwoNN with bootstrap CI, GRIDE across scales) at every layer, with a shuffled control."""
+    from .geometry.profile import ProfileConfig, id_profile
+    from .model import load_model
+
+    cfg = ProfileConfig(points=parse_count(points), per_window=per_window, position=position, context=context,
+                        split=split, kind=kind, control=control, seed=seed)
+    lm = load_model(model, dtype=dtype, device=device)
+    profile = id_profile(lm, data.load_corpus(corpus), cfg, corpus=corpus)
+    profile.save(out)
+    summary = profile.summary()
+    print(json.dumps({"out": str(out), "sampling": summary["sampling"],
+                      "twonn": {r.point: round(r.twonn.d, 2) for r in profile.corpus_ids},
+                      "twonn_shuffled": {r.point: round(r.twonn.d, 2) for r in profile.control_ids}}))
+
+
+@command(name="diffusion", on=geometry_app)
+def geometry_diffusion(
+    model: str = ModelOpt,
+    corpus: str = typer.Option(data.DEFAULT_CORPUS, help="bundled corpus (sotu, shakespeare, kjv) or a path"),
+    out: Path = typer.Option(Path("llmri-geometry-diffusion"), "--out", "-o", help="output folder"),
+    layer: Optional[int] = typer.Option(None, help="layer mapped (default: the middle one)"),
+    kind: str = typer.Option("resid_post", help="hook-point kind"),
+    documents: int = typer.Option(8, help="eval-split documents sampled"),
+    per_document: int = typer.Option(192, help="token states per document"),
+    concepts: str = typer.Option("sea,other", help="two concept sentence sets (bundled names or files), '' for none"),
+    normalise: str = typer.Option("zscore", help="zscore, unit or none (before the kernel)"),
+    neighbours: int = typer.Option(32, help="k of the kNN kernel"),
+    bandwidth: str = typer.Option("variable", help="variable (self-tuning σ_i) or fixed (one ε)"),
+    alpha: float = typer.Option(1.0, help="α-normalisation (1: density-free, 0.5: Fokker–Planck, 0: graph Laplacian)"),
+    t: float = typer.Option(1.0, help="diffusion time"),
+    components: int = typer.Option(6, help="diffusion coordinates kept"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Diffusion map of one layer's token states, plotted by position, document and concept set."""
+    from .geometry.diffusion import DiffusionConfig
+    from .geometry.layer_map import LayerMapConfig, layer_map
+    from .model import load_model
+
+    sets = tuple(c.strip() for c in concepts.split(",") if c.strip())
+    if len(sets) not in (0, 2):
+        raise LlmriError(f"--concepts needs two sets, got {len(sets)}", "write two names or files separated by a comma, or ''")
+    cfg = LayerMapConfig(layer=layer, kind=kind, documents=documents, per_document=per_document, concepts=sets,
+                         normalise=normalise, diffusion=DiffusionConfig(n_neighbors=neighbours, bandwidth=bandwidth,
+                                                                        alpha=alpha, t=t, n_components=components))
+    lm = load_model(model, dtype=dtype, device=device)
+    result = layer_map(lm, data.load_corpus(corpus), cfg)
+    result.save(out)
+    summary = result.summary()
+    summary.pop("config")
+    print(json.dumps({"out": str(out), **summary}))
+
+
+@command(name="steer", on=geometry_app)
+def geometry_steer(
+    model: str = ModelOpt,
+    out: Path = typer.Option(Path("llmri-geometry-steer"), "--out", "-o", help="output folder (steer.json, steer.png)"),
+    positive: str = typer.Option("sea", help="concept set A: bundled name or file, one sentence per line"),
+    negative: str = typer.Option("other", help="concept set B"),
+    prompts: str = typer.Option("prompts", help="prompts whose continuations are steered (bundled name or file)"),
+    feature: Optional[str] = typer.Option(None, help="steer along a dictionary feature's decoder instead: FOLDER:INDEX"),
+    layer: Optional[int] = typer.Option(None, help="layer steered (default: a third of the depth)"),
+    scales: str = typer.Option("0,0.1,0.2,0.35,0.5,0.75", help="step sizes, as multiples of the median state norm"),
+    methods: str = typer.Option("linear,manifold", help="methods compared"),
+    neighbours: int = typer.Option(32, help="reference states in each local PCA"),
+    tangent_dim: Optional[int] = typer.Option(None, help="tangent-space dimension (default: TwoNN ID of the reference states)"),
+    reference_tokens: str = typer.Option("8192", help="corpus tokens whose states form the reference manifold"),
+    corpus: str = typer.Option(data.DEFAULT_CORPUS, help="corpus of the reference states"),
+    new_tokens: int = typer.Option(24, help="greedy tokens per prompt"),
+    probe_layer: Optional[int] = typer.Option(None, help="layer of the concept probe (default: two thirds of the depth)"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Linear vs. manifold-constrained steering: concept strength, fluency and off-manifold distance per step size."""
+    from .geometry.steer import SteerConfig, read_lines, steer_compare
+    from .model import load_model
+
+    try:
+        steps = tuple(float(x) for x in scales.split(","))
+    except ValueError:
+        raise LlmriError(f"cannot read the step sizes '{scales}'", "write numbers separated by commas, e.g. 0,0.2,0.5") from None
+    cfg = SteerConfig(layer=layer, scales=steps, methods=tuple(m.strip() for m in methods.split(",")), neighbours=neighbours,
+                      tangent_dim=tangent_dim, reference_tokens=parse_count(reference_tokens), corpus=corpus,
+                      new_tokens=new_tokens, probe_layer=probe_layer)
+    lm = load_model(model, dtype=dtype, device=device)
+    direction, source = None, ""
+    if feature:
+        direction, source, point_layer = _feature_direction(feature, lm)
+        if cfg.layer is None:
+            cfg.layer = point_layer
+    result = steer_compare(lm, cfg, positive=read_lines(positive), negative=read_lines(negative), prompts=read_lines(prompts, 1),
+                           direction=direction, direction_source=source)
+    result.save(out)
+    print(json.dumps({"out": str(out), "point": result.point, "probe_accuracy": result.probe_accuracy,
+                      "tangent_dim": result.tangent_dim, "verdict": result.summary()["verdict"],
+                      "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "examples"}
+                               for r in result.rows]}))
+
+
+def _feature_direction(spec: str, lm):
+    """``FOLDER:INDEX`` → (decoder row of that latent, description, layer of the point it writes)."""
+    import torch
+
+    from .dictionaries.formats import load
+    from .hookpoints import layer_of
+
+    folder, _, index = spec.rpartition(":")
+    if not folder or not index.isdigit():
+        raise LlmriError(f"cannot read the feature '{spec}'", "write FOLDER:INDEX, e.g. runs/sae-l10:1234")
+    d = load(folder)
+    i = int(index)
+    if i >= d.n_latents:
+        raise LlmriError(f"feature {i} does not exist in {folder}", f"choose 0..{d.n_latents - 1}")
+    if not isinstance(getattr(d, "W_dec", None), torch.Tensor) or d.W_dec.dim() != 2:
+        raise LlmriError(f"{folder} is not a single-point dictionary", "give an SAE or transcoder folder")
+    point = d.cfg.out_points[0]  # the scale folding does not change the direction
+    return d.W_dec[i, : lm.d_model].detach().float(), f"decoder of feature {i} of {folder} ({point})", layer_of(point)
 
 
 def main() -> None:
