@@ -80,6 +80,7 @@ def scan(
     sae_tokens: str = typer.Option("64k", help="training tokens of those SAEs"),
     circuit_prompt: str = typer.Option("The capital of France is", help="prompt traced in the circuits section ('' skips)"),
     transcoders: str = typer.Option("", help="transcoders for every layer for that trace ('': quick ones trained in the scan)"),
+    geometry_points: str = typer.Option("2048", help="token states per layer for the ID profile (0 skips the geometry section)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -90,7 +91,7 @@ def scan(
     run_scan(ScanConfig(model=model, corpus=corpus, out=str(out), stats_tokens=parse_count(stats_tokens),
                         passages=passages, chat_prompt=chat_prompt, sae_layers=sae_layers,
                         sae_tokens=parse_count(sae_tokens), circuit_prompt=circuit_prompt, transcoders=transcoders,
-                        dtype=dtype, device=device))
+                        geometry_points=parse_count(geometry_points), dtype=dtype, device=device))
 
 
 @command

@@ -78,6 +78,19 @@ class ScanConfig:
     """Quick transcoders' k."""
     circuit_features: int = 1024
     """Feature nodes with computed inputs in the traced graph."""
+    geometry_points: int = 2048
+    """Token states per layer for the intrinsic-dimension profile (and as many for its shuffled control); 0 skips
+    the geometry section."""
+    geometry_per_window: int = 16
+    """Random kept positions sampled per window for that profile."""
+    steer_scales: tuple[float, ...] = (0.0, 0.2, 0.5)
+    """Step sizes of the steering comparison (× median state norm)."""
+    steer_prompts: int = 12
+    """Bundled prompts steered per setting."""
+    steer_tokens: int = 16
+    """Greedy tokens per prompt."""
+    steer_reference_tokens: int = 4096
+    """Corpus tokens whose states form the reference manifold."""
 
 
 @dataclass
@@ -321,6 +334,13 @@ def circuits_section(ctx: ScanContext) -> Section | None:
     return section(ctx)
 
 
+def geometry_section(ctx: ScanContext) -> Section | None:
+    from .geometry.scan_section import section
+
+    return section(ctx)
+
+
 SECTIONS: list[Callable[[ScanContext], Section | None]] = [
     model_card_section, layer_token_section, depth_section, dictionaries_section, features_section, circuits_section,
+    geometry_section,
 ]

@@ -63,7 +63,8 @@ def test_store_on_the_real_model_excludes_sinks(real_model, tmp_path):
 
 def test_scan_command_writes_the_report(tmp_path):
     out = tmp_path / "rep"
-    r = subprocess.run([sys.executable, "-m", "llmri.cli", "scan", "--out", str(out), "--stats-tokens", "2k"],
+    r = subprocess.run([sys.executable, "-m", "llmri.cli", "scan", "--out", str(out), "--stats-tokens", "2k",
+                        "--geometry-points", "512"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     html = (out / "index.html").read_text()
@@ -74,6 +75,11 @@ def test_scan_command_writes_the_report(tmp_path):
     saes = summary["sections"]["dictionaries"]
     assert {"resid_post.0", "resid_post.29"} <= set(saes)
     assert all(saes[p]["nmse"] < 0.6 and saes[p]["ce_loss_recovered"] > 0.3 for p in ("resid_post.7", "resid_post.14"))
+    geo = summary["sections"]["geometry"]
+    twonn = [r["twonn"]["d"] for r in geo["id_profile"]["corpus_profile"]]
+    assert len(twonn) == 31 and all(1 < d < 40 for d in twonn)
+    steer = {(r["method"], r["scale"]): r for r in geo["steering"]["rows"]}
+    assert steer[("linear", 0.5)]["concept"] > steer[("none", 0.0)]["concept"]
 
 
 def test_a_gguf_path_loads_the_same_model(real_model):

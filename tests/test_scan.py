@@ -78,7 +78,7 @@ def test_dictionaries_section_trains_evaluates_and_saves_saes(tiny, tmp_path):
 
     model = tiny("llama")
     corpus = word_corpus(tmp_path / "corpus", 200, 0)
-    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), passages=1, stats_tokens=2048,
+    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), passages=1, stats_tokens=2048, geometry_points=0,
                      context=32, batch_size=8, sae_layers="0,2", sae_tokens=8192, sae_expansion=2,
                      sae_eval_tokens=2048, sae_ce_tokens=256)
     scan(cfg, model=model)
@@ -126,7 +126,7 @@ def test_stats_pass_collects_aligned_kept_rows(tiny, text_corpus):
 def test_circuits_section_traces_the_prompt_with_quick_transcoders(tiny, tmp_path):
     model = tiny("llama")
     corpus = word_corpus(tmp_path / "corpus", 120, 1)
-    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), passages=1, stats_tokens=2048,
+    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), passages=1, stats_tokens=2048, geometry_points=0,
                      context=32, batch_size=8, sae_layers="", circuit_prompt="the nation and the war of the",
                      circuit_tokens=2048, circuit_features=64)
     index = scan(cfg, model=model)
@@ -138,3 +138,19 @@ def test_circuits_section_traces_the_prompt_with_quick_transcoders(tiny, tmp_pat
     html = index.read_text()
     assert 'id="circuits"' in html and 'src="circuits/index.html"' in html and "<script" not in html.lower()
     assert (tmp_path / "rep" / "circuits" / "index.html").exists()
+
+
+def test_geometry_section_profiles_maps_and_steers(tiny, tmp_path):
+    model = tiny("llama")
+    corpus = word_corpus(tmp_path / "corpus", 60, 2)
+    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), passages=1, stats_tokens=1024,
+                     context=32, batch_size=8, sae_layers="", circuit_prompt="", geometry_points=200,
+                     steer_prompts=4, steer_tokens=4, steer_reference_tokens=512)
+    index = scan(cfg, model=model)
+    g = json.loads((tmp_path / "rep" / "scan.json").read_text())["sections"]["geometry"]
+    assert len(g["id_profile"]["corpus_profile"]) == len(g["id_profile"]["control_profile"]) == model.n_layers + 1
+    assert g["id_profile"]["config"]["points"] == 200
+    assert len(g["diffusion_map"]["eigenvalues"]) == 6 and g["diffusion_map"]["points"] > 100
+    assert [r["method"] for r in g["steering"]["rows"]] == ["none", "linear", "linear", "manifold", "manifold"]
+    html = index.read_text()
+    assert 'id="geometry"' in html and html.count('class="fig"') >= 3 + 1
