@@ -9,7 +9,6 @@ states are dropped before the map is fitted (they would form components of their
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -19,7 +18,7 @@ import torch
 from safetensors.numpy import save_file
 
 from .. import data
-from ..atomic import atomic_path
+from ..atomic import atomic_path, write_figure, write_json
 from ..errors import GeometryError
 from .diffusion import DiffusionConfig, DiffusionMap, fit
 from .steer import read_lines
@@ -128,10 +127,8 @@ class LayerMap:
         with atomic_path(out / "coordinates.safetensors") as tmp:
             save_file({"coordinates": self.dmap.coordinates().astype(np.float32), "position": s.position.astype(np.int64),
                        "document": s.document.astype(np.int64), "concept": s.concept.astype(np.int64)}, str(tmp))
-        with atomic_path(out / "layer_map.json") as tmp:
-            tmp.write_text(json.dumps(self.summary(), indent=1))
-        with atomic_path(out / "layer_map.png") as tmp:
-            plot(self).savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        write_json(out / "layer_map.json", self.summary())
+        write_figure(out / "layer_map.png", plot(self))
         return out
 
 

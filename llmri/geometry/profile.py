@@ -12,7 +12,6 @@ document-start token stays first) and samples the same way, so both profiles see
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import data
-from ..atomic import atomic_path
+from ..atomic import write_figure, write_json
 from ..errors import GeometryError
 from ..progress import bar
 from .intrinsic import Estimate, gride, twonn
@@ -89,12 +88,8 @@ class IDProfile:
 
     def save(self, out: str | Path) -> Path:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "id_profile.json") as tmp:
-            tmp.write_text(json.dumps(self.summary(), indent=1))
-        fig = plot(self)
-        with atomic_path(out / "id_profile.png") as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
+        write_json(out / "id_profile.json", self.summary())
+        write_figure(out / "id_profile.png", plot(self))
         return out
 
 
@@ -134,9 +129,10 @@ def sample_states(model, batches, points: list[str], cfg: ProfileConfig, generat
         pick_dev = pick.to(model.device)
         for p in points:
             rows[p].append(got[p][pick_dev].float().cpu())
-        got_n += int(pick.sum())
+        new = int(pick.sum())
         if progress is not None:
-            progress.advance(min(int(pick.sum()), cfg.points - got_n + int(pick.sum())))
+            progress.advance(min(new, cfg.points - got_n))
+        got_n += new
         windows += batch.shape[0]
         if got_n >= cfg.points:
             break
@@ -169,7 +165,7 @@ def id_profile(model, docs: list[data.Document], cfg: ProfileConfig | None = Non
         model.resolve(p)
     per_window = 1 if cfg.position == "last" else cfg.per_window
     n_windows = -(-cfg.points // per_window) * 2  # headroom for windows with few kept tokens
-    results = []
+    results, windows_used = [], []
     for shuffle in (False, True)[: 1 + cfg.control]:
         generator = torch.Generator().manual_seed(cfg.seed + shuffle)
         spec = data.WindowSpec(context=cfg.context, split=cfg.split, seed=cfg.seed)
@@ -177,9 +173,10 @@ def id_profile(model, docs: list[data.Document], cfg: ProfileConfig | None = Non
         with bar(f"ID profile: {name} states", total=cfg.points, unit="states") as b:
             batches = data.batched(data.token_windows(model, docs, spec), cfg.batch_size, limit=n_windows)
             states, windows = sample_states(model, batches, points, cfg, generator, shuffle, b)
+        windows_used.append(windows)
         with bar(f"ID profile: {name} estimates", total=len(points), unit="layers") as b:
             results.append(estimate(states, cfg, b))
-    return IDProfile(model.name, corpus, cfg, results[0], results[1] if cfg.control else [], windows)
+    return IDProfile(model.name, corpus, cfg, results[0], results[1] if cfg.control else [], windows_used[0])
 
 
 def plot(profile: IDProfile):

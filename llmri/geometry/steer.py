@@ -21,7 +21,6 @@ steered states to their ``distance_k`` nearest reference states, relative to the
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .. import data
-from ..atomic import atomic_path
+from ..atomic import write_figure, write_json
 from ..errors import GeometryError
 from ..progress import bar, say
 
@@ -98,7 +97,9 @@ class Reference:
     states: Tensor
     """[N, d] float32 on the model's device."""
     neighbours: int
+    """Nearest states in each local PCA."""
     tangent_dim: int
+    """Principal directions kept as the local tangent space."""
     rho: float
     """Median norm of the states."""
 
@@ -125,6 +126,8 @@ class Reference:
         return r - (basis @ (basis.mT @ r[..., None]))[..., 0]
 
     def manifold_step(self, x: Tensor, v: Tensor, length: float, substeps: int) -> Tensor:
+        """Travel ``length`` along unit ``v`` projected on the local tangent space, in ``substeps`` steps, each
+        followed by the retraction: the normal component at the new place is shrunk to the starting one's norm."""
         basis, m = self.plane(x)
         budget = self.normal(x, basis, m).norm(dim=-1, keepdim=True)
         for _ in range(substeps):
@@ -279,12 +282,8 @@ class SteerResult:
 
     def save(self, out: str | Path) -> Path:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "steer.json") as tmp:
-            tmp.write_text(json.dumps(self.summary(), indent=1))
-        fig = plot(self)
-        with atomic_path(out / "steer.png") as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        write_json(out / "steer.json", self.summary())
+        write_figure(out / "steer.png", plot(self))
         return out
 
 
