@@ -155,6 +155,7 @@ def layer_map(model, docs: list[data.Document], cfg: LayerMapConfig | None = Non
     layer = model.n_layers // 2 if cfg.layer is None else cfg.layer
     if not 0 <= layer < model.n_layers:
         raise GeometryError(f"layer {layer} does not exist in {model.name}", f"choose 0..{model.n_layers - 1}")
+    normalised(np.zeros((1, 1)), cfg.normalise)  # an unknown rule fails before any model work
     point = model.resolve(f"{cfg.kind}.{layer}")
     with torch.no_grad():
         states = layer_states(model, docs, point, cfg)
