@@ -175,3 +175,36 @@ def test_geometry_commands_write_their_artefacts_and_reject_bad_input(tiny_dir, 
     bad = run("diffusion", "-m", model, "--corpus", text_corpus, "--normalise", "whiten", "--concepts", "",
               "-o", tmp_path / "x")
     assert bad.exit_code == 2 and "unknown normalisation" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_steer_along_a_dictionary_feature(tiny_dir, text_corpus, tmp_path):
+    """``--feature FOLDER:INDEX`` steers along that latent's decoder row, at the layer the dictionary writes."""
+    from typer.testing import CliRunner
+
+    from llmri.cli import _feature_direction, app
+    from llmri.dictionaries import DictConfig, build
+    from llmri.dictionaries.formats import save
+
+    model = tiny_dir("llama")
+    lm = __import__("llmri").load_model(str(model))
+    sae = build(DictConfig(kind="sae", arch="topk", in_points=["resid_post.1"], d_in=lm.d_model, d_out=lm.d_model,
+                           n_latents=16, k=4), seed=0)
+    save(sae, tmp_path / "sae")
+    v, source, layer = _feature_direction(f"{tmp_path / 'sae'}:5", lm)
+    torch.testing.assert_close(v, sae.W_dec[5].detach().float())
+    assert layer == 1 and "feature 5" in source
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the war\nthe law\n")
+    for name, lines in (("a", POS), ("b", NEG)):
+        (tmp_path / f"{name}.txt").write_text("\n".join(lines))
+    got = CliRunner().invoke(app, ["geometry", "steer", "-m", str(model), "--corpus", str(text_corpus), "-o",
+                                   str(tmp_path / "st"), "--feature", f"{tmp_path / 'sae'}:5", "--positive",
+                                   str(tmp_path / "a.txt"), "--negative", str(tmp_path / "b.txt"), "--prompts",
+                                   str(prompts), "--scales", "0,0.5", "--reference-tokens", "512", "--new-tokens",
+                                   "3", "--neighbours", "8", "--probe-layer", "2"])
+    assert got.exit_code == 0, got.output
+    assert json.loads(got.stdout)["point"] == "resid_post.1"
+    saved = json.loads((tmp_path / "st" / "steer.json").read_text())
+    assert "feature 5" in saved["direction_source"] and saved["direction_norm"] is None
+    bad = CliRunner().invoke(app, ["geometry", "steer", "-m", str(model), "--feature", f"{tmp_path / 'sae'}:99"])
+    assert bad.exit_code == 2 and "feature 99 does not exist" in bad.stderr
