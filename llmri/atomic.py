@@ -88,3 +88,22 @@ def write_figure(path: str | os.PathLike, fig) -> Path:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def remove_stale(folder: str | os.PathLike) -> int:
+    """Delete temporaries in ``folder`` left by writers that no longer run (e.g. a ``kill -9`` mid-write);
+    a temporary whose process is alive is left alone. Returns how many were removed."""
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+            os.kill(pid, 0)
+            if pid != os.getpid():
+                continue  # a live writer
+        except ProcessLookupError:
+            pass
+        except (ValueError, IndexError, PermissionError):
+            continue
+        _remove(tmp)
+        removed += 1
+    return removed

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from . import data
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, remove_stale, write_json
 from .errors import StoreError
 from .progress import bar
 
@@ -152,6 +152,7 @@ def _start(path: Path, meta: dict) -> int:
         (path / "shards").mkdir(parents=True, exist_ok=True)
         write_json(meta_path, {**meta, "complete": False})
     (path / "shards").mkdir(parents=True, exist_ok=True)
+    remove_stale(path / "shards")  # a shard half-written when an earlier run was killed
     done = 0
     while (path / "shards" / f"{done:06d}.safetensors").exists():
         done += 1

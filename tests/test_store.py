@@ -145,3 +145,18 @@ def test_killed_cache_resumes_to_the_identical_result(tiny_dir, tmp_path):
     assert [p.name for p in a] == [p.name for p in b]  # no temporary files left behind
     for x, y in zip(a, b):
         assert x.read_bytes() == y.read_bytes(), x.name
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    """A kill -9 between opening and renaming a shard leaves `.NAME.tmp-PID-…`; the next run removes it,
+    but never a temporary whose writer is still running."""
+    from llmri.atomic import remove_stale
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".000003.safetensors.tmp-{dead.pid}-0ea8539f").write_bytes(b"half")
+    live = tmp_path / f".000004.safetensors.tmp-{os.getppid()}-12345678"
+    live.write_bytes(b"busy")
+    (tmp_path / "000002.safetensors").write_bytes(b"done")
+    assert remove_stale(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "000002.safetensors"]
