@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
 
 from . import data
@@ -185,8 +185,11 @@ def _collect(model, windows: Iterator[Tensor], count: int, config: StoreConfig, 
 
 
 def _write_shard(target: Path, tensors: dict[str, Tensor]) -> None:
+    # serialised here and written through our own temporary: safetensors' save_file writes through a
+    # `.tmpXXXXXX` of its own that a killed run would leave behind under a name we cannot attribute
+    data = save(tensors)
     with atomic_path(target) as tmp:
-        save_file(tensors, str(tmp))
+        tmp.write_bytes(data)
 
 
 # ---------------------------------------------------------------- reading

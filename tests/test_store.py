@@ -95,11 +95,13 @@ def test_disk_full_leaves_no_partial_shard(tiny, text_corpus, tmp_path, monkeypa
 
     model = tiny("llama")
 
-    def full_disk(tensors, filename):
-        Path(filename).write_bytes(b"partial")
+    real_write = Path.write_bytes
+
+    def full_disk(self, data):
+        real_write(self, data[:100])  # the shard's first bytes reach the disk, then it is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_mod, "save_file", full_disk)
+    monkeypatch.setattr(store_mod.Path, "write_bytes", full_disk)
     with pytest.raises(DiskFullError, match="no space"):
         create_store(model, tmp_path / "s", _config(text_corpus))
     leftovers = [p.name for p in (tmp_path / "s" / "shards").iterdir()]
