@@ -71,10 +71,10 @@ def test_context_too_long(tiny_dir, text_corpus, tmp_path):
 def test_disk_full_during_cache(tiny_dir, text_corpus, tmp_path, monkeypatch):
     import llmri.store as store_mod
 
-    def full(tensors, filename):
+    def full(self, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_mod, "save_file", full)
+    monkeypatch.setattr(store_mod.Path, "write_bytes", full)
     r = run("cache", "--model", tiny_dir(), "--corpus", text_corpus, "--points", "resid_post.1", "--context", "16",
             "--tokens", "500", "--shard-tokens", "128", "--out", tmp_path / "s")
     assert_clean_error(r, "no space")
