@@ -123,9 +123,10 @@ class Model:
         return set(self.tokenizer.all_special_ids) | {self.bos_id}
 
     def tokenize(self, texts: str | Sequence[str], *, prepend_bos: bool = True, chat: bool = False,
-                 max_length: int | None = None) -> Batch:
+                 max_length: int | None = None, pad_left: bool = False) -> Batch:
         """Token ids for raw texts (``bos_id`` prepended) or, with ``chat=True``, user turns formatted with
-        the model's chat template (generation prompt appended). Right-padded."""
+        the model's chat template (generation prompt appended). Right-padded (left with ``pad_left``, for
+        batched generation)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         rows = []
         for text in texts:
@@ -141,8 +142,9 @@ class Model:
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
+            cols = slice(width - len(r), width) if pad_left else slice(0, len(r))
+            ids[i, cols] = torch.tensor(r, dtype=torch.long)
+            mask[i, cols] = 1
         return Batch(ids, mask)
 
     def chat_ids(self, user_message: str) -> list[int]:

@@ -70,6 +70,5 @@ def test_steering_on_cuda(tiny_dir, text_corpus):
                                            new_tokens=4, neighbours=8, corpus=str(text_corpus)),
                         positive=POS, negative=NEG, prompts=["the war", "the law", "peace and"])
     rows = {(r["method"], r["scale"]): r for r in res.rows}
-    assert rows[("none", 0.0)]["distance_ratio"] == 1.0
     assert rows[("linear", 0.5)]["distance_ratio"] > rows[("manifold", 0.5)]["distance_ratio"]
     assert all(np.isfinite(r["ppl"]) for r in res.rows)

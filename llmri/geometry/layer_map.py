@@ -62,13 +62,6 @@ class LayerStates(NamedTuple):
     """Document ids."""
 
 
-def _windows(model, doc: data.Document, context: int) -> torch.Tensor:
-    ids = model.tokenizer(doc.text, add_special_tokens=False)["input_ids"]
-    body = context - 1
-    rows = [[model.bos_id, *ids[i : i + body]] for i in range(0, len(ids) - body + 1, body)]
-    return torch.tensor(rows, dtype=torch.long).view(-1, context)
-
-
 def layer_states(model, docs: list[data.Document], point: str, cfg: LayerMapConfig) -> LayerStates:
     gen = torch.Generator().manual_seed(cfg.seed)
     pool = sorted(data.split_documents(docs, "eval"), key=lambda d: d.id)
@@ -77,7 +70,10 @@ def layer_states(model, docs: list[data.Document], point: str, cfg: LayerMapConf
     picks = [pool[round(i * (len(pool) - 1) / max(cfg.documents - 1, 1))] for i in range(min(cfg.documents, len(pool)))]
     X, pos, doc, con = [], [], [], []
     for j, d in enumerate(picks):
-        windows = _windows(model, d, 128)
+        windows = list(data.token_windows(model, [d], data.WindowSpec(context=128, split="all")))
+        if not windows:
+            continue  # shorter than one window
+        windows = torch.stack(windows)
         got_n = 0
         for start in range(0, len(windows), 16):
             batch = windows[start : start + 16]

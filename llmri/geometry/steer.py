@@ -230,18 +230,11 @@ def train_probe(model, point: str, positive: list[str], negative: list[str]) -> 
 
 
 def left_padded(model, prompts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
-    """(ids, attention mask, steer mask) for prompts left-padded to one width; the steer mask is False on
-    padding, the document-start token and other special tokens."""
-    rows = [[model.bos_id, *model.tokenizer(p, add_special_tokens=False)["input_ids"]] for p in prompts]
-    width = max(len(r) for r in rows)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.bos_id
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    steer = mask.bool() & ~torch.isin(ids, torch.tensor(sorted(model.special_ids)))
-    return ids, mask, steer
+    """(ids, attention mask, steer mask) of left-padded prompts; the steer mask is False on padding, the
+    document-start token and other special tokens."""
+    b = model.tokenize(prompts, pad_left=True)
+    steer = b.attention_mask.bool() & ~torch.isin(b.input_ids, torch.tensor(sorted(model.special_ids)))
+    return b.input_ids, b.attention_mask, steer
 
 
 def continuation_nll(model, prompt_ids: list[int], cont: list[int]) -> tuple[float, int]:
