@@ -236,11 +236,13 @@ def test_server_answers_errors_as_json_400_and_binds_localhost(setup):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        req = urllib.request.Request(url + "/api/analyze", data=b'{"prompt": ""}', method="POST")
+        req = urllib.request.Request(url + "/api/analyze", data=b'{"prompt": ""}', method="POST",
+                                     headers={"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req)
         assert err.value.code == 400 and "empty" in json.loads(err.value.read())["error"]
-        req = urllib.request.Request(url + "/api/analyze", data=b'{"prompt": "the war"}', method="POST")
+        req = urllib.request.Request(url + "/api/analyze", data=b'{"prompt": "the war"}', method="POST",
+                                     headers={"Content-Type": "application/json"})
         assert len(json.loads(urllib.request.urlopen(req).read())["tokens"]) == 3
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(url + "/dash/0/../../etc/passwd")
