@@ -26,6 +26,9 @@ from torch import Tensor
 
 from .assets import asset_path
 from .errors import CorpusError
+from .validate import bounded, check, check_choice
+
+SPLITS = ("train", "eval", "all")
 
 BUNDLED_CORPORA = ("sotu", "shakespeare", "kjv")
 DEFAULT_CORPUS = "sotu"
@@ -103,6 +106,9 @@ def _local(path: Path) -> list[Document]:
             for i, line in enumerate(path.read_text().splitlines()):
                 if line.strip():
                     row = json.loads(line)
+                    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                        raise CorpusError(f"line {i + 1} of corpus '{path}' is not a JSON object with a 'text' string",
+                                          'write one object per line, e.g. {"id": "doc1", "text": "..."}')
                     docs.append(Document(str(row.get("id", f"{i:08d}")), str(row["text"]), {k: v for k, v in row.items() if k not in ("id", "text")}))
             return docs
         if path.suffix == ".parquet":
@@ -178,16 +184,20 @@ def tokenizer_fingerprint(tokenizer) -> str:
 class WindowSpec:
     """How a corpus becomes token windows."""
 
-    context: int = 128
-    """Tokens per window, including the leading document-start token when ``prepend_bos``."""
+    context: int = bounded(128, 2)
+    """Tokens per window, including the leading document-start token when ``prepend_bos``; ≥ 2."""
     prepend_bos: bool = True
     """Start every window with the model's document-start token (SAELens ``prepend_bos``)."""
     split: str = "train"
     """Which documents: ``train``, ``eval`` or ``all`` (see :func:`split_documents`)."""
-    eval_fraction: float = 0.1
-    """Fraction of documents (by id hash) held out as the eval split."""
-    seed: int = 0
+    eval_fraction: float = bounded(0.1, 0, 1, lo_open=True, hi_open=True)
+    """Fraction of documents (by id hash) held out as the eval split, in (0, 1)."""
+    seed: int = bounded(0, 0)
     """Seeds both the split and the document order."""
+
+    def __post_init__(self):
+        check(self, CorpusError)
+        check_choice("split", self.split, SPLITS, CorpusError)
 
 
 def token_windows(model, docs: Sequence[Document], spec: WindowSpec | None = None) -> Iterator[Tensor]:
@@ -236,8 +246,11 @@ class Exclusion:
     """Drop position 0 of every window."""
     special_tokens: bool = True
     """Drop special tokens (BOS/EOS/``<|endoftext|>``/chat markers)."""
-    outlier_factor: float | None = 20.0
-    """Drop tokens whose activation norm exceeds this multiple of the batch median norm (None: keep)."""
+    outlier_factor: float | None = bounded(20.0, 1, lo_open=True, none=True)
+    """Drop tokens whose activation norm exceeds this multiple of the batch median norm (> 1; None: keep)."""
+
+    def __post_init__(self):
+        check(self, CorpusError)
 
     def describe(self) -> str:
         parts = []

@@ -17,10 +17,13 @@ import torch
 from markupsafe import Markup
 
 from . import data, report
+from .atomic import check_target
+from .errors import LlmriError
 from .model import DEFAULT_MODEL, Model, load_model
 from .progress import bar, say
 from .report import Section
 from .stats import PointStats, RunningStats
+from .validate import bounded, check, check_number
 
 
 @dataclass
@@ -33,19 +36,19 @@ class ScanConfig:
     """Corpus spec (bundled name or path); passages and statistics come from its eval split."""
     out: str = "llmri-report"
     """Output folder; ``index.html`` and ``scan.json`` are written there (replacing an older report)."""
-    passages: int = 4
-    """Corpus passages shown as layer × token heatmaps."""
-    passage_tokens: int = 40
-    """Tokens per heatmap passage (after the document-start token)."""
+    passages: int = bounded(4, 1)
+    """Corpus passages shown as layer × token heatmaps; ≥ 1."""
+    passage_tokens: int = bounded(40, 1)
+    """Tokens per heatmap passage (after the document-start token); ≥ 1."""
     chat_prompt: str = "Explain in two sentences why the sky is blue."
     """A user turn shown through the chat template (plain text for base models)."""
-    stats_tokens: int = 32_768
+    stats_tokens: int = bounded(32_768, 1)
     """Tokens of the train split over which per-layer statistics are computed (the same pass captures the
-    activations the quick SAEs train on)."""
-    context: int = 128
-    """Window length for the statistics."""
-    batch_size: int = 16
-    """Windows per forward pass."""
+    activations the quick SAEs train on); ≥ 1."""
+    context: int = bounded(128, 2)
+    """Window length for the statistics; ≥ 2."""
+    batch_size: int = bounded(16, 1)
+    """Windows per forward pass; ≥ 1."""
     dtype: str = "float32"
     """Model dtype."""
     device: str = "cpu"
@@ -54,43 +57,52 @@ class ScanConfig:
     """Tokens left out of the statistics (position 0, special tokens, norm outliers)."""
     sae_layers: str = "auto"
     """Layers that get a quick TopK SAE on resid_post ("auto": five spread over depth; "" skips)."""
-    sae_tokens: int = 65_536
+    sae_tokens: int = bounded(65_536, 0)
     """Training tokens of those SAEs: they cycle over the activations of the statistics pass (65,536 over
-    the default 32,768 = two epochs), so the scan runs the model over the corpus once."""
-    sae_expansion: float = 4.0
-    """Their width as a multiple of d_model."""
-    sae_k: int = 32
-    """Their k."""
-    sae_eval_tokens: int = 8_192
-    """Held-out tokens for their NMSE / L0 / dead %."""
-    sae_ce_tokens: int = 2_048
-    """Held-out tokens for their CE loss recovered."""
+    the default 32,768 = two epochs), so the scan runs the model over the corpus once; ≥ 0 (0 skips them)."""
+    sae_expansion: float = bounded(4.0, 0, lo_open=True)
+    """Their width as a multiple of d_model; > 0."""
+    sae_k: int = bounded(32, 1)
+    """Their k; ≥ 1."""
+    sae_eval_tokens: int = bounded(8_192, 0)
+    """Held-out tokens for their NMSE / L0 / dead %; ≥ 0 (0: skip)."""
+    sae_ce_tokens: int = bounded(2_048, 0)
+    """Held-out tokens for their CE loss recovered; ≥ 0 (0: skip)."""
     circuit_prompt: str = "The capital of France is"
     """Prompt traced in the circuits section ("" skips the section)."""
     transcoders: str = ""
     """Transcoders for every layer (run folder, CLT or circuit-tracer export) for the circuits section; ""
     trains quick ones on the statistics pass's first ``circuit_tokens`` kept tokens."""
-    circuit_tokens: int = 16_384
-    """Kept tokens of the statistics pass (fp16 mlp_in/mlp_out of every layer) the quick transcoders train on."""
-    circuit_expansion: float = 2.0
-    """Quick transcoders' width as a multiple of d_model."""
-    circuit_k: int = 16
-    """Quick transcoders' k."""
-    circuit_features: int = 1024
-    """Feature nodes with computed inputs in the traced graph."""
-    geometry_points: int = 2048
+    circuit_tokens: int = bounded(16_384, 0)
+    """Kept tokens of the statistics pass (fp16 mlp_in/mlp_out of every layer) the quick transcoders train on;
+    ≥ 0 (0: no quick transcoders, so no circuits section unless ``transcoders`` is given)."""
+    circuit_expansion: float = bounded(2.0, 0, lo_open=True)
+    """Quick transcoders' width as a multiple of d_model; > 0."""
+    circuit_k: int = bounded(16, 1)
+    """Quick transcoders' k; ≥ 1."""
+    circuit_features: int = bounded(1024, 1)
+    """Feature nodes with computed inputs in the traced graph; ≥ 1."""
+    geometry_points: int = bounded(2048, 0)
     """Token states per layer for the intrinsic-dimension profile (and as many for its shuffled control); 0 skips
-    the geometry section."""
-    geometry_per_window: int = 16
-    """Random kept positions sampled per window for that profile."""
+    the geometry section, otherwise ≥ 100."""
+    geometry_per_window: int = bounded(16, 1)
+    """Random kept positions sampled per window for that profile; ≥ 1."""
     steer_scales: tuple[float, ...] = (0.0, 0.2, 0.5)
-    """Step sizes of the steering comparison (× median state norm)."""
-    steer_prompts: int = 12
-    """Bundled prompts steered per setting."""
-    steer_tokens: int = 16
-    """Greedy tokens per prompt."""
-    steer_reference_tokens: int = 4096
-    """Corpus tokens whose states form the reference manifold."""
+    """Step sizes of the steering comparison (× median state norm); each finite and ≥ 0."""
+    steer_prompts: int = bounded(12, 1)
+    """Bundled prompts steered per setting; ≥ 1."""
+    steer_tokens: int = bounded(16, 1)
+    """Greedy tokens per prompt; ≥ 1."""
+    steer_reference_tokens: int = bounded(4096, 1)
+    """Corpus tokens whose states form the reference manifold; ≥ 1."""
+
+    def __post_init__(self):
+        check(self, LlmriError)
+        if 0 < self.geometry_points < 100:
+            raise LlmriError(f"ScanConfig.geometry_points must be 0 or ≥ 100, got {self.geometry_points}",
+                             "use at least 100 token states per layer, or 0 to skip the geometry section")
+        for s in self.steer_scales:
+            check_number("ScanConfig.steer_scales entry", s, 0, error=LlmriError)
 
 
 @dataclass
@@ -120,6 +132,7 @@ def scan(config: ScanConfig | None = None, *, model: Model | None = None) -> Pat
     model = model or load_model(config.model, dtype=config.dtype, device=config.device)
     docs = data.load_corpus(config.corpus)
     out = Path(config.out)
+    check_target(out, "report")  # before the work: the report replaces only an earlier report
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.artefacts-", dir=out.parent) as staging:
         ctx = ScanContext(config, model, docs, Path(staging))

@@ -27,6 +27,7 @@ from torch import Tensor
 from .. import data, progress
 from ..atomic import atomic_path, write_json
 from ..errors import LlmriError
+from ..validate import bounded, check
 from . import replacement as rp
 from .transcoders import Transcoders
 
@@ -35,19 +36,23 @@ from .transcoders import Transcoders
 class AttributionConfig:
     """How much of the graph to compute."""
 
-    max_logits: int = 10
-    """At most this many output tokens are attributed."""
-    logit_probability: float = 0.95
-    """Output tokens are taken in order of probability until their cumulative probability reaches this."""
-    max_feature_nodes: int | None = 4096
-    """Rows are computed for at most this many features (the most influential first); None: all active."""
-    batch_size: int = 0
-    """Targets per backward pass (prompt copies in the retained forward); 0: min(64, 8192 // prompt length)."""
-    influence_every: int = 1
-    """Re-estimate feature influence after this many batches of feature rows."""
+    max_logits: int = bounded(10, 1)
+    """At most this many output tokens are attributed; ≥ 1."""
+    logit_probability: float = bounded(0.95, 0, 1, lo_open=True)
+    """Output tokens are taken in order of probability until their cumulative probability reaches this;
+    in (0, 1]."""
+    max_feature_nodes: int | None = bounded(4096, 1, none=True)
+    """Rows are computed for at most this many features (the most influential first); ≥ 1, None: all active."""
+    batch_size: int = bounded(0, 0)
+    """Targets per backward pass (prompt copies in the retained forward); ≥ 0, 0: min(64, 8192 // prompt length)."""
+    influence_every: int = bounded(1, 1)
+    """Re-estimate feature influence after this many batches of feature rows; ≥ 1."""
     exclusion: data.Exclusion = field(default_factory=data.Exclusion)
     """Positions without features (their whole MLP output is an error node): by default those excluded from
     dictionary training (position 0, special tokens, norm outliers)."""
+
+    def __post_init__(self):
+        check(self, LlmriError)
 
 
 class GraphError(LlmriError):

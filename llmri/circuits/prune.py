@@ -21,6 +21,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..errors import LlmriError
+from ..validate import bounded, check
 from .attribution import Graph
 
 
@@ -28,13 +30,16 @@ from .attribution import Graph
 class PruneConfig:
     """Pruning thresholds."""
 
-    node_threshold: float = 0.8
-    """Keep the features that account for this fraction of the total feature influence on the logits."""
-    edge_threshold: float = 0.98
-    """Keep the edges that account for this fraction of the total edge influence."""
-    max_edges: int | None = 10_000
+    node_threshold: float = bounded(0.8, 0, 1, lo_open=True)
+    """Keep the features that account for this fraction of the total feature influence on the logits; in (0, 1]."""
+    edge_threshold: float = bounded(0.98, 0, 1, lo_open=True)
+    """Keep the edges that account for this fraction of the total edge influence; in (0, 1]."""
+    max_edges: int | None = bounded(10_000, 1, none=True)
     """Then keep at most this many of them, the highest-scoring (a diffuse graph can keep 10⁵–10⁶ edges at
-    0.98, more than a file or a viewer is any use with); None: no cap."""
+    0.98, more than a file or a viewer is any use with); ≥ 1, None: no cap."""
+
+    def __post_init__(self):
+        check(self, LlmriError)
 
 
 class Pruned(NamedTuple):

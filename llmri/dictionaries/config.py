@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import LlmriError
+from ..validate import bounded, check, check_choice
 
 KINDS = ("sae", "transcoder", "crosscoder", "clt")
 ARCHS = ("topk", "batchtopk", "jumprelu", "relu")
@@ -28,39 +29,49 @@ class DictConfig:
     """Canonical hook points read (concatenated for crosscoders; one per layer for CLTs)."""
     out_points: list[str] = field(default_factory=list)
     """Canonical hook points written (same as ``in_points`` for SAEs and crosscoders)."""
-    d_in: int = 0
-    """Width of one input point (the model's d_model)."""
-    d_out: int = 0
-    """Width of one output point."""
-    n_latents: int = 0
-    """Latents (per layer for CLTs)."""
-    k: int = 32
-    """Active latents per token for topk/batchtopk (per layer for CLTs)."""
+    d_in: int = bounded(0, 1)
+    """Width of one input point (the model's d_model); ≥ 1."""
+    d_out: int = bounded(0, 0)
+    """Width of one output point (0: ``d_in``)."""
+    n_latents: int = bounded(0, 1)
+    """Latents (per layer for CLTs); ≥ 1."""
+    k: int = bounded(32, 1)
+    """Active latents per token for topk/batchtopk (per layer for CLTs); 1 ≤ k ≤ n_latents."""
     skip: bool = False
     """Transcoders: add a learned linear skip connection x·W_skipᵀ to the output."""
-    sparsity_coeff: float = 0.0
-    """Weight of the sparsity penalty (relu: decoder-norm-weighted L1; jumprelu: L0 or tanh). 0 = default."""
+    sparsity_coeff: float = bounded(0.0, 0)
+    """Weight of the sparsity penalty (relu: decoder-norm-weighted L1; jumprelu: L0 or tanh); ≥ 0, 0 = default."""
     sparsity: str = "l0"
     """jumprelu penalty: l0 (straight-through L0) or tanh (Σ tanh(c·f·‖W_dec‖), Anthropic 2025)."""
-    tanh_c: float = 4.0
-    """The c of the tanh penalty."""
-    jumprelu_bandwidth: float = 0.05
-    """Width of the rectangle kernel of the JumpReLU straight-through estimator (normalised units)."""
-    jumprelu_init_threshold: float = 0.2
+    tanh_c: float = bounded(4.0, 0, lo_open=True)
+    """The c of the tanh penalty; > 0."""
+    jumprelu_bandwidth: float = bounded(0.05, 0, lo_open=True)
+    """Width of the rectangle kernel of the JumpReLU straight-through estimator (normalised units); > 0."""
+    jumprelu_init_threshold: float = bounded(0.2, 0, lo_open=True)
     """Initial JumpReLU threshold (normalised units; encoders start at norm 0.1, so pre-activations ~N(0, 0.1²)
     and about 2% of latents are active at first)."""
     model_name: str = ""
     """Model the dictionary was trained on."""
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise DictionaryError(f"unknown dictionary kind '{self.kind}'", f"use one of {', '.join(KINDS)}")
-        if self.arch not in ARCHS:
-            raise DictionaryError(f"unknown architecture '{self.arch}'", f"use one of {', '.join(ARCHS)}")
+        check_choice("dictionary kind", self.kind, KINDS, DictionaryError)
+        check_choice("architecture", self.arch, ARCHS, DictionaryError)
+        check_choice("jumprelu sparsity penalty", self.sparsity, ("l0", "tanh"), DictionaryError)
+        for name in ("in_points", "out_points"):
+            v = getattr(self, name)
+            if not isinstance(v, list) or not all(isinstance(p, str) and p for p in v):
+                raise DictionaryError(f"DictConfig.{name} must be a list of hook-point names, got {v!r}",
+                                      "give names such as ['resid_post.5']")
+        if not self.in_points:
+            raise DictionaryError("DictConfig.in_points is empty", "give the hook point(s) the dictionary reads")
         if not self.out_points:
             self.out_points = list(self.in_points)
         if not self.d_out:
             self.d_out = self.d_in
+        check(self, DictionaryError)
+        if self.arch in ("topk", "batchtopk") and self.k > self.n_latents:
+            raise DictionaryError(f"k = {self.k} exceeds the {self.n_latents} latents",
+                                  f"use 1 ≤ k ≤ {self.n_latents}, or more latents")
 
     @property
     def apply_b_dec_to_input(self) -> bool:
@@ -87,6 +98,9 @@ class DictConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> DictConfig:
+        if not isinstance(d, dict):
+            raise DictionaryError(f"a dictionary config must be a JSON object, got {type(d).__name__}",
+                                  "restore the folder's cfg.json (or retrain)")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -95,46 +109,51 @@ class DictConfig:
 class TrainConfig:
     """How dictionaries are trained (one config for every dictionary of a run)."""
 
-    tokens: int = 2_000_000
-    """Training tokens (after exclusion)."""
-    batch_size: int = 4096
-    """Tokens per optimiser step."""
-    lr: float = 0.0
+    tokens: int = bounded(2_000_000, 1)
+    """Training tokens (after exclusion); ≥ 1 (rounded up to whole batches)."""
+    batch_size: int = bounded(4096, 1)
+    """Tokens per optimiser step; ≥ 1."""
+    lr: float = bounded(0.0, 0)
     """Adam learning rate; 0 = automatic from the width and architecture (see :meth:`learning_rate`)."""
-    warmup: float = 0.05
-    """Fraction of steps with linear learning-rate warm-up."""
-    decay: float = 0.2
-    """Fraction of steps at the end with linear decay to zero."""
+    warmup: float = bounded(0.05, 0, 1)
+    """Fraction of steps with linear learning-rate warm-up, in [0, 1]."""
+    decay: float = bounded(0.2, 0, 1)
+    """Fraction of steps at the end with linear decay to zero, in [0, 1]."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
-    threshold_lr_scale: float = 10.0
+    threshold_lr_scale: float = bounded(10.0, 0, lo_open=True)
     """JumpReLU log-thresholds learn this many times faster than the weights (Adam makes their step size
     independent of the penalty's scale, so at the base rate they move too slowly for short CPU runs)."""
-    aux_k: int = 0
+    aux_k: int = bounded(0, 0)
     """Latents used by the aux-k loss (Gao et al. 2024); 0 = d_in // 2."""
-    aux_coeff: float = 1 / 32
-    """Weight of the aux-k loss."""
-    aux_fraction: float = 0.125
+    aux_coeff: float = bounded(1 / 32, 0)
+    """Weight of the aux-k loss; ≥ 0."""
+    aux_fraction: float = bounded(0.125, 0, 1, lo_open=True)
     """Fraction of each batch's tokens on which the aux-k loss is estimated (scaled to the whole batch);
-    its sparse work is aux_k/k times the main path's per token, so a fraction keeps it affordable."""
-    dead_tokens: int = 0
+    its sparse work is aux_k/k times the main path's per token, so a fraction keeps it affordable; in (0, 1]."""
+    dead_tokens: int = bounded(0, 0)
     """A latent counts as dead (for aux-k and the dead % shown) after this many tokens without firing;
     0 = min(200k, tokens / 10), so that aux-k engages early in short runs too."""
     normalize: bool = True
     """Scale each point so that E‖x‖ = √d (folded into the weights on save)."""
-    norm_batches: int = 4
-    """Batches used to estimate normalisation scales and the initial decoder bias."""
-    seed: int = 0
+    norm_batches: int = bounded(4, 1)
+    """Batches used to estimate normalisation scales and the initial decoder bias; ≥ 1."""
+    seed: int = bounded(0, 0)
     """Seed of initialisation and data order."""
     dtype: str = "float32"
     """Compute dtype of the dictionary matmuls: float32 or bfloat16 (autocast-style; weights stay fp32)."""
-    checkpoint_every: int = 200
+    checkpoint_every: int = bounded(200, 0)
     """Steps between checkpoints (written atomically); 0 = only at the end."""
-    log_every: int = 10
-    """Steps between progress/log updates."""
+    log_every: int = bounded(10, 1)
+    """Steps between progress/log updates; ≥ 1."""
     distribute: str = "data"
     """With torchrun: 'data' (every rank trains every dictionary on its share of the data, gradients
     averaged) or 'layers' (dictionaries are split over ranks; each trains its own on all the data)."""
+
+    def __post_init__(self):
+        check(self, DictionaryError)
+        check_choice("compute dtype", self.dtype, ("float32", "bfloat16"), DictionaryError)
+        check_choice("distribution mode", self.distribute, ("data", "layers"), DictionaryError)
 
     @property
     def dead_window(self) -> int:
@@ -155,6 +174,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        if not isinstance(d, dict):
+            raise DictionaryError(f"a training config must be a JSON object, got {type(d).__name__}",
+                                  "restore the checkpoint's trainer.json, or start without --resume")
         known = {f.name for f in fields(cls)}
         out = cls(**{k: v for k, v in d.items() if k in known})
         out.betas = tuple(out.betas)

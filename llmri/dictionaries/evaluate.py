@@ -29,6 +29,7 @@ from torch import Tensor
 from .. import data
 from ..hooks import attach
 from ..progress import bar
+from ..validate import bounded, check
 from . import sparse as sp
 from .clt import CrossLayerTranscoder
 from .coder import SparseCoder
@@ -41,20 +42,23 @@ Dictionary = SparseCoder | CrossLayerTranscoder
 class EvalConfig:
     """What ``llmri eval`` measures on."""
 
-    tokens: int = 65_536
-    """Held-out tokens (after exclusion) for reconstruction, L0, dead and density."""
-    ce_tokens: int = 16_384
-    """Held-out tokens run through the model for the CE/KL splice evaluation (whole windows)."""
-    context: int = 128
-    """Window length."""
-    batch_size: int = 16
-    """Windows per LM forward."""
+    tokens: int = bounded(65_536, 0)
+    """Held-out tokens (after exclusion) for reconstruction, L0, dead and density; ≥ 0 (0: skip)."""
+    ce_tokens: int = bounded(16_384, 0)
+    """Held-out tokens run through the model for the CE/KL splice evaluation (whole windows); ≥ 0 (0: skip)."""
+    context: int = bounded(128, 2)
+    """Window length; ≥ 2."""
+    batch_size: int = bounded(16, 1)
+    """Windows per LM forward; ≥ 1."""
     split: str = "eval"
     """Corpus split evaluated on."""
-    dense_threshold: float = 0.1
-    """A latent active on more than this fraction of tokens counts as dense."""
+    dense_threshold: float = bounded(0.1, 0, 1, lo_open=True)
+    """A latent active on more than this fraction of tokens counts as dense; in (0, 1]."""
     exclusion: data.Exclusion = field(default_factory=data.Exclusion)
     """Tokens left out of every metric (and passed through unchanged when splicing)."""
+
+    def __post_init__(self):
+        check(self, DictionaryError)
 
 
 # ---------------------------------------------------------------- reconstruction metrics

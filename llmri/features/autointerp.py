@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import LlmriError
+from ..validate import bounded, check, check_number
 
 
 class ExplainerError(LlmriError):
@@ -191,19 +192,24 @@ class InterpConfig:
     """What ``llmri interp`` explains and how it scores."""
 
     features: list[int] | None = None
-    """Features to explain (default: ``n_features`` random alive ones)."""
-    n_features: int = 20
-    """How many random alive features when ``features`` is not given."""
-    explain_examples: int = 10
-    """Top contexts shown to the explainer."""
-    score_examples: int = 10
-    """Activating contexts scored per feature (and as many non-activating ones)."""
-    max_new_tokens: int = 40
-    """Length limit of an explanation."""
+    """Features to explain (default: ``n_features`` random alive ones); each an index ≥ 0."""
+    n_features: int = bounded(20, 1)
+    """How many random alive features when ``features`` is not given; ≥ 1."""
+    explain_examples: int = bounded(10, 1)
+    """Top contexts shown to the explainer; ≥ 1."""
+    score_examples: int = bounded(10, 1)
+    """Activating contexts scored per feature (and as many non-activating ones); ≥ 1."""
+    max_new_tokens: int = bounded(40, 1)
+    """Length limit of an explanation; ≥ 1."""
     control: bool = True
     """Also score each feature with another feature's explanation (the chance baseline)."""
-    seed: int = 0
-    """Seeds the feature choice and the example draws."""
+    seed: int = bounded(0, 0)
+    """Seeds the feature choice and the example draws; ≥ 0."""
+
+    def __post_init__(self):
+        check(self, ExplainerError)
+        for i in self.features or ():
+            check_number("InterpConfig.features entry", i, 0, integer=True, error=ExplainerError)
 
 
 def _strings(tokenizer, ids: list[int], cache: dict[int, str]) -> list[str]:

@@ -37,6 +37,7 @@ from ..dictionaries.clt import CrossLayerTranscoder
 from ..dictionaries.config import DictionaryError
 from ..dictionaries.evaluate import active_entries
 from ..progress import bar
+from ..validate import bounded, check, check_choice, check_number
 
 STATS_FILE = "features.safetensors"
 META_FILE = "features.json"
@@ -46,38 +47,47 @@ META_FILE = "features.json"
 class FeatureConfig:
     """What the statistics pass keeps per feature."""
 
-    tokens: int = 65_536
-    """Corpus tokens to read (whole windows, before exclusion)."""
-    context: int = 128
-    """Window length."""
-    batch_size: int = 16
-    """Windows per LM forward."""
+    tokens: int = bounded(65_536, 1)
+    """Corpus tokens to read (whole windows, before exclusion); ≥ 1."""
+    context: int = bounded(128, 2)
+    """Window length; ≥ 2."""
+    batch_size: int = bounded(16, 1)
+    """Windows per LM forward; ≥ 1."""
     split: str = "all"
     """Corpus split read (``train``, ``eval`` or ``all``)."""
-    top_k: int = 20
-    """Top-activating windows kept per feature."""
-    samples: int = 40
-    """Windows sampled uniformly among those where the feature is active (for quantile examples)."""
-    before: int = 16
-    """Context tokens kept before each example's max token."""
-    after: int = 8
-    """Context tokens kept after it."""
+    top_k: int = bounded(20, 1)
+    """Top-activating windows kept per feature; ≥ 1."""
+    samples: int = bounded(40, 1)
+    """Windows sampled uniformly among those where the feature is active (for quantile examples); ≥ 1."""
+    before: int = bounded(16, 0)
+    """Context tokens kept before each example's max token; ≥ 0."""
+    after: int = bounded(8, 0)
+    """Context tokens kept after it; ≥ 0."""
     hist_range: tuple[float, float] = (-4.0, 4.0)
-    """log10 range of the activation histogram (values outside go to the under/overflow bins)."""
-    hist_bins: int = 64
-    """Bins of the activation histogram."""
-    cooc_tokens: int = 131_072
-    """Kept tokens (the first ones read) over which co-occurrence is counted."""
-    neighbours: int = 10
-    """Co-occurring features kept per feature."""
-    logits: int = 10
-    """Top and bottom logit effects kept per feature."""
+    """log10 range of the activation histogram (values outside go to the under/overflow bins); finite, lo < hi."""
+    hist_bins: int = bounded(64, 1)
+    """Bins of the activation histogram; ≥ 1."""
+    cooc_tokens: int = bounded(131_072, 1)
+    """Kept tokens (the first ones read) over which co-occurrence is counted; ≥ 1."""
+    neighbours: int = bounded(10, 1)
+    """Co-occurring features kept per feature; ≥ 1."""
+    logits: int = bounded(10, 1)
+    """Top and bottom logit effects kept per feature; ≥ 1."""
     exclusion: data.Exclusion = field(default_factory=data.Exclusion)
     """Tokens never encoded."""
-    seed: int = 0
-    """Seeds the corpus order and the random sample."""
-    max_floats: int = 1 << 25
-    """Bound on one dense activation batch (windows × context × features), for wide dictionaries."""
+    seed: int = bounded(0, 0)
+    """Seeds the corpus order and the random sample; ≥ 0."""
+    max_floats: int = bounded(1 << 25, 1)
+    """Bound on one dense activation batch (windows × context × features), for wide dictionaries; ≥ 1."""
+
+    def __post_init__(self):
+        check(self, DictionaryError)
+        check_choice("split", self.split, data.SPLITS, DictionaryError)
+        r = self.hist_range
+        if not isinstance(r, (tuple, list)) or len(r) != 2:
+            raise DictionaryError(f"FeatureConfig.hist_range must be a (lo, hi) pair, got {r!r}", "use e.g. (-4.0, 4.0)")
+        check_number("FeatureConfig.hist_range[0]", r[0], error=DictionaryError)
+        check_number("FeatureConfig.hist_range[1]", r[1], r[0], lo_open=True, error=DictionaryError)
 
     @property
     def width(self) -> int:
@@ -322,7 +332,7 @@ class FeatureStats:
                    "logit_range": self.logit_range}
         for prefix, ex in (("top", self.top), ("samples", self.samples)):
             tensors |= {f"{prefix}.{k}": v for k, v in ex._asdict().items()}
-        with atomic_path(folder, directory=True) as tmp:
+        with atomic_path(folder, directory=True, kind="features") as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / STATS_FILE))
             write_json(tmp / META_FILE, self.meta)
         return Path(folder)

@@ -44,30 +44,36 @@ from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 from sklearn.neighbors import NearestNeighbors
 
 from ..errors import GeometryError
+from ..validate import bounded, check, check_choice
 
 _FLOOR = 1e-12
 
 
 @dataclass
 class DiffusionConfig:
-    n_neighbors: int = 32
-    """k of the sparse kNN graph, each point itself included."""
+    n_neighbors: int = bounded(32, 2)
+    """k of the sparse kNN graph, each point itself included; ≥ 2 (and fewer than the points)."""
     bandwidth: Literal["variable", "fixed"] = "variable"
     """"variable": self-tuning σ_i per point; "fixed": one ε for all pairs."""
-    bandwidth_rank: int = 7
-    """Variable bandwidth: σ_i is the distance to the point's bandwidth_rank-th nearest other point."""
-    epsilon: float | None = None
-    """Fixed bandwidth: ε in exp(−d²/ε); None = median squared kNN distance × epsilon_scale."""
-    epsilon_scale: float = 1.0
-    """Fixed bandwidth: multiplier of the median squared kNN distance when epsilon is None."""
-    alpha: float = 1.0
-    """α-normalisation: 1 removes density effects, 0.5 Fokker–Planck, 0 the classic graph Laplacian."""
-    n_components: int = 8
-    """Non-trivial eigenpairs kept (the constant λ₀ = 1 one is dropped)."""
-    t: float = 1.0
-    """Default diffusion time: coordinates are λ^t ψ."""
-    seed: int = 0
-    """Seed of eigsh's start vector (makes the result reproducible)."""
+    bandwidth_rank: int = bounded(7, 1)
+    """Variable bandwidth: σ_i is the distance to the point's bandwidth_rank-th nearest other point;
+    in [1, n_neighbors − 1]."""
+    epsilon: float | None = bounded(None, 0, lo_open=True, none=True)
+    """Fixed bandwidth: ε in exp(−d²/ε), > 0; None = median squared kNN distance × epsilon_scale."""
+    epsilon_scale: float = bounded(1.0, 0, lo_open=True)
+    """Fixed bandwidth: multiplier of the median squared kNN distance when epsilon is None; > 0."""
+    alpha: float = bounded(1.0, 0)
+    """α-normalisation: 1 removes density effects, 0.5 Fokker–Planck, 0 the classic graph Laplacian; ≥ 0."""
+    n_components: int = bounded(8, 1)
+    """Non-trivial eigenpairs kept (the constant λ₀ = 1 one is dropped); ≥ 1 (and ≤ points − 2)."""
+    t: float = bounded(1.0, 0)
+    """Default diffusion time: coordinates are λ^t ψ; ≥ 0."""
+    seed: int = bounded(0, 0)
+    """Seed of eigsh's start vector (makes the result reproducible); ≥ 0."""
+
+    def __post_init__(self):
+        check(self, GeometryError)
+        check_choice("bandwidth", self.bandwidth, ("variable", "fixed"), GeometryError)
 
 
 def _check(X: np.ndarray, c: DiffusionConfig) -> np.ndarray:
@@ -84,13 +90,9 @@ def _check(X: np.ndarray, c: DiffusionConfig) -> np.ndarray:
     if not 1 <= c.n_components < n - 1:
         raise GeometryError(f"n_components = {c.n_components} must be in [1, n_points − 2] = [1, {n - 2}]",
                             "lower n_components")
-    if c.bandwidth not in ("variable", "fixed"):
-        raise GeometryError(f"unknown bandwidth {c.bandwidth!r}", 'use "variable" or "fixed"')
     if not 1 <= c.bandwidth_rank < c.n_neighbors:
         raise GeometryError(f"bandwidth_rank = {c.bandwidth_rank} must be in [1, n_neighbors − 1]",
                             "lower bandwidth_rank or raise n_neighbors")
-    if c.alpha < 0 or (c.epsilon is not None and c.epsilon <= 0):
-        raise GeometryError("alpha must be ≥ 0 and epsilon > 0", "fix the DiffusionConfig")
     return X
 
 

@@ -20,24 +20,28 @@ from safetensors.numpy import save_file
 from .. import data
 from ..atomic import atomic_path, write_figure, write_json
 from ..errors import GeometryError
+from ..validate import bounded, check, check_choice
 from .diffusion import DiffusionConfig, DiffusionMap, fit
 from .steer import read_lines
+
+
+NORMALISE = ("zscore", "unit", "none")
 
 
 @dataclass
 class LayerMapConfig:
     """Settings of ``llmri geometry diffusion``."""
 
-    layer: int | None = None
-    """Layer mapped (None: the middle one)."""
+    layer: int | None = bounded(None, 0, none=True)
+    """Layer mapped (None: the middle one); ≥ 0."""
     kind: str = "resid_post"
     """Hook-point kind."""
-    documents: int = 8
-    """Eval-split documents sampled (evenly spaced by id)."""
-    per_document: int = 192
-    """Token states per document."""
-    per_window: int = 16
-    """Random kept positions per 128-token window."""
+    documents: int = bounded(8, 1)
+    """Eval-split documents sampled (evenly spaced by id); ≥ 1."""
+    per_document: int = bounded(192, 1)
+    """Token states per document; ≥ 1."""
+    per_window: int = bounded(16, 1)
+    """Random kept positions per 128-token window; ≥ 1."""
     concepts: tuple[str, str] = ("sea", "other")
     """Two concept sentence sets (bundled names or files, one sentence per line); () skips them."""
     normalise: str = "zscore"
@@ -45,8 +49,12 @@ class LayerMapConfig:
     dimensions otherwise dominate every distance), ``unit`` (rows to unit norm: cosine geometry) or ``none``."""
     diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(n_components=6))
     """The diffusion map's settings."""
-    seed: int = 0
-    """Seeds position sampling."""
+    seed: int = bounded(0, 0)
+    """Seeds position sampling; ≥ 0."""
+
+    def __post_init__(self):
+        check(self, GeometryError)
+        check_choice("normalisation", self.normalise, NORMALISE, GeometryError)
 
 
 class LayerStates(NamedTuple):
@@ -118,13 +126,13 @@ class LayerMap:
 
     def save(self, out: str | Path) -> Path:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         s = self.states
-        with atomic_path(out / "coordinates.safetensors") as tmp:
+        with atomic_path(out, directory=True, kind="diffusion map") as tmp:
             save_file({"coordinates": self.dmap.coordinates().astype(np.float32), "position": s.position.astype(np.int64),
-                       "document": s.document.astype(np.int64), "concept": s.concept.astype(np.int64)}, str(tmp))
-        write_json(out / "layer_map.json", self.summary())
-        write_figure(out / "layer_map.png", plot(self))
+                       "document": s.document.astype(np.int64), "concept": s.concept.astype(np.int64)},
+                      str(tmp / "coordinates.safetensors"))
+            write_json(tmp / "layer_map.json", self.summary())
+            write_figure(tmp / "layer_map.png", plot(self))
         return out
 
 
@@ -151,7 +159,6 @@ def layer_map(model, docs: list[data.Document], cfg: LayerMapConfig | None = Non
     layer = model.n_layers // 2 if cfg.layer is None else cfg.layer
     if not 0 <= layer < model.n_layers:
         raise GeometryError(f"layer {layer} does not exist in {model.name}", f"choose 0..{model.n_layers - 1}")
-    normalised(np.zeros((1, 1)), cfg.normalise)  # an unknown rule fails before any model work
     point = model.resolve(f"{cfg.kind}.{layer}")
     with torch.no_grad():
         states = layer_states(model, docs, point, cfg)

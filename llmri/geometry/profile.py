@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from .. import data
-from ..atomic import write_figure, write_json
+from ..atomic import atomic_path, write_figure, write_json
 from ..errors import GeometryError
 from ..progress import bar
+from ..validate import bounded, check, check_choice, check_number
 from .intrinsic import Estimate, gride, twonn
 
 
@@ -30,31 +31,40 @@ from .intrinsic import Estimate, gride, twonn
 class ProfileConfig:
     """Settings of an ID profile (``llmri geometry id``)."""
 
-    points: int = 4096
-    """Token states per layer (per corpus and per control)."""
-    per_window: int = 8
-    """Positions sampled per window (fewer = less correlated states, more forward passes)."""
+    points: int = bounded(4096, 1)
+    """Token states per layer (per corpus and per control); ≥ 1 (:func:`id_profile` needs ≥ 100)."""
+    per_window: int = bounded(8, 1)
+    """Positions sampled per window (fewer = less correlated states, more forward passes); ≥ 1."""
     position: str = "random"
     """``random``: ``per_window`` random kept positions per window (token-level states); ``last``: the last
     kept position of each window only (sequence-level states, as in Cheng et al. 2025; ``per_window`` ignored)."""
-    context: int = 128
-    """Window length, including the document-start token."""
+    context: int = bounded(128, 2)
+    """Window length, including the document-start token; ≥ 2."""
     split: str = "eval"
     """Corpus split the windows come from (train, eval, all)."""
-    batch_size: int = 16
-    """Windows per forward pass."""
+    batch_size: int = bounded(16, 1)
+    """Windows per forward pass; ≥ 1."""
     kind: str = "resid_post"
     """Hook-point kind profiled at every layer (``embed`` is added in front)."""
     ranks: tuple[int, ...] = (1, 4, 16)
-    """GRIDE neighbourhood ranks reported next to TwoNN (ID as a function of scale)."""
-    n_boot: int = 200
-    """Bootstrap resamples for TwoNN's interval (GRIDE uses a quarter of them)."""
+    """GRIDE neighbourhood ranks reported next to TwoNN (ID as a function of scale); at least one, each ≥ 1."""
+    n_boot: int = bounded(200, 1)
+    """Bootstrap resamples for TwoNN's interval (GRIDE uses a quarter of them, at least 10); ≥ 1."""
     control: bool = True
     """Also profile the shuffled-within-window control."""
-    seed: int = 0
-    """Seeds position sampling and shuffling."""
+    seed: int = bounded(0, 0)
+    """Seeds position sampling and shuffling; ≥ 0."""
     exclusion: data.Exclusion = field(default_factory=data.Exclusion)
     """Tokens never sampled."""
+
+    def __post_init__(self):
+        check(self, GeometryError)
+        check_choice("position rule", self.position, ("random", "last"), GeometryError)
+        check_choice("split", self.split, data.SPLITS, GeometryError)
+        if not self.ranks:
+            raise GeometryError("ProfileConfig.ranks is empty", "give at least one GRIDE rank, e.g. (1, 4, 16)")
+        for r in self.ranks:
+            check_number("ProfileConfig.ranks entry", r, 1, integer=True, error=GeometryError)
 
 
 class LayerID(NamedTuple):
@@ -88,8 +98,9 @@ class IDProfile:
 
     def save(self, out: str | Path) -> Path:
         out = Path(out)
-        write_json(out / "id_profile.json", self.summary())
-        write_figure(out / "id_profile.png", plot(self))
+        with atomic_path(out, directory=True, kind="id profile") as tmp:
+            write_json(tmp / "id_profile.json", self.summary())
+            write_figure(tmp / "id_profile.png", plot(self))
         return out
 
 
@@ -155,11 +166,8 @@ def estimate(states: dict[str, np.ndarray], cfg: ProfileConfig, progress=None) -
 def id_profile(model, docs: list[data.Document], cfg: ProfileConfig | None = None, *, corpus: str = "") -> IDProfile:
     """ID of ``embed`` and every ``{kind}.{l}`` on the corpus and its shuffled control."""
     cfg = cfg or ProfileConfig()
-    if cfg.points < 100 or cfg.per_window < 1:
-        raise GeometryError(f"points={cfg.points}, per_window={cfg.per_window} cannot give an ID estimate",
-                            "use at least 100 points and one position per window")
-    if cfg.position not in ("random", "last"):
-        raise GeometryError(f"unknown position rule '{cfg.position}'", "use 'random' or 'last'")
+    if cfg.points < 100:
+        raise GeometryError(f"points={cfg.points} cannot give an ID estimate", "use at least 100 points")
     points = ["embed"] + [f"{cfg.kind}.{l}" for l in range(model.n_layers)]
     for p in points:
         model.resolve(p)

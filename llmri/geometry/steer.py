@@ -30,9 +30,10 @@ import torch
 from torch import Tensor
 
 from .. import data
-from ..atomic import write_figure, write_json
+from ..atomic import atomic_path, write_figure, write_json
 from ..errors import GeometryError
 from ..progress import bar, say
+from ..validate import bounded, check, check_choice, check_number
 
 
 def bundled(name: str) -> list[str]:
@@ -56,38 +57,49 @@ def read_lines(spec: str, minimum: int = 4) -> list[str]:
     return lines
 
 
+METHODS = ("linear", "manifold")
+
+
 @dataclass
 class SteerConfig:
     """Settings of a steering comparison (``llmri geometry steer``)."""
 
-    layer: int | None = None
-    """Layer steered (None: a third of the depth)."""
+    layer: int | None = bounded(None, 0, none=True)
+    """Layer steered (None: a third of the depth); ≥ 0."""
     kind: str = "resid_post"
     """Hook-point kind steered."""
     scales: tuple[float, ...] = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75)
-    """Step sizes s, as multiples of the median reference-state norm ρ."""
+    """Step sizes s, as multiples of the median reference-state norm ρ; each finite and ≥ 0."""
     methods: tuple[str, ...] = ("linear", "manifold")
     """Methods compared (linear, manifold)."""
-    neighbours: int = 32
-    """Reference states whose local PCA gives a tangent space."""
-    tangent_dim: int | None = None
-    """Tangent-space dimension (None: the TwoNN ID of the reference states, rounded, at least 2)."""
-    substeps: int = 4
-    """Tangent steps (each followed by a retraction) the manifold method splits a step into."""
-    reference_tokens: int = 8192
-    """Corpus tokens whose kept states form the reference set (plus the concept sentences)."""
+    neighbours: int = bounded(32, 2)
+    """Reference states whose local PCA gives a tangent space; ≥ 2."""
+    tangent_dim: int | None = bounded(None, 1, none=True)
+    """Tangent-space dimension (None: the TwoNN ID of the reference states, rounded, at least 2); ≥ 1
+    (capped at neighbours − 1)."""
+    substeps: int = bounded(4, 1)
+    """Tangent steps (each followed by a retraction) the manifold method splits a step into; ≥ 1."""
+    reference_tokens: int = bounded(8192, 1)
+    """Corpus tokens whose kept states form the reference set (plus the concept sentences); ≥ 1."""
     corpus: str = data.DEFAULT_CORPUS
     """Corpus of the reference states (its train split, 128-token windows)."""
-    distance_k: int = 10
-    """Neighbours averaged in the off-manifold distance."""
-    new_tokens: int = 24
-    """Greedy tokens generated per prompt."""
-    probe_layer: int | None = None
-    """Layer of the concept probe (None: two thirds of the depth)."""
-    batch_size: int = 24
-    """Prompts generated at once."""
-    seed: int = 0
-    """Seeds the probe split and bootstrap."""
+    distance_k: int = bounded(10, 1)
+    """Neighbours averaged in the off-manifold distance; ≥ 1."""
+    new_tokens: int = bounded(24, 1)
+    """Greedy tokens generated per prompt; ≥ 1."""
+    probe_layer: int | None = bounded(None, 0, none=True)
+    """Layer of the concept probe (None: two thirds of the depth); ≥ 0."""
+    batch_size: int = bounded(24, 1)
+    """Prompts generated at once; ≥ 1."""
+    seed: int = bounded(0, 0)
+    """Seeds the probe split and bootstrap; ≥ 0."""
+
+    def __post_init__(self):
+        check(self, GeometryError)
+        for s in self.scales:
+            check_number("SteerConfig.scales entry", s, 0, error=GeometryError)
+        for m in self.methods:
+            check_choice("steering method", m, METHODS, GeometryError)
 
 
 @dataclass
@@ -275,8 +287,9 @@ class SteerResult:
 
     def save(self, out: str | Path) -> Path:
         out = Path(out)
-        write_json(out / "steer.json", self.summary())
-        write_figure(out / "steer.png", plot(self))
+        with atomic_path(out, directory=True, kind="steering comparison") as tmp:
+            write_json(tmp / "steer.json", self.summary())
+            write_figure(tmp / "steer.png", plot(self))
         return out
 
 
@@ -309,9 +322,6 @@ def steer_compare(model, cfg: SteerConfig | None = None, *, positive: list[str] 
     for name, l in (("layer", layer), ("probe layer", probe_layer)):
         if not 0 <= l < model.n_layers:
             raise GeometryError(f"{name} {l} does not exist in {model.name}", f"choose 0..{model.n_layers - 1}")
-    unknown = set(cfg.methods) - {"linear", "manifold"}
-    if unknown:
-        raise GeometryError(f"unknown steering method(s) {sorted(unknown)}", "use linear and/or manifold")
     point = model.resolve(f"{cfg.kind}.{layer}")
     with torch.no_grad():
         if direction is None:
