@@ -48,6 +48,10 @@ class DiskFullError(LlmriError):
     """Writing an artefact failed for lack of disk space; nothing partial was left behind."""
 
 
+class OutputError(LlmriError):
+    """An output location cannot be written without destroying something llmri did not write."""
+
+
 class StoreError(LlmriError):
     """An activation store is missing, incomplete, or was started with a different configuration."""
 

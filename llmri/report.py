@@ -49,7 +49,7 @@ def render(title: str, sections: Sequence[Section], out_dir: str | Path, *, foot
     together with everything sections left in the ``artefacts`` staging folder (e.g. trained SAEs)."""
     html = _env().get_template("report.html.j2").render(title=title, sections=sections, footer=footer)
     out_dir = Path(out_dir)
-    with atomic_path(out_dir, directory=True) as tmp:
+    with atomic_path(out_dir, directory=True, kind="report") as tmp:
         for entry in sorted(artefacts.iterdir()) if artefacts is not None else []:
             shutil.move(str(entry), tmp / entry.name)
         (tmp / "index.html").write_text(html)

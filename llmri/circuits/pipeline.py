@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 
 from .. import data
-from ..atomic import write_json
+from ..atomic import atomic_path, check_target, write_json
+from ..errors import InterventionError, LlmriError
 from ..features.stats import META_FILE, FeatureConfig, FeatureStats, collect, model_windows
+from ..validate import bounded, check, check_choice
 from . import export
 from .attribution import AttributionConfig, Graph, attribute
-from .intervene import validate
+from .intervene import FREEZE, validate
 from .prune import PruneConfig, prune, scores
 from .transcoders import Transcoders
 
@@ -35,17 +37,21 @@ class TraceConfig:
     """How much of the graph to compute."""
     prune: PruneConfig = field(default_factory=PruneConfig)
     """Pruning thresholds for the graph files."""
-    validate_top: int = 20
-    """Validate the graph on this many of its most influential features (0: skip)."""
-    validate_factor: float = 0.0
-    """Intervention used for validation: activation × factor (0: ablation)."""
+    validate_top: int = bounded(20, 0)
+    """Validate the graph on this many of its most influential features; ≥ 0 (0: skip)."""
+    validate_factor: float = bounded(0.0)
+    """Intervention used for validation: activation × factor (0: ablation); any finite number."""
     validate_freeze: str = "attention"
     """What the validation's interventions hold fixed: attention patterns ("attention"), patterns and norm
     denominators ("all") or nothing ("none")."""
-    feature_tokens: int = 16_384
-    """Corpus tokens for the feature panels' statistics (0: no feature panels)."""
+    feature_tokens: int = bounded(16_384, 0)
+    """Corpus tokens for the feature panels' statistics; ≥ 0 (0: no feature panels)."""
     corpus: str = data.DEFAULT_CORPUS
     """Corpus for those statistics."""
+
+    def __post_init__(self):
+        check(self, LlmriError)
+        check_choice("freeze mode", self.validate_freeze, FREEZE, InterventionError)
 
 
 def slug_of(prompt: str) -> str:
@@ -58,6 +64,7 @@ def trace(model, tcs: Transcoders, prompt: str, out: str | Path, cfg: TraceConfi
     """Trace ``prompt`` and write the output folder; returns the summary."""
     cfg = cfg or TraceConfig()
     out = Path(out)
+    check_target(out, "trace")  # before the work: a trace replaces only an earlier trace
     slug = slug or slug_of(prompt)
     graph = attribute(model, tcs, prompt, cfg.attribution)
     return write_trace(model, tcs, graph, out, cfg, transcoder_path=transcoder_path, slug=slug)
@@ -85,15 +92,15 @@ def write_trace(model, tcs: Transcoders, graph: Graph, out: Path, cfg: TraceConf
     suggested = export.suggest_supernodes(graph, pruned)
     gj = export.graph_json(graph, pruned, model.tokenizer, slug=slug, scan=getattr(model, "name", ""),
                            node_threshold=cfg.prune.node_threshold, labels=labels)
-    out.mkdir(parents=True, exist_ok=True)
-    graph.save(out / "attribution.safetensors")
-    write_json(out / f"{slug}.json", gj)
-    write_viewer(out / "index.html", gj, features=records, tokens=tokens, suggested=suggested,
-                 title=f"{getattr(model, 'name', '')} · {graph.prompt}")
     summary["files"] = {"graph": f"{slug}.json", "viewer": "index.html", "attribution": "attribution.safetensors"}
     summary["seconds"] = {"attribution": graph.meta.get("seconds"), "rest": round(time.perf_counter() - t0, 2)}
     summary["config"] = asdict(cfg)
-    write_json(out / "summary.json", summary)
+    with atomic_path(out, directory=True, kind="trace") as tmp:
+        graph.save(tmp / "attribution.safetensors")
+        write_json(tmp / f"{slug}.json", gj)
+        write_viewer(tmp / "index.html", gj, features=records, tokens=tokens, suggested=suggested,
+                     title=f"{getattr(model, 'name', '')} · {graph.prompt}")
+        write_json(tmp / "summary.json", summary)
     return summary
 
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from .. import data
-from ..atomic import write_json
+from ..atomic import check_target, claim_folder, mark, write_json
 from ..progress import say
 from ..store import ActivationStore
+from ..validate import check_number
 from . import formats
 from .config import DictConfig, DictionaryError, TrainConfig
 from .evaluate import EvalConfig, evaluate_many
@@ -66,6 +67,8 @@ def plan(model, *, kind: str = "sae", arch: str = "topk", points: list[str] | No
         raise DictionaryError(f"unknown dictionary kind '{kind}'", f"use one of {', '.join(KINDS)}")
     if arch not in ARCHS:
         raise DictionaryError(f"unknown architecture '{arch}'", f"use one of {', '.join(ARCHS)}")
+    check_number("--expansion", expansion, 0, lo_open=True, error=DictionaryError)
+    check_number("--latents", latents, 0, integer=True, error=DictionaryError, fix="use 0 (from --expansion) or a positive count")
     L = model.n_layers
     layer_list = parse_layers(layers, L)
     n = latents or int(round(expansion * model.d_model))
@@ -102,6 +105,10 @@ def train(model, dict_cfgs: list[DictConfig], cfg: TrainConfig, out: str | Path,
     """Train, evaluate and save; returns the dictionary folders. Under torchrun, ranks split the work."""
     rank, world = init_distributed()
     out = Path(out)
+    claim_folder(out, "run", legacy=("run.json", CHECKPOINT + "/trainer.json"))  # before the work: never over foreign files
+    mark(out, "run", "run.json", CHECKPOINT)
+    for c in dict_cfgs:
+        check_target(out / c.name, "dictionary")
     device = torch.device(device) if device is not None else model.device
     dicts = [build(c, device=device, seed=cfg.seed + i) for i, c in enumerate(dict_cfgs)]
     points = sorted({p for c in dict_cfgs for p in c.in_points + c.out_points})

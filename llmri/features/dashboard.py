@@ -95,7 +95,7 @@ def write_dashboard(stats: FeatureStats, tokenizer, out: str | Path, *, explanat
     labels = cheap_labels(stats, tokenizer)
     pages = range(stats.n) if features is None else sorted(set(features))
     used: set[int] = set()
-    with atomic_path(out, directory=True) as tmp:
+    with atomic_path(out, directory=True, kind="dashboard") as tmp:
         (tmp / "data" / "f").mkdir(parents=True)
         for i in pages:
             rec = feature_record(stats, i, labels, explanations)
@@ -156,7 +156,7 @@ def write_neuronpedia(stats: FeatureStats, tokenizer, out: str | Path, *, model_
                       explanations: dict | None = None, batch: int = 128) -> Path:
     """``out/batch-{k}.json`` files of ``{"features": [...]}``, ``batch`` features each (dead ones included)."""
     labels = cheap_labels(stats, tokenizer)
-    with atomic_path(out, directory=True) as tmp:
+    with atomic_path(out, directory=True, kind="neuronpedia") as tmp:
         for k, s in enumerate(range(0, stats.n, batch)):
             feats = [neuronpedia_feature(stats, i, tokenizer, model_id=model_id, layer=layer, labels=labels,
                                          explanations=explanations) for i in range(s, min(s + batch, stats.n))]

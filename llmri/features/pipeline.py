@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import data
-from ..atomic import write_json
+from ..atomic import mark, write_json
 from ..dictionaries.config import DictionaryError
 from .stats import META_FILE, FeatureConfig, FeatureStats, feature_stats
 
@@ -57,6 +57,7 @@ def ensure_stats(model, d, path: str | Path, cfg: FeatureConfig, corpus: str = d
     stats.save(folder)
     if explanations:  # the saved statistics replaced the folder; keep explanations of the same dictionary
         write_json(folder / EXPLANATIONS, explanations)
+        mark(folder, "features", EXPLANATIONS)
     return stats
 
 
@@ -67,4 +68,6 @@ def load_explanations(path: str | Path) -> dict | None:
 
 def save_explanations(path: str | Path, explanations: dict) -> Path:
     merged = {**(load_explanations(path) or {}), **explanations}
-    return write_json(stats_folder(path) / EXPLANATIONS, merged)
+    out = write_json(stats_folder(path) / EXPLANATIONS, merged)
+    mark(stats_folder(path), "features", EXPLANATIONS)
+    return out
