@@ -5,8 +5,14 @@
 Prints one JSON line per configuration. Baselines run on the very same windows in the same process:
 ``forward`` = ``model.hf(input_ids)`` (full model with logits), ``body`` = the transformer body without the
 unembedding. Each timing is the best of ``--repeat`` runs. The caching time is the whole ``create_store``
-call: tokenising the corpus on the fly, the forward pass(es) with hooks, float16 conversion and writing
-the shards.
+call: tokenising the corpus on the fly, the forward pass(es) with hooks, float16 conversion, the shards'
+checksums and writing the shards.
+
+Integrity cost, over all shards of the store just written: ``checksum_seconds`` = computing the shards'
+sha256 as the writer does (part of the caching time; it runs on the writer thread), ``verify_seconds`` =
+what a reader pays to verify them in full (``ActivationStore(...).verify()``: headers and sizes, checksum
+read back from the file, token-id range, finite activations; page cache warm), both also as a fraction of
+the caching time (``checksum_fraction_of_cache_pass``, ``verify_fraction_of_cache_pass``).
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ import tempfile
 import time
 
 import torch
+from safetensors.torch import load_file
 
 from common import emit, log, machine, reset_peak_rss, rss_mb, timed
 
 import llmri
 from llmri import data
+from llmri.store import checksum
 
 
 def main() -> None:
@@ -66,6 +74,7 @@ def main() -> None:
         cfg = llmri.StoreConfig(points=points, tokens=tokens, corpus="sotu", windows=spec,
                                 batch_size=args.batch_size, dtype="float16", shard_tokens=4096)
         best, peak, base_rss = float("inf"), 0.0, rss_mb("VmRSS")
+        t_sum = t_verify = float("inf")
         for _ in range(args.repeat):
             out = tempfile.mkdtemp(prefix="llmri-bench-")
             reset_peak_rss()
@@ -73,7 +82,18 @@ def main() -> None:
             llmri.create_store(model, out, cfg)
             best = min(best, time.perf_counter() - t)
             peak = max(peak, rss_mb("VmHWM"))
-            size = sum(f.stat().st_size for f in os.scandir(os.path.join(out, "shards")))
+            shards = sorted(f.path for f in os.scandir(os.path.join(out, "shards")))
+            size = sum(os.path.getsize(f) for f in shards)
+            spent = 0.0
+            for f in shards:
+                tensors = load_file(f)
+                t = time.perf_counter()
+                checksum(tensors)
+                spent += time.perf_counter() - t
+            t_sum = min(t_sum, spent)
+            t = time.perf_counter()
+            llmri.ActivationStore(out).verify()
+            t_verify = min(t_verify, time.perf_counter() - t)
             shutil.rmtree(out)
         emit({
             "benchmark": "cache_throughput",
@@ -92,6 +112,11 @@ def main() -> None:
             "peak_rss_mb": round(peak),
             "peak_extra_mb": round(peak - base_rss),
             "store_mb": round(size / 2**20, 1),
+            "n_shards": len(shards),
+            "checksum_seconds": round(t_sum, 4),
+            "verify_seconds": round(t_verify, 4),
+            "checksum_fraction_of_cache_pass": round(t_sum / best, 4),
+            "verify_fraction_of_cache_pass": round(t_verify / best, 4),
             "machine": machine(),
         })
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import data
+from ..errors import StoreError
 from ..store import ActivationStore
 from .config import DictionaryError
 
@@ -41,6 +42,7 @@ class StoreSource:
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         epoch_batches = self.store.batches(self.batch_size, points=self.points, seed=self.seed, exclude=self.exclude,
                                            epochs=10**9)
+        # the store raises StoreError rather than stream empty epochs (no kept rows, damaged shards)
         for i, batch in enumerate(epoch_batches):
             if len(batch[self.points[0]]) < self.batch_size:
                 continue
@@ -48,6 +50,8 @@ class StoreSource:
                 continue
             self.consumed = i + 1
             yield {p: v[self.rank :: self.world] for p, v in batch.items()}
+        raise StoreError(f"the activation store at {self.store.path} ran out of batches of {self.batch_size:,} rows",
+                         "cache more tokens or use a smaller --batch-size")
 
     def state(self) -> tuple[dict, dict[str, Tensor]]:
         return {"kind": "store", "consumed": self.consumed}, {}
