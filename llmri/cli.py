@@ -1,25 +1,68 @@
 """The ``llmri`` command line: a thin typer layer over the Python API.
 
-Every user-fixable problem is an :class:`~llmri.errors.LlmriError`: printed as one ``error:`` line on
-stderr with exit code 2, never a traceback.
+Every user-fixable problem is an :class:`~llmri.errors.LlmriError` (or an OSError the user can fix: no
+space, read-only, permissions, a file in the way): printed as one ``error:`` line on stderr with exit code 2,
+never a traceback. A bad option value or a missing argument is one line too (exit 2). Anything else is a bug:
+one line naming the command and the exception, exit 1, with the full trace written to a log file whose path
+the line gives.
 """
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
+import os
 import re
+import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
+
+try:  # typer ≥ 0.20 vendors its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer on click
+    from click import exceptions as click_errors
 
 from . import data
+from .atomic import check_target, user_os_error
+from .dictionaries.formats import check_fits
 from .errors import LlmriError
 from .progress import console
+from .validate import check_number
+
+
+class _Group(typer.core.TyperGroup):
+    """Click's usage errors (an option that is not a number, a missing argument, an unknown option) as one
+    line with exit code 2, like every other user error."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as err:
+            print(err.ctx.get_help())
+            rv = 0
+        except click_errors.UsageError as err:
+            path = err.ctx.command_path if err.ctx else "llmri"
+            _error(f"{err.format_message()} — see `llmri{path.partition(' ')[1]}{path.partition(' ')[2]} --help`")
+            rv = 2
+        except click_errors.ClickException as err:
+            _error(err.format_message())
+            rv = err.exit_code
+        except typer.Abort:
+            _error("aborted")
+            rv = 130
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 app = typer.Typer(
+    cls=_Group,
     help="llmri — an MRI for language models. Observe, decompose, trace and steer any HF causal LM.",
     no_args_is_help=True,
     add_completion=False,
@@ -32,24 +75,67 @@ geometry_app = typer.Typer(help="Geometry of representations: intrinsic dimensio
 app.add_typer(geometry_app, name="geometry")
 
 
+def _error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+
+
+def log_dir() -> Path:
+    """Where the CLI writes the full trace of an unexpected error: ``$LLMRI_CACHE/logs`` (default
+    ``~/.cache/llmri/logs``), or the temporary folder if that cannot be written."""
+    from .assets import cache_dir
+
+    for folder in (cache_dir() / "logs", Path(tempfile.gettempdir()) / "llmri-logs"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+        except OSError:
+            continue
+    return Path(tempfile.gettempdir())
+
+
+def _log_bug(name: str, err: BaseException) -> Path | None:
+    path = log_dir() / f"{name.replace(' ', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        path.write_text(f"llmri {name} {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(err)))
+    except OSError:
+        return None
+    return path
+
+
 def command(fn=None, *, name: str | None = None, on: typer.Typer = app):
-    """Register a command whose LlmriErrors (and full disks) become one-line errors with exit code 2."""
+    """Register a command with the CLI's last line of defence: LlmriErrors and user-fixable OSErrors become
+    one-line errors with exit code 2; any other exception one line naming the command, the exception and the
+    log file holding its trace, exit code 1."""
     if fn is None:
         return lambda f: command(f, name=name, on=on)
+    label = f"{'geometry ' if on is geometry_app else ''}{name or fn.__name__}"
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except LlmriError as err:
-            console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False, soft_wrap=True)
+            _error(str(err))
             raise typer.Exit(2) from None
         except OSError as err:
-            if err.errno != errno.ENOSPC:
-                raise
-            console.print(f"[bold red]error:[/] no space left on the device ({err}) — free some disk space and run again",
-                          soft_wrap=True)
-            raise typer.Exit(2) from None
+            mapped = user_os_error(getattr(err, "filename", None) or "the output", err)
+            if mapped is not err:
+                _error(str(mapped))
+                raise typer.Exit(2) from None
+            log = _log_bug(label, err)
+            _error(f"llmri {label} failed: {type(err).__name__}: {err} — full trace in {log or '(no log: cannot write one)'}")
+            raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort, click_errors.ClickException):
+            raise
+        except KeyboardInterrupt:
+            _error(f"llmri {label} interrupted — what was complete is saved; rerun the same command to resume where it can")
+            raise typer.Exit(130) from None
+        except Exception as err:
+            log = _log_bug(label, err)
+            msg = " ".join(str(err).split())[:300]
+            _error(f"llmri {label} failed unexpectedly: {type(err).__name__}: {msg} — this is a bug in llmri; "
+                   f"full trace in {log or '(no log: cannot write one)'}")
+            raise typer.Exit(1) from None
 
     return on.command(name=name)(wrapper)
 
@@ -136,19 +222,25 @@ def cache(
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
-    """Cache activations of hook points over a corpus into a sharded, resumable store."""
+    """Cache activations of hook points over a corpus into a sharded, resumable store (a rerun repairs it)."""
+    import dataclasses
+
+    from .errors import StoreError
     from .model import load_model
     from .store import StoreConfig, create_store
 
-    lm = load_model(model, dtype=dtype, device=device)
-    from .hookpoints import expand
-
-    cfg = StoreConfig(
-        points=expand(points, lm.n_layers), tokens=0 if tokens == "all" else parse_count(tokens), corpus=corpus,
+    n_tokens = None if tokens.strip().lower() == "all" else parse_count(tokens)
+    if n_tokens == 0:
+        raise StoreError(f"--tokens {tokens} is zero tokens", "give a positive count such as 500k, or all for the whole split")
+    cfg = StoreConfig(  # validated before the model loads; points are expanded once it has
+        points=[p for p in points.split(",") if p], tokens=n_tokens, corpus=corpus,
         windows=data.WindowSpec(context=context, split=split), dtype=store_dtype,
         shard_tokens=parse_count(shard_tokens), batch_size=batch_size,
     )
-    path = create_store(lm, out, cfg)
+    lm = load_model(model, dtype=dtype, device=device)
+    from .hookpoints import expand
+
+    path = create_store(lm, out, dataclasses.replace(cfg, points=expand(points, lm.n_layers)))
     console.print(f"llmri: store ready at {path}", highlight=False)
 
 
@@ -211,14 +303,14 @@ def train(
     from .dictionaries import train as run_train
     from .model import load_model
 
-    lm = load_model(model, dtype=dtype, device=device)
-    cfgs = plan(lm, kind=kind, arch=arch, points=[p for p in (points or "").split(",") if p], layers=layers,
-                expansion=expansion, latents=latents, k=k, skip=skip, sparsity_coeff=sparsity_coeff)
     tc = TrainConfig(tokens=parse_count(tokens), batch_size=batch_size, lr=lr, seed=seed, dtype=compute_dtype,
                      checkpoint_every=checkpoint_every, dead_tokens=parse_count(dead_tokens), distribute=distribute)
     ev = EvalConfig(tokens=parse_count(eval_tokens), ce_tokens=parse_count(ce_tokens))
-    folders = run_train(lm, cfgs, tc, out, corpus=corpus, store=store, resume=resume, eval_cfg=ev,
-                        windows=data.WindowSpec(context=context, seed=seed))
+    windows = data.WindowSpec(context=context, seed=seed)
+    lm = load_model(model, dtype=dtype, device=device)
+    cfgs = plan(lm, kind=kind, arch=arch, points=[p for p in (points or "").split(",") if p], layers=layers,
+                expansion=expansion, latents=latents, k=k, skip=skip, sparsity_coeff=sparsity_coeff)
+    folders = run_train(lm, cfgs, tc, out, corpus=corpus, store=store, resume=resume, eval_cfg=ev, windows=windows)
     for f in folders:
         console.print(f"llmri: {f}", highlight=False)
 
@@ -234,18 +326,23 @@ def eval_cmd(
     device: str = DeviceOpt,
 ):
     """Evaluate a saved dictionary on held-out tokens; writes eval.json next to the weights."""
-    from .atomic import write_json
+    from .atomic import mark, write_json
     from .dictionaries import EvalConfig, evaluate, load
     from .model import load_model
 
+    cfg = EvalConfig(tokens=parse_count(tokens), ce_tokens=parse_count(ce_tokens))
+    loaded = load(path)
     lm = load_model(model, dtype=dtype, device=device)
-    loaded = load(path, device=lm.device)
     items = loaded if isinstance(loaded, list) else [loaded]
+    for d in items:
+        check_fits(d, lm)
     for i, d in enumerate(items):
-        result = evaluate(lm, d, data.load_corpus(corpus), EvalConfig(tokens=parse_count(tokens), ce_tokens=parse_count(ce_tokens)))
+        result = evaluate(lm, d.to(lm.device), data.load_corpus(corpus), cfg)
         result.pop("_density")
         target = path / ("eval.json" if len(items) == 1 else f"eval_{i}.json")
         write_json(target, result)
+        if (path / ".llmri-artefact.json").exists():  # the dictionary folder lists what llmri wrote into it
+            mark(path, "dictionary", target.name)
         keys = ("nmse", "explained_variance", "l0", "dead_fraction", "dense_fraction", "ce_loss_recovered", "kl_clean_spliced")
         print(json.dumps({"dictionary": d.cfg.name, **{k: result.get(k) for k in keys}, "tokens": result["tokens"]}))
 
@@ -264,6 +361,7 @@ def export(
 
     if to != "circuit-tracer":
         raise DictionaryError(f"unknown export format '{to}'", "use --to circuit-tracer")
+    check_target(out, "circuit-tracer export")
     folder = export_circuit_tracer(load_set(path), out, model_name=model_name)
     print(f"wrote {folder}")
 
@@ -298,10 +396,13 @@ def dashboard(
     from .model import load_model
 
     t0 = time.perf_counter()
+    check_target(out or path / "dashboard", "dashboard")
+    fc = _feature_config(tokens, context, top_k, seed)
     d = load_dictionary(path)
     lm = load_model(model_spec(d, model), dtype=dtype, device=device)
+    check_fits(d, lm)
     d = d.to(lm.device)
-    stats = ensure_stats(lm, d, path, _feature_config(tokens, context, top_k, seed), corpus, recompute)
+    stats = ensure_stats(lm, d, path, fc, corpus, recompute)
     pages = _parse_features(features, stats.n) if features else None
     site = write_dashboard(stats, lm.tokenizer, out or path / "dashboard", explanations=load_explanations(path), features=pages)
     record = {"dashboard": str(site), "features": stats.n, "dead": int((stats.counts == 0).sum()), "tokens": stats.n_tokens}
@@ -343,6 +444,7 @@ def interp(
 
     d = load_dictionary(path)
     lm = load_model(model_spec(d, model), device=device)
+    check_fits(d, lm)
     d = d.to(lm.device)
     ex = make_explainer(explainer, model_name=explainer_model, device=device)
     stats = ensure_stats(lm, d, path, _feature_config(tokens, 128, 20, seed), corpus, any_settings=True)
@@ -363,6 +465,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="address to bind (127.0.0.1: this machine only)"),
     port: int = typer.Option(8765, help="port (0: any free one)"),
     max_tokens: int = typer.Option(256, help="longest prompt accepted"),
+    time_limit: float = typer.Option(60.0, help="seconds one generation may take before it is cut"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the first dictionary's, else the bundled one)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -373,10 +476,13 @@ def serve(
     from .features.serve import serve as run_server
     from .model import DEFAULT_MODEL, load_model
 
+    check_number("--max-tokens", max_tokens, 1, integer=True)
+    check_number("--time-limit", time_limit, 0, lo_open=True)
+    check_number("--port", port, 0, 65535, integer=True)
     dictionaries = list(dictionaries or [])
     spec = model_spec(load_dictionary(dictionaries[0]), model) if dictionaries else (model or DEFAULT_MODEL)
     lm = load_model(spec, dtype=dtype, device=device)
-    run_server(load_explorer(lm, dictionaries, max_tokens=max_tokens), host, port)
+    run_server(load_explorer(lm, dictionaries, max_tokens=max_tokens, time_limit=time_limit), host, port)
 
 
 # ---------------------------------------------------------------- circuits
@@ -398,6 +504,8 @@ def _load_tracing(transcoders: Optional[Path], model: Optional[str], dtype: str,
     loaded = load_set(transcoders)
     first = loaded if not isinstance(loaded, list) else loaded[0]
     lm = load_model(model or first.cfg.model_name or DEFAULT_MODEL, dtype=dtype, device=device)
+    for d in loaded if isinstance(loaded, list) else [loaded]:
+        check_fits(d, lm)
     return lm, Transcoders(loaded, lm.n_layers).to(lm.device)
 
 
@@ -533,6 +641,7 @@ def geometry_id(
 
     cfg = ProfileConfig(points=parse_count(points), per_window=per_window, position=position, context=context,
                         split=split, kind=kind, control=control, seed=seed)
+    check_target(out, "id profile")
     lm = load_model(model, dtype=dtype, device=device)
     profile = id_profile(lm, data.load_corpus(corpus), cfg, corpus=corpus)
     profile.save(out)
@@ -572,6 +681,7 @@ def geometry_diffusion(
     cfg = LayerMapConfig(layer=layer, kind=kind, documents=documents, per_document=per_document, concepts=sets,
                          normalise=normalise, diffusion=DiffusionConfig(n_neighbors=neighbours, bandwidth=bandwidth,
                                                                         alpha=alpha, t=t, n_components=components))
+    check_target(out, "diffusion map")
     lm = load_model(model, dtype=dtype, device=device)
     result = layer_map(lm, data.load_corpus(corpus), cfg)
     result.save(out)
@@ -611,6 +721,7 @@ def geometry_steer(
     cfg = SteerConfig(layer=layer, scales=steps, methods=tuple(m.strip() for m in methods.split(",")), neighbours=neighbours,
                       tangent_dim=tangent_dim, reference_tokens=parse_count(reference_tokens), corpus=corpus,
                       new_tokens=new_tokens, probe_layer=probe_layer)
+    check_target(out, "steering comparison")
     lm = load_model(model, dtype=dtype, device=device)
     direction, source = None, ""
     if feature:

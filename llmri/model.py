@@ -296,9 +296,18 @@ def converted(gguf: Path, folder: Path) -> Path:
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    with open(gguf, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise UnknownModelError(f"{gguf} is not a GGUF file (it does not start with the GGUF magic bytes)",
+                                    "give a .gguf model file, an HF folder or a bundled name: " + ", ".join(BUNDLED))
     say(f"llmri: converting {gguf.name} to a Hugging Face folder in {folder} (once)")
-    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except (OSError, ValueError, KeyError, EOFError) as err:  # a truncated or unsupported GGUF
+        reason = " ".join(str(err).split())[:200]
+        raise UnknownModelError(f"cannot convert {gguf}: {type(err).__name__}: {reason}",
+                                "check that the file is a complete GGUF of a supported architecture") from None
     hf.hf_quantizer = None
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config

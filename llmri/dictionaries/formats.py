@@ -79,7 +79,7 @@ def save(d: Dictionary, folder: str | Path, *, density: Tensor | None = None, me
     if d.cfg.kind in ("sae", "transcoder"):
         return save_saelens(d, folder, density=density, meta=meta, extra=extra)
     folder = Path(folder)
-    with atomic_path(folder, directory=True) as tmp:
+    with atomic_path(folder, directory=True, kind="dictionary") as tmp:
         tensors = {k: v.detach().contiguous().cpu() for k, v in d.state_dict().items()}
         save_file(tensors, str(tmp / LLMRI_WEIGHTS))
         write_json(tmp / CFG, {"architecture": d.cfg.kind, "llmri": d.cfg.to_dict(), "metadata": meta or {}})
@@ -144,7 +144,7 @@ def save_saelens(d: SparseCoder, folder: str | Path, *, density: Tensor | None =
         out["k"] = cfg.k
         out["rescale_acts_by_decoder_norm"] = False
     folder = Path(folder)
-    with atomic_path(folder, directory=True) as tmp:
+    with atomic_path(folder, directory=True, kind="dictionary") as tmp:
         save_file({k: v.contiguous().float().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS))
         write_json(tmp / CFG, out)
         _write_extra(tmp, density, extra)
@@ -152,6 +152,79 @@ def save_saelens(d: SparseCoder, folder: str | Path, *, density: Tensor | None =
 
 
 # ---------------------------------------------------------------- loading
+
+
+def _bad(folder: Path, problem: str) -> DictionaryError:
+    return DictionaryError(f"{folder}: {problem}", "restore the folder from the tool that wrote it, or retrain/re-export it")
+
+
+def read_config(path: Path) -> dict:
+    """A dictionary's JSON config; a missing, truncated or non-object file is a :class:`DictionaryError`."""
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise _bad(path.parent, f"cannot read {path.name} ({err})") from None
+    except json.JSONDecodeError as err:
+        raise _bad(path.parent, f"{path.name} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(cfg, dict):
+        raise _bad(path.parent, f"{path.name} holds a JSON {type(cfg).__name__}, not an object")
+    return cfg
+
+
+def read_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """A safetensors file; a missing, truncated or corrupted one is a :class:`DictionaryError`."""
+    if not path.is_file():
+        raise _bad(path.parent, f"{path.name} is missing")
+    try:
+        w = load_file(str(path), device=str(device))
+    except Exception as err:  # safetensors raises its own error type for a malformed file
+        raise _bad(path.parent, f"{path.name} is not a readable safetensors file ({err})") from None
+    for name, t in w.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise _bad(path.parent, f"'{name}' in {path.name} holds NaN or infinite values")
+    return w
+
+
+def _config(folder: Path, **fields) -> DictConfig:
+    """A DictConfig from values read out of a folder; an invalid value names the folder."""
+    try:
+        return DictConfig(**fields)
+    except DictionaryError as err:
+        raise _bad(folder, f"its config does not describe a valid dictionary: {err.problem}") from None
+
+
+def _tensor(folder: Path, w: dict[str, Tensor], name: str, shape: tuple[int, ...], why: str) -> Tensor:
+    """``w[name]`` if present with ``shape``; else a DictionaryError naming the tensor and the config fields."""
+    if name not in w:
+        raise _bad(folder, f"the weights lack '{name}'")
+    t = w[name]
+    if tuple(t.shape) != tuple(shape):
+        raise _bad(folder, f"'{name}' has shape {list(t.shape)} but the config ({why}) needs {list(shape)}")
+    return t
+
+
+def _fill(folder: Path, module: torch.nn.Module, values: dict[str, Tensor], why: str) -> None:
+    """Copy ``values`` ({parameter name: tensor, already checked or to be checked}) into ``module``'s
+    parameters, each checked against the parameter's shape."""
+    params = dict(module.named_parameters()) | dict(module.named_buffers())
+    with torch.no_grad():
+        for name, t in values.items():
+            p = params[name]
+            _tensor(folder, {name: t}, name, tuple(p.shape), why)
+            p.copy_(t)
+
+
+def check_fits(d: Dictionary, model) -> None:
+    """Refuse a dictionary whose hook points or widths do not exist in ``model`` (before any matmul fails)."""
+    for p in d.cfg.in_points + d.cfg.out_points:
+        model.resolve(p)
+    width = {p: model.vocab_size if p == "logits" else model.d_model for p in d.cfg.in_points + d.cfg.out_points}
+    wrong = [(p, w, d.cfg.d_in if p in d.cfg.in_points else d.cfg.d_out) for p, w in width.items()
+             if w != (d.cfg.d_in if p in d.cfg.in_points else d.cfg.d_out)]
+    if wrong:
+        p, w, have = wrong[0]
+        raise DictionaryError(f"{d.cfg.name} has width {have} at {p}, but {p} of {model.name} has width {w}",
+                              "use the model the dictionary was trained on (--model), or another dictionary")
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu") -> Dictionary:
@@ -162,22 +235,31 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> Dictionary:
     if not (folder / CFG).exists():
         raise DictionaryError(f"no dictionary at {folder} (cfg.json missing)",
                               "point at a folder written by `llmri train`, SAELens or sparsify")
-    cfg = json.loads((folder / CFG).read_text())
+    cfg = read_config(folder / CFG)
     if (folder / "sae.safetensors").exists():
         return load_sparsify(folder, device=device)
     if cfg.get("architecture") in ("crosscoder", "clt"):
-        dc = DictConfig.from_dict(cfg["llmri"])
+        if not isinstance(cfg.get("llmri"), dict):
+            raise _bad(folder, "cfg.json lacks the 'llmri' object of a crosscoder/CLT")
+        dc = _config(folder, **{k: v for k, v in cfg["llmri"].items() if k in DictConfig.__dataclass_fields__})
         cls = CrossLayerTranscoder if dc.kind == "clt" else SparseCoder
         d = cls(dc, device=device)
-        d.load_state_dict(load_file(str(folder / LLMRI_WEIGHTS), device=str(device)))
+        w = read_weights(folder / LLMRI_WEIGHTS, device)
+        expected = dict(d.state_dict())
+        missing = sorted(set(expected) - set(w))
+        if missing:
+            raise _bad(folder, f"the weights lack {', '.join(missing[:3])}")
+        _fill(folder, d, {k: w[k] for k in expected}, f"kind {dc.kind}, d_in {dc.d_in}, n_latents {dc.n_latents}")
         return d.eval()
     return load_saelens(folder, device=device)
 
 
 def load_saelens(folder: str | Path, device: str | torch.device = "cpu") -> SparseCoder:
     folder = Path(folder)
-    cfg = json.loads((folder / CFG).read_text())
-    meta = cfg.get("metadata", {})
+    cfg = read_config(folder / CFG)
+    meta = cfg.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise _bad(folder, "cfg.json's 'metadata' is not an object")
     arch = cfg.get("architecture", "standard")
     norm = cfg.get("normalize_activations", "none")
     if norm not in ("none", "expected_average_only_in", None, False):
@@ -191,31 +273,38 @@ def load_saelens(folder: str | Path, device: str | torch.device = "cpu") -> Spar
         raise DictionaryError(f"SAELens architecture '{arch}' in {folder} is not supported",
                               f"llmri reads {', '.join(kinds)}")
     kind, act = kinds[arch]
-    w = load_file(str(folder / WEIGHTS), device=str(device))
     hook_in = meta.get("hook_name") or cfg.get("hook_name")
     hook_out = meta.get("hook_name_out") or cfg.get("hook_name_out") or hook_in
+    if not isinstance(hook_in, str) or not isinstance(hook_out, str):
+        raise _bad(folder, "cfg.json names no hook (metadata.hook_name)")
+    for key in ("d_in", "d_sae"):
+        if key not in cfg:
+            raise _bad(folder, f"cfg.json lacks '{key}'")
     d_in, n = cfg["d_in"], cfg["d_sae"]
-    known = (meta.get("llmri") or {})
-    dc = DictConfig(kind=kind, arch=act, in_points=[from_tl(hook_in)], out_points=[from_tl(hook_out)], d_in=d_in,
-                    d_out=cfg.get("d_out", d_in), n_latents=n, k=int(cfg.get("k", 0) or known.get("k", 32)),
-                    skip="W_skip" in w, model_name=meta.get("model_name", ""),
-                    **{k: v for k, v in known.items() if k in ("sparsity", "sparsity_coeff", "tanh_c", "jumprelu_bandwidth")})
+    known = meta.get("llmri") if isinstance(meta.get("llmri"), dict) else {}
+    w = read_weights(folder / WEIGHTS, device)
+    dc = _config(folder, kind=kind, arch=act, in_points=[from_tl(hook_in)], out_points=[from_tl(hook_out)], d_in=d_in,
+                 d_out=cfg.get("d_out", d_in), n_latents=n, k=cfg.get("k", 0) or known.get("k", 32),
+                 skip="W_skip" in w, model_name=str(meta.get("model_name", "")),
+                 **{k: v for k, v in known.items() if k in ("sparsity", "sparsity_coeff", "tanh_c", "jumprelu_bandwidth")})
     if kind == "sae" and not cfg.get("apply_b_dec_to_input", True):
         raise DictionaryError(f"{folder} has apply_b_dec_to_input=false for an SAE", "llmri SAEs subtract b_dec")
     d = SparseCoder(dc, device=device)
-    W_enc, b_enc, W_dec = w["W_enc"].t(), w["b_enc"], w["W_dec"]
+    why = f"d_in {dc.d_in}, d_sae {dc.n_latents}" + (f", d_out {dc.d_out}" if dc.d_out != dc.d_in else "")
+    W_enc = _tensor(folder, w, "W_enc", (dc.d_in, dc.n_latents), why).t()
+    b_enc = _tensor(folder, w, "b_enc", (dc.n_latents,), why)
+    W_dec = _tensor(folder, w, "W_dec", (dc.n_latents, dc.d_out), why)
     if cfg.get("rescale_acts_by_decoder_norm"):  # fold: h·‖W_dec‖ then f/‖W_dec‖ at decode
         norms = W_dec.norm(dim=1)
         W_enc, b_enc, W_dec = W_enc * norms[:, None], b_enc * norms, W_dec / norms[:, None]
-    with torch.no_grad():
-        d.W_enc.copy_(W_enc)
-        d.b_enc.copy_(b_enc)
-        d.W_dec.copy_(W_dec)
-        d.b_dec.copy_(w["b_dec"])
-        if d.W_skip is not None:
-            d.W_skip.copy_(w["W_skip"])
-        if act == "jumprelu":
-            d.log_threshold.copy_(w["threshold"].clamp_min(0).log())
+    values = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": w.get("b_dec")}
+    if d.W_skip is not None:
+        values["W_skip"] = w["W_skip"]
+    if act == "jumprelu":
+        values["log_threshold"] = _tensor(folder, w, "threshold", (dc.n_latents,), why).clamp_min(0).log()
+    if values["b_dec"] is None:
+        raise _bad(folder, "the weights lack 'b_dec'")
+    _fill(folder, d, values, why)
     return d.eval()
 
 
@@ -223,11 +312,13 @@ def load_sparsify(folder: str | Path, device: str | torch.device = "cpu") -> Spa
     """A sparsify hookpoint folder; the hookpoint is the folder name (``layers.5`` → resid_post.5, with
     ``transcode`` ``layers.5.mlp`` → mlp_in.5 → mlp_out.5)."""
     folder = Path(folder)
-    cfg = json.loads((folder / CFG).read_text())
+    cfg = read_config(folder / CFG)
     if cfg.get("activation", "topk") != "topk" or cfg.get("signed"):
         raise DictionaryError(f"sparsify activation '{cfg.get('activation')}' in {folder} is not supported",
                               "llmri reads sparsify TopK coders")
-    w = load_file(str(folder / "sae.safetensors"), device=str(device))
+    w = read_weights(folder / "sae.safetensors", device)
+    if "encoder.weight" not in w or w["encoder.weight"].dim() != 2:
+        raise _bad(folder, "sae.safetensors lacks a 2-d 'encoder.weight'")
     n, d_in = w["encoder.weight"].shape
     hook = folder.name
     m = re.fullmatch(r"(?:.*\.)?(?:layers|h)\.(\d+)(\.mlp)?", hook)
@@ -240,16 +331,14 @@ def load_sparsify(folder: str | Path, device: str | torch.device = "cpu") -> Spa
     else:
         kind, ins = "sae", [f"mlp_out.{layer}" if mlp else f"resid_post.{layer}"]
         outs = ins
-    dc = DictConfig(kind=kind, arch="topk", in_points=ins, out_points=outs, d_in=d_in, n_latents=n,
-                    k=int(cfg.get("k", 32)), skip="W_skip" in w)
+    dc = _config(folder, kind=kind, arch="topk", in_points=ins, out_points=outs, d_in=d_in, n_latents=n,
+                 k=cfg.get("k", 32), skip="W_skip" in w)
     d = SparseCoder(dc, device=device)
-    with torch.no_grad():
-        d.W_enc.copy_(w["encoder.weight"])
-        d.b_enc.copy_(w["encoder.bias"])
-        d.W_dec.copy_(w["W_dec"])
-        d.b_dec.copy_(w["b_dec"])
-        if d.W_skip is not None:
-            d.W_skip.copy_(w["W_skip"])
+    names = {"W_enc": "encoder.weight", "b_enc": "encoder.bias", "W_dec": "W_dec", "b_dec": "b_dec", "W_skip": "W_skip"}
+    missing = [v for k, v in names.items() if v not in w and (k != "W_skip")]
+    if missing:
+        raise _bad(folder, f"sae.safetensors lacks {', '.join(missing)}")
+    _fill(folder, d, {k: w[v] for k, v in names.items() if v in w}, f"d_in {d_in}, {n} latents")
     return d.eval()
 
 
@@ -294,7 +383,7 @@ def export_circuit_tracer(dicts: list[SparseCoder] | CrossLayerTranscoder, folde
             f"activation: {'topk' if arch == 'topk' else 'relu'}"]
     if arch == "topk":
         yaml.append(f"k: {items[0].cfg.k}")
-    with atomic_path(folder, directory=True) as tmp:
+    with atomic_path(folder, directory=True, kind="circuit-tracer export") as tmp:
         if clt:
             d = dicts
             for i in range(d.n_layers):
@@ -345,44 +434,54 @@ def load_circuit_tracer(folder: str | Path, device: str | torch.device = "cpu"):
     act = cfg.get("activation", "relu")
     if cfg.get("model_kind") == "cross_layer_transcoder":
         L = len(list(folder.glob("W_enc_*.safetensors")))
-        enc = [load_file(str(folder / f"W_enc_{i}.safetensors"), device=str(device)) for i in range(L)]
-        dec = [load_file(str(folder / f"W_dec_{i}.safetensors"), device=str(device))[f"W_dec_{i}"] for i in range(L)]
+        if L == 0:
+            raise _bad(folder, "a cross_layer_transcoder without W_enc_0.safetensors")
+        enc = [read_weights(folder / f"W_enc_{i}.safetensors", device) for i in range(L)]
+        dec = [read_weights(folder / f"W_dec_{i}.safetensors", device) for i in range(L)]
+        if "W_enc_0" not in enc[0] or enc[0]["W_enc_0"].dim() != 2:
+            raise _bad(folder, "W_enc_0.safetensors lacks a 2-d 'W_enc_0'")
         n, d_model = enc[0]["W_enc_0"].shape
         has_th = "threshold_0" in enc[0]
         arch = "topk" if act == "topk" else ("jumprelu" if has_th else "relu")
-        dc = DictConfig(kind="clt", arch=arch, in_points=[f"mlp_in.{i}" for i in range(L)],
-                        out_points=[f"mlp_out.{i}" for i in range(L)], d_in=d_model, n_latents=n,
-                        k=int(cfg.get("k", 32)), model_name=str(cfg.get("model_name", "")))
+        dc = _config(folder, kind="clt", arch=arch, in_points=[f"mlp_in.{i}" for i in range(L)],
+                     out_points=[f"mlp_out.{i}" for i in range(L)], d_in=d_model, n_latents=n,
+                     k=cfg.get("k", 32), model_name=str(cfg.get("model_name", "")))
         d = CrossLayerTranscoder(dc, device=device)
+        why = f"{L} layers, d_model {d_model}, {n} features per layer"
         with torch.no_grad():
             for i in range(L):
-                d.W_enc[i].copy_(enc[i][f"W_enc_{i}"])
-                d.b_enc[i].copy_(enc[i][f"b_enc_{i}"])
-                d.b_dec[i].copy_(enc[i][f"b_dec_{i}"])
-                d.W_dec[i].copy_(dec[i])
+                d.W_enc[i].copy_(_tensor(folder, enc[i], f"W_enc_{i}", tuple(d.W_enc[i].shape), why))
+                d.b_enc[i].copy_(_tensor(folder, enc[i], f"b_enc_{i}", tuple(d.b_enc[i].shape), why))
+                d.b_dec[i].copy_(_tensor(folder, enc[i], f"b_dec_{i}", tuple(d.b_dec[i].shape), why))
+                d.W_dec[i].copy_(_tensor(folder, dec[i], f"W_dec_{i}", tuple(d.W_dec[i].shape), why))
                 if arch == "jumprelu":
-                    d.log_threshold[i].copy_(enc[i][f"threshold_{i}"].clamp_min(0).log())
+                    th = _tensor(folder, enc[i], f"threshold_{i}", tuple(d.log_threshold[i].shape), why)
+                    d.log_threshold[i].copy_(th.clamp_min(0).log())
         return d.eval()
-    files = sorted(folder.glob("layer_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
+    files = sorted(folder.glob("layer_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]) if p.stem.split("_")[1].isdigit() else -1)
     out = []
     for f in files:
-        t = load_file(str(f), device=str(device))
+        if not f.stem.split("_")[1].isdigit():
+            raise _bad(folder, f"cannot tell the layer of {f.name}")
+        t = read_weights(f, device)
         i = int(f.stem.split("_")[1])
+        if "W_enc" not in t or t["W_enc"].dim() != 2:
+            raise _bad(folder, f"{f.name} lacks a 2-d 'W_enc'")
         n, d_model = t["W_enc"].shape
         arch = "topk" if "k" in t or act == "topk" else ("jumprelu" if "activation_function.threshold" in t else "relu")
-        dc = DictConfig(kind="transcoder", arch=arch, in_points=[f"mlp_in.{i}"], out_points=[f"mlp_out.{i}"],
-                        d_in=d_model, n_latents=n, k=int(t["k"]) if "k" in t else int(cfg.get("k", 32)),
-                        skip="W_skip" in t, model_name=str(cfg.get("model_name", "")))
+        dc = _config(folder, kind="transcoder", arch=arch, in_points=[f"mlp_in.{i}"], out_points=[f"mlp_out.{i}"],
+                     d_in=d_model, n_latents=n, k=int(t["k"]) if "k" in t else cfg.get("k", 32),
+                     skip="W_skip" in t, model_name=str(cfg.get("model_name", "")))
         d = SparseCoder(dc, device=device)
-        with torch.no_grad():
-            d.W_enc.copy_(t["W_enc"])
-            d.b_enc.copy_(t["b_enc"])
-            d.W_dec.copy_(t["W_dec"])
-            d.b_dec.copy_(t["b_dec"])
-            if d.W_skip is not None:
-                d.W_skip.copy_(t["W_skip"])
-            if arch == "jumprelu":
-                d.log_threshold.copy_(t["activation_function.threshold"].clamp_min(0).log())
+        values = {"W_enc": t["W_enc"], "b_enc": t.get("b_enc"), "W_dec": t.get("W_dec"), "b_dec": t.get("b_dec")}
+        if d.W_skip is not None:
+            values["W_skip"] = t["W_skip"]
+        if arch == "jumprelu":
+            values["log_threshold"] = t["activation_function.threshold"].clamp_min(0).log()
+        missing = [k for k, v in values.items() if v is None]
+        if missing:
+            raise _bad(folder, f"{f.name} lacks {', '.join(missing)}")
+        _fill(folder, d, values, f"{f.name}: d_model {d_model}, {n} features")
         out.append(d.eval())
     return out
 

@@ -14,6 +14,7 @@ assigns dictionaries to ranks round-robin.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -57,6 +58,12 @@ class Stats:
     aux: float = 0.0
     steps: int = 0
     history: list[dict] = field(default_factory=list)
+
+
+def _diverged(d: Dictionary, step: int, what: str) -> DictionaryError:
+    return DictionaryError(f"training of {d.cfg.name} diverged at step {step}: {what}",
+                           "check the activations (a store is verified by llmri; a live model may overflow in float16) "
+                           "or lower --lr; --resume continues from the last good checkpoint")
 
 
 class Trainer:
@@ -163,9 +170,18 @@ class Trainer:
                 if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
                     b.note(self._log(time.perf_counter() - start_time, self.step - start_step))
                 if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 and self.step < self.total_steps:
+                    self._check_finite()
                     self._save_checkpoint(ckpt)
+        self._check_finite()
         self.seconds = time.perf_counter() - start_time
         return self.all_dicts
+
+    def _check_finite(self) -> None:
+        """Stop before a diverged dictionary is checkpointed or saved (the last checkpoint stays as it was)."""
+        for d in self.dicts:
+            bad = [n for n, p in d.named_parameters() if not torch.isfinite(p).all()]
+            if bad:
+                raise _diverged(d, self.step, f"{', '.join(bad)} hold NaN or infinite values")
 
     def _train_step(self, batch: dict[str, Tensor]) -> None:
         batch = {p: v.to(self.device, non_blocking=True) for p, v in batch.items()}
@@ -206,6 +222,8 @@ class Trainer:
         tok_s = steps * self.cfg.batch_size / max(elapsed, 1e-9)
         notes = []
         for i, (d, s) in enumerate(zip(self.dicts, self.stats)):
+            if not math.isfinite(float(s.loss)):
+                raise _diverged(d, self.step, f"the loss is {float(s.loss)}")
             rec = {
                 "step": self.step,
                 "tokens": self.step * self.cfg.batch_size,

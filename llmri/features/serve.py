@@ -193,13 +193,16 @@ class Explorer:
 def load_explorer(model, paths: list[str | Path], **kw) -> Explorer:
     """An :class:`Explorer` over dictionary folders; a folder's ``dashboard/`` and ``features/`` (from
     ``llmri dashboard``) give the feature links and labels."""
+    from ..dictionaries.formats import check_fits
     from .pipeline import load_dictionary, stats_folder
     from .stats import FeatureStats
 
     loaded = []
     for p in paths:
         p = Path(p)
-        d = load_dictionary(p).to(model.device)
+        d = load_dictionary(p)
+        check_fits(d, model)
+        d = d.to(model.device)
         labels = {}
         if (stats_folder(p) / "features.json").exists():
             labels = cheap_labels(FeatureStats.load(stats_folder(p)), model.tokenizer)
