@@ -225,13 +225,10 @@ def cache(
     """Cache activations of hook points over a corpus into a sharded, resumable store (a rerun repairs it)."""
     import dataclasses
 
-    from .errors import StoreError
     from .model import load_model
     from .store import StoreConfig, create_store
 
     n_tokens = None if tokens.strip().lower() == "all" else parse_count(tokens)
-    if n_tokens == 0:
-        raise StoreError(f"--tokens {tokens} is zero tokens", "give a positive count such as 500k, or all for the whole split")
     cfg = StoreConfig(  # validated before the model loads; points are expanded once it has
         points=[p for p in points.split(",") if p], tokens=n_tokens, corpus=corpus,
         windows=data.WindowSpec(context=context, split=split), dtype=store_dtype,
@@ -326,7 +323,7 @@ def eval_cmd(
     device: str = DeviceOpt,
 ):
     """Evaluate a saved dictionary on held-out tokens; writes eval.json next to the weights."""
-    from .atomic import mark, write_json
+    from .atomic import MARKER, mark, write_json
     from .dictionaries import EvalConfig, evaluate, load
     from .model import load_model
 
@@ -341,7 +338,7 @@ def eval_cmd(
         result.pop("_density")
         target = path / ("eval.json" if len(items) == 1 else f"eval_{i}.json")
         write_json(target, result)
-        if (path / ".llmri-artefact.json").exists():  # the dictionary folder lists what llmri wrote into it
+        if (path / MARKER).exists():  # the dictionary folder lists what llmri wrote into it
             mark(path, "dictionary", target.name)
         keys = ("nmse", "explained_variance", "l0", "dead_fraction", "dense_fraction", "ce_loss_recovered", "kl_clean_spliced")
         print(json.dumps({"dictionary": d.cfg.name, **{k: result.get(k) for k in keys}, "tokens": result["tokens"]}))

@@ -47,6 +47,7 @@ from . import data
 from .atomic import atomic_path, claim_folder, mark, remove_stale, write_json
 from .errors import StoreError
 from .progress import bar, say
+from .validate import bounded, check, check_choice
 
 STORE_VERSION = 2
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -64,7 +65,8 @@ class StoreConfig:
 
     points: list[str]
     """Hook points to store (any accepted spelling; saved canonical)."""
-    tokens: int | None = 1_000_000
+    tokens: int | None = bounded(1_000_000, 1, none=True, option="--tokens",
+                                 fix="give a positive count such as 500k, or all (None) for the whole split")
     """Number of tokens to store, ≥ 1 (rounded up to whole windows); None = the whole split."""
     corpus: str = data.DEFAULT_CORPUS
     """Corpus spec (see :func:`llmri.data.load_corpus`)."""
@@ -74,24 +76,14 @@ class StoreConfig:
     """Which tokens are flagged as excluded/outliers (they are stored, and skipped by readers by default)."""
     dtype: str = "float16"
     """Storage dtype: float16, bfloat16 or float32."""
-    shard_tokens: int = 65_536
+    shard_tokens: int = bounded(65_536, 1, option="--shard-tokens")
     """Tokens per shard, ≥ 1 (rounded down to whole windows, at least one window)."""
-    batch_size: int = 16
+    batch_size: int = bounded(16, 1, option="--batch-size")
     """Windows per forward pass, ≥ 1."""
 
     def __post_init__(self):
-        if self.tokens is not None:
-            _check_count("tokens", self.tokens, "--tokens", "a positive count such as 500k, or all (None) for the whole split")
-        _check_count("shard_tokens", self.shard_tokens, "--shard-tokens", "a positive count such as 64k")
-        _check_count("batch_size", self.batch_size, "--batch-size", "a positive number of windows such as 16")
-        if self.dtype not in STORE_DTYPES:
-            raise StoreError(f"store dtype must be one of {', '.join(STORE_DTYPES)}, not '{self.dtype}'",
-                             f"pass --store-dtype {' / '.join(STORE_DTYPES)}")
-
-
-def _check_count(name: str, value, option: str, fix: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise StoreError(f"{name} ({option}) must be an integer ≥ 1, not {value!r}", f"give {fix}")
+        check(self, StoreError)
+        check_choice("store dtype (--store-dtype)", self.dtype, tuple(STORE_DTYPES), StoreError)
 
 
 def create_store(model, path: str | Path, config: StoreConfig, *, max_shards: int | None = None) -> Path:

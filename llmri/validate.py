@@ -23,10 +23,12 @@ from .errors import LlmriError
 
 
 def bounded(default: Any = MISSING, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-            hi_open: bool = False, none: bool = False, default_factory: Any = MISSING):
+            hi_open: bool = False, none: bool = False, default_factory: Any = MISSING, option: str | None = None,
+            fix: str | None = None):
     """A dataclass field whose value must lie in [lo, hi] (open ends with ``lo_open``/``hi_open``;
-    ``none=True`` also allows None)."""
-    meta = {"range": (lo, hi, lo_open, hi_open, none)}
+    ``none=True`` also allows None). ``option`` names the CLI option that sets it and ``fix`` replaces the
+    default advice in the error."""
+    meta = {"range": (lo, hi, lo_open, hi_open, none), "option": option, "fix": fix}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -75,5 +77,6 @@ def check(obj: Any, error: type[LlmriError] = LlmriError) -> None:
             continue
         lo, hi, lo_open, hi_open, none = rng
         integer = str(f.type).replace(" | None", "").strip() == "int"
-        check_number(f"{owner}.{f.name}", getattr(obj, f.name), lo, hi, lo_open=lo_open, hi_open=hi_open,
-                     integer=integer, none=none, error=error)
+        name = f"{owner}.{f.name}" + (f" ({f.metadata['option']})" if f.metadata.get("option") else "")
+        check_number(name, getattr(obj, f.name), lo, hi, lo_open=lo_open, hi_open=hi_open,
+                     integer=integer, none=none, error=error, fix=f.metadata.get("fix"))

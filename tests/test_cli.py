@@ -5,25 +5,11 @@ import hashlib
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from llmri.cli import app, parse_count
+from clirun import assert_clean_error, run
+from llmri.cli import parse_count
 from llmri.errors import LlmriError
 
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_clean_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip()
-    assert err.startswith("error:") and "\n" not in err, err
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in err, err
 
 
 def test_info_json(tiny_dir):

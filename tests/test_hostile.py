@@ -11,29 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
+from clirun import assert_clean_error, run
 from llmri import atomic
-from llmri.cli import app
 from llmri.dictionaries import DictConfig, DictionaryError, TensorSource, Trainer, TrainConfig, build, save
 from llmri.dictionaries.formats import load
 from llmri.errors import OutputError
 
-runner = CliRunner()
 
 
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *needles, code: int = 2) -> str:
-    assert result.exit_code == code, result.output
-    err = result.stderr.strip()
-    assert err.startswith("error:") and "\n" not in err, err
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -68,7 +54,7 @@ def test_dashboard_out_over_foreign_files_or_a_file_is_refused_and_leaves_them(s
     before, file_before = snapshot(folder), file.read_bytes()
     for out in (folder, file):
         r = run("dashboard", sae_folder, "--out", out, "--corpus", text_corpus, "--tokens", "512", "--context", "16")
-        one_line_error(r, str(out))
+        assert_clean_error(r, str(out))
     assert snapshot(folder) == before and file.read_bytes() == file_before
     assert not (sae_folder / "features").exists()  # refused before any statistics were computed
 
@@ -77,7 +63,7 @@ def test_scan_and_dictionary_writers_refuse_foreign_folders(foreign, tiny_dir, t
     folder, file = foreign
     before = snapshot(folder)
     r = run("scan", "--model", tiny_dir(), "--corpus", text_corpus, "--out", folder, "--stats-tokens", "256")
-    one_line_error(r, "not an llmri report")
+    assert_clean_error(r, "not an llmri report")
     d = build(DictConfig(kind="sae", arch="topk", in_points=["resid_post.1"], d_in=64, n_latents=48, k=4))
     with pytest.raises(OutputError, match="existing file"):
         save(d, file)
@@ -118,7 +104,7 @@ def test_train_out_a_file_or_foreign_folder_is_refused(tiny_dir, text_corpus, fo
     for out in (file, folder):
         r = run("train", "--model", tiny_dir(), "--corpus", text_corpus, "--points", "resid_post.1", "--tokens", "1k",
                 "--batch-size", "64", "--context", "16", "--eval-tokens", "0", "--ce-tokens", "0", "--out", out)
-        one_line_error(r, str(out))
+        assert_clean_error(r, str(out))
     assert snapshot(folder) == before and file.read_text() == "do not delete"
 
 
@@ -129,7 +115,7 @@ def test_read_only_output_location_is_one_line(tiny_dir, text_corpus, tmp_path, 
     monkeypatch.setattr(Path, "mkdir", read_only)
     r = run("train", "--model", tiny_dir(), "--corpus", text_corpus, "--points", "resid_post.1", "--tokens", "1k",
             "--batch-size", "64", "--context", "16", "--out", tmp_path / "ro" / "run")
-    one_line_error(r, "read-only")
+    assert_clean_error(r, "read-only")
 
 
 # ---------------------------------------------------------------- unbounded or empty work
@@ -139,7 +125,7 @@ def test_read_only_output_location_is_one_line(tiny_dir, text_corpus, tmp_path, 
 def test_train_zero_tokens_is_an_error_and_saves_nothing(tiny_dir, text_corpus, tmp_path, tokens):
     r = run("train", "--model", tiny_dir(), "--corpus", text_corpus, "--points", "resid_post.1", "--tokens", tokens,
             "--batch-size", "64", "--context", "16", "--out", tmp_path / "run")
-    one_line_error(r, "tokens", "≥ 1")
+    assert_clean_error(r, "tokens", "≥ 1")
     assert not (tmp_path / "run" / "resid_post.1").exists()
 
 
@@ -155,13 +141,13 @@ def test_train_zero_tokens_is_an_error_and_saves_nothing(tiny_dir, text_corpus, 
 def test_training_options_out_of_range_are_one_line(tiny_dir, text_corpus, tmp_path, args, needle):
     r = run("train", "--model", tiny_dir(), "--corpus", text_corpus, "--points", "resid_post.1", "--tokens", "1k",
             "--expansion", "2", "--batch-size", "64", "--context", "16", *args, "--out", tmp_path / "run")
-    one_line_error(r, needle)
+    assert_clean_error(r, needle)
     assert not (tmp_path / "run" / "resid_post.1").exists()
 
 
 def test_usage_errors_are_one_line():
-    one_line_error(run("cache", "--points", "resid_post.1"), "Missing option '--out'")
-    one_line_error(run("no-such-command"), "No such command")
+    assert_clean_error(run("cache", "--points", "resid_post.1"), "Missing option '--out'")
+    assert_clean_error(run("no-such-command"), "No such command")
 
 
 # ---------------------------------------------------------------- inputs that are not what they claim
@@ -170,7 +156,7 @@ def test_usage_errors_are_one_line():
 def test_a_random_gguf_is_refused(tmp_path):
     fake = tmp_path / "model.gguf"
     fake.write_bytes(bytes(range(256)) * 8)
-    one_line_error(run("info", fake), "not a GGUF file")
+    assert_clean_error(run("info", fake), "not a GGUF file")
 
 
 def test_a_jsonl_line_that_is_not_an_object(tiny_dir, tmp_path):
@@ -178,7 +164,7 @@ def test_a_jsonl_line_that_is_not_an_object(tiny_dir, tmp_path):
     corpus.write_text('{"text": "the war"}\n[1, 2, 3]\n')
     r = run("cache", "--model", tiny_dir(), "--corpus", corpus, "--points", "resid_post.1", "--context", "16",
             "--tokens", "64", "--out", tmp_path / "s")
-    one_line_error(r, "line 2", "'text'")
+    assert_clean_error(r, "line 2", "'text'")
     assert not (tmp_path / "s").exists()
 
 
@@ -228,7 +214,7 @@ def test_corrupted_dictionary_folders_are_refused_with_the_field(sae_folder, tin
     with pytest.raises(DictionaryError, match="sae"):
         load(sae_folder)
     r = run("eval", sae_folder, "--model", tiny_dir(), "--corpus", text_corpus, "--tokens", "256", "--ce-tokens", "0")
-    one_line_error(r, needle)
+    assert_clean_error(r, needle)
     assert not (sae_folder / "eval.json").exists()
 
 
@@ -260,7 +246,7 @@ def test_a_bug_is_one_line_with_the_log_that_holds_its_trace(monkeypatch, tmp_pa
 
     monkeypatch.setenv("LLMRI_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(llmri.model, "load_model", broken)
-    err = one_line_error(run("info", "whatever"), "llmri info failed unexpectedly: ZeroDivisionError: simulated bug",
+    err = assert_clean_error(run("info", "whatever"), "llmri info failed unexpectedly: ZeroDivisionError: simulated bug",
                          code=1)
     log = Path(err.rsplit("full trace in ", 1)[1].strip())
     assert log.parent == tmp_path / "cache" / "logs"
@@ -271,4 +257,4 @@ def test_a_dictionary_of_another_width_is_refused_before_any_matmul(tmp_path, ti
     d = build(DictConfig(kind="sae", arch="topk", in_points=["resid_post.1"], d_in=32, n_latents=48, k=4))
     folder = save(d, tmp_path / "narrow")
     r = run("eval", folder, "--model", tiny_dir(), "--corpus", text_corpus, "--tokens", "256", "--ce-tokens", "0")
-    one_line_error(r, "width 32 at resid_post.1", "has width 64")
+    assert_clean_error(r, "width 32 at resid_post.1", "has width 64")

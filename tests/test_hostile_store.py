@@ -15,28 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save
-from typer.testing import CliRunner
 
-from llmri.cli import app
+from clirun import assert_clean_error, run
 from llmri.errors import StoreError
 from llmri.store import ActivationStore
 
-runner = CliRunner()
 SHARDS = 4  # 500 tokens → 32 windows of 16; 128 tokens per shard → 8 windows per shard
 
 
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_clean_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip()
-    assert err.startswith("error:") and "\n" not in err, err
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 @contextmanager
