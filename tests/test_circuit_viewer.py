@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from llmri.circuits.viewer import write_viewer
 from llmri.dictionaries import DictConfig, build
 from llmri.features.dashboard import token_strings
 
+HOSTILE = "</script><img src=x onerror=window.__pwned=1>"
 XSS = ["<script>window.__pwned=1</script>", "<img src=x onerror=window.__pwned=1>"]
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
                  if os.path.exists(p)), None)
@@ -64,6 +66,38 @@ def case(tiny_dir):
     return j, ids, features, tokens, suggest_supernodes(g, p)
 
 
+def dense_graph(n_pos: int = 12, n_layers: int = 30, n_nodes: int = 800, n_links: int = 10_000, seed: int = 0) -> dict:
+    """A synthetic dense graph in the circuit-tracer schema: embeddings, features and errors at random
+    (layer, position) cells, two logits, random edges upward; hostile text in a token and a clerp."""
+    rng = random.Random(seed)
+    toks = [f"tok{p}" for p in range(n_pos)]
+    toks[3], toks[5] = HOSTILE, "a-very-long-token-string-indeed"
+    node = lambda nid, layer, pos, ft, clerp="": {"node_id": nid, "layer": layer, "ctx_idx": pos, "feature_type": ft,  # noqa: E731
+                                                "influence": rng.random(), "influence_raw": rng.random(), "activation": rng.random(),
+                                                "token_prob": 0.0, "clerp": clerp}
+    nodes = [node(f"E_{p}_{p}", "E", p, "embedding", f'Emb: "{toks[p]}"') for p in range(n_pos)]
+    while len(nodes) < n_nodes - 2:
+        l, p, f = rng.randrange(n_layers), rng.randrange(n_pos), len(nodes)
+        err = rng.random() < 0.1
+        nodes.append(node(f"{l}_{-1 if err else f}_{p}", str(l), p, "mlp reconstruction error" if err else "cross layer transcoder",
+                          HOSTILE if f == 20 else ""))
+    nodes = list({n["node_id"]: n for n in nodes}.values())
+    for t, prob in ((7, 0.6), (8, 0.3)):
+        nodes.append(node(f"{n_layers + 1}_{t}_{n_pos - 1}", str(n_layers + 1), n_pos - 1, "logit", f'Output "x{t}" (p={prob})')
+                     | {"token_prob": prob})
+    rank = lambda n: -1 if n["layer"] == "E" else int(n["layer"])  # noqa: E731
+    links = {}
+    while len(links) < n_links:
+        a, b = rng.sample(nodes, 2)
+        if rank(a) > rank(b):
+            a, b = b, a
+        if rank(a) < rank(b) and b["ctx_idx"] >= a["ctx_idx"]:
+            links[a["node_id"], b["node_id"]] = round(rng.gauss(0, 1), 6)
+    return {"metadata": {"slug": "dense", "prompt": " ".join(toks), "prompt_tokens": toks, "info": {}},
+            "qParams": {"pinnedIds": [], "supernodes": [], "clickedId": ""}, "nodes": nodes,
+            "links": [{"source": s, "target": t, "weight": w} for (s, t), w in links.items()]}
+
+
 def embedded(html: str, which: str):
     return json.loads(re.search(f'<script type="application/json" id="{which}">(.*?)</script>', html, re.S).group(1))
 
@@ -102,7 +136,7 @@ def test_viewer_in_headless_chromium(case, tmp_path):
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(out.as_uri())
             assert page.locator("g.node").count() == len(j["nodes"])
-            assert page.locator("line.edge").count() == len(j["links"])
+            assert page.get_attribute("#graph", "data-edges") == str(min(500, len(j["links"])))
             assert f"{len(j['nodes'])} nodes" in page.inner_text("#counts") and "completeness" in page.inner_text("#counts")
             # a feature with statistics: markup in its label, its contexts and tokens shows as text
             page.click(node(ids[0]))
@@ -135,7 +169,7 @@ def test_viewer_in_headless_chromium(case, tmp_path):
             page.check("#only-pinned")
             assert page.locator("g.node:not(.hidden)").count() == 2 and page.locator(node(other)).is_hidden()
             n_pinned_edges = sum(1 for e in j["links"] if {e["source"], e["target"]} <= set(ids[:2]))
-            assert page.locator("line.edge:not(.hidden)").count() == n_pinned_edges
+            assert page.get_attribute("#graph", "data-edges") == str(n_pinned_edges)
             with page.expect_download() as dl:
                 page.click("#download")
             got = json.loads(Path(dl.value.path()).read_text())
@@ -150,3 +184,70 @@ def test_viewer_in_headless_chromium(case, tmp_path):
             browser.close()
     assert not errors, errors
     assert (SHOTS / "graph-viewer.png").stat().st_size > 10_000
+
+
+def test_dense_viewer_controls_and_escaping(tmp_path):
+    j = dense_graph()
+    j["nodes"][40]["clerp"] = "</script><img src=x onerror=alert(1)>"
+    html = write_viewer(tmp_path / "dense.html", j).read_text()
+    assert 'id="edge-n"' in html and 'id="edge-all"' in html and 'id="edge-count"' in html  # how many edges are drawn
+    block = re.search(r'<script type="application/json" id="graph-data">(.*?)</script>', html, re.S).group(1)
+    assert "</" not in block and "<img" not in block and json.loads(block) == j  # the whole graph, nothing raw
+    assert "<img src=x" not in html and html.count("</script>") == 3  # the two data blocks and the page's script
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_dense_viewer_in_headless_chromium(tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install -e .[test])")
+    j = dense_graph()
+    out = write_viewer(tmp_path / "dense.html", j)
+    order = sorted(j["links"], key=lambda l: -abs(l["weight"]))
+    n_links = len(j["links"])
+    errors = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(out.as_uri())
+            assert page.locator("g.node").count() == len(j["nodes"]) and page.locator("#graph path.edge").count() <= 16
+            assert float(page.get_attribute("#graph", "data-draw-ms")) < 1000
+            assert page.get_attribute("#graph", "data-edges") == "500"
+            assert page.inner_text("#edge-count") == f"showing 500 of {n_links:,} edges"
+            drawn = lambda: sum(int(c) for c in page.eval_on_selector_all("#edges path", "ps => ps.map(p => p.dataset.count)"))  # noqa: E731
+            assert drawn() == 500
+            # every token column inside the 1000-px window, no horizontal scrolling; hover shows the whole token
+            xs = page.eval_on_selector_all(".tok-label", "ts => ts.map(t => t.getBoundingClientRect()).map(r => r.x + r.width / 2)")
+            assert len(xs) == 12 and all(0 <= x <= 1000 for x in xs)
+            assert page.evaluate("(c => c.scrollWidth <= c.clientWidth)(document.getElementById('canvas'))")
+            assert page.eval_on_selector(".tok-label[data-pos='5'] title", "t => t.textContent") == "a-very-long-token-string-indeed"
+            page.fill("#edge-n", "100")
+            assert page.get_attribute("#graph", "data-edges") == "100" and drawn() == 100
+            assert page.inner_text("#edge-count") == f"showing 100 of {n_links:,} edges"
+            # clicking a node lights up its paths over the visible edges and dims the rest; Escape clears
+            visible = order[:100]
+            hub = max({l["source"] for l in visible}, key=lambda i: sum(i in (l["source"], l["target"]) for l in visible))
+            page.click(f"g.node[data-id='{hub}']")
+            assert page.inner_text("#node-id") == hub
+            assert "null" not in page.inner_text("#panel").split()  # a non-feature node's panel ends cleanly
+            lit = set(page.eval_on_selector_all("g.node.nb", "gs => gs.map(g => g.dataset.id)"))
+            direct = {hub} | {l["target"] for l in visible if l["source"] == hub} | {l["source"] for l in visible if l["target"] == hub}
+            assert direct <= lit and len(lit) < len(j["nodes"]) and "dim" in page.get_attribute("#graph", "class")
+            assert int(page.get_attribute("#graph", "data-hl-edges")) >= len(direct) - 1
+            page.keyboard.press("Escape")
+            assert page.locator("g.node.nb").count() == 0 and "dim" not in (page.get_attribute("#graph", "class") or "")
+            page.click(f"g.node[data-id='{hub}']")
+            page.click("#graph", position={"x": 5, "y": 5})  # the background clears too
+            assert page.locator("g.node.nb").count() == 0 and "Click a node" in page.inner_text("#panel")
+            ms = page.evaluate("() => { const t = performance.now(); document.getElementById('edge-all').click(); return performance.now() - t; }")
+            assert page.get_attribute("#graph", "data-edges") == str(n_links) and drawn() == n_links and ms < 1000
+            page.set_viewport_size({"width": 1600, "height": 900})
+            page.wait_for_function("document.querySelector('.tok-label[data-pos=\"11\"]').getBoundingClientRect().x > 900")
+            page.fill("#edge-n", "500")
+            page.click(f"g.node[data-id='{hub}']")
+            page.screenshot(path="/tmp/viewer.png")
+            assert page.evaluate("window.__pwned") is None and page.locator("img").count() == 0
+        finally:
+            browser.close()
+    assert not errors, errors

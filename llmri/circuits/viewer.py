@@ -1,8 +1,10 @@
 """An offline viewer for attribution graphs: one self-contained HTML file, no server, no CDN.
 
 The graph (circuit-tracer / Neuronpedia graph JSON, from :func:`llmri.circuits.export.graph_json`) is drawn
-as inline SVG: prompt positions along x, embeddings, layers and logits up y. Clicking a node shows its
-edges and, for a feature with a dashboard record, its statistics; nodes can be pinned and grouped into
+as inline SVG: prompt positions along x (scaled so every column fits the window), embeddings, layers and
+logits up y; only the strongest edges are drawn (500 by default, a control sets how many), one SVG path per
+sign and strength bucket. Clicking a node highlights its paths over the drawn edges and shows its edges
+and, for a feature with a dashboard record, its statistics; nodes can be pinned and grouped into
 supernodes, and the graph downloads again as JSON with those choices in ``qParams``. All data is embedded
 as JSON (``<``, ``>`` and ``&`` escaped) and model text only ever reaches the page through ``textContent``.
 """
