@@ -125,6 +125,21 @@ def claim_folder(folder: str | os.PathLike, kind: str, *, legacy: str | tuple[st
 
 
 @contextmanager
+def claimed(folder: str | os.PathLike, kind: str, *, legacy: str | tuple[str, ...] = ()) -> Iterator[Path]:
+    """:func:`claim_folder` for the length of a job: a folder this job created is removed again if the job
+    fails before anything but the marker was written into it (no empty run folder after a refused input)."""
+    folder = Path(folder)
+    new = not folder.exists()
+    claim_folder(folder, kind, legacy=legacy)
+    try:
+        yield folder
+    except BaseException:
+        if new and folder.is_dir() and all(e.name == MARKER for e in folder.iterdir()):
+            _remove(folder)
+        raise
+
+
+@contextmanager
 def atomic_path(final: str | os.PathLike, *, directory: bool = False, kind: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it over ``final`` when the block succeeds.
 

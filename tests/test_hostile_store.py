@@ -57,10 +57,12 @@ def train(tiny_dir, corpus, store, out):
 
 
 def dictionaries(run_dir: Path) -> list[str]:
-    """Dictionary folders a training run saved."""
+    """Dictionary folders a training run saved; a run refused before it wrote anything leaves no folder."""
     if not run_dir.exists():
         return []
-    return sorted(d.name for d in run_dir.iterdir() if d.is_dir() and (d / "llmri.json").exists())
+    saved = sorted(d.name for d in run_dir.iterdir() if d.is_dir() and (d / "llmri.json").exists())
+    assert saved or any(e.name != ".llmri-artefact.json" for e in run_dir.iterdir()), f"empty run folder left: {run_dir}"
+    return saved
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

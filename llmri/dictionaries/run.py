@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .. import data
-from ..atomic import check_target, claim_folder, mark, write_json
+from ..atomic import check_target, claimed, mark, write_json
+from ..hookpoints import layer_of
 from ..progress import say
 from ..store import ActivationStore
 from ..validate import check_number
@@ -76,7 +77,7 @@ def plan(model, *, kind: str = "sae", arch: str = "topk", points: list[str] | No
                   sparsity=sparsity, model_name=model.name)
     if kind in ("transcoder", "clt"):
         if not layer_list:
-            layer_list = sorted({int(model.resolve(p).split(".")[1]) for p in points or []})
+            layer_list = sorted({layer_of(model.resolve(p)) for p in points or []} - {None})
         if not layer_list:
             raise DictionaryError(f"--kind {kind} needs --layers", "e.g. --layers all or --layers 3-5")
         if kind == "transcoder":
@@ -103,12 +104,18 @@ def train(model, dict_cfgs: list[DictConfig], cfg: TrainConfig, out: str | Path,
           store: str | Path | None = None, windows: data.WindowSpec | None = None, resume: bool = False,
           eval_cfg: EvalConfig | None = None, device: str | torch.device | None = None) -> list[Path]:
     """Train, evaluate and save; returns the dictionary folders. Under torchrun, ranks split the work."""
-    rank, world = init_distributed()
     out = Path(out)
-    claim_folder(out, "run", legacy=("run.json", CHECKPOINT + "/trainer.json"))  # before the work: never over foreign files
-    mark(out, "run", "run.json", CHECKPOINT)
     for c in dict_cfgs:
         check_target(out / c.name, "dictionary")
+    with claimed(out, "run", legacy=("run.json", CHECKPOINT + "/trainer.json")):  # never over foreign files
+        mark(out, "run", "run.json", CHECKPOINT)
+        return _train(model, dict_cfgs, cfg, out, corpus=corpus, store=store, windows=windows, resume=resume,
+                      eval_cfg=eval_cfg, device=device)
+
+
+def _train(model, dict_cfgs: list[DictConfig], cfg: TrainConfig, out: Path, *, corpus: str, store, windows, resume: bool,
+           eval_cfg: EvalConfig | None, device) -> list[Path]:
+    rank, world = init_distributed()
     device = torch.device(device) if device is not None else model.device
     dicts = [build(c, device=device, seed=cfg.seed + i) for i, c in enumerate(dict_cfgs)]
     points = sorted({p for c in dict_cfgs for p in c.in_points + c.out_points})
