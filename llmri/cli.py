@@ -32,6 +32,7 @@ from . import data
 from .atomic import check_target, user_os_error
 from .dictionaries.formats import check_fits
 from .errors import LlmriError
+from .options import count, joined, option
 from .progress import console
 from .validate import check_number
 
@@ -153,22 +154,33 @@ ModelOpt = typer.Option("smollm2-135m-instruct", "--model", "-m", help="bundled 
 DtypeOpt = typer.Option("float32", help="model dtype: float32, bfloat16, float16, auto")
 DeviceOpt = typer.Option("cpu", help="cpu, cuda, cuda:N or auto")
 
+# The config dataclasses options take their defaults and help from (see llmri.options); named, not imported,
+# so that the CLI starts without the modules some of them live in (scipy, scikit-learn).
+SCAN, STORE, WINDOWS = "llmri.scan:ScanConfig", "llmri.store:StoreConfig", "llmri.data:WindowSpec"
+DICT, TRAIN, EVAL = ("llmri.dictionaries.config:DictConfig", "llmri.dictionaries.config:TrainConfig",
+                     "llmri.dictionaries.evaluate:EvalConfig")
+FEATURES, INTERP = "llmri.features.stats:FeatureConfig", "llmri.features.autointerp:InterpConfig"
+ATTRIBUTION, PRUNE, TRACE = ("llmri.circuits.attribution:AttributionConfig", "llmri.circuits.prune:PruneConfig",
+                             "llmri.circuits.pipeline:TraceConfig")
+PROFILE, LAYER_MAP, STEER = ("llmri.geometry.profile:ProfileConfig", "llmri.geometry.layer_map:LayerMapConfig",
+                             "llmri.geometry.steer:SteerConfig")
+
 
 @command
 def scan(
-    model: str = ModelOpt,
-    corpus: str = typer.Option(data.DEFAULT_CORPUS, help="bundled corpus (sotu, shakespeare, kjv) or a path"),
-    out: Path = typer.Option(Path("llmri-report"), help="output folder (index.html, scan.json)"),
-    stats_tokens: str = typer.Option("32k", help="tokens for per-layer statistics"),
-    passages: int = typer.Option(4, help="corpus passages shown as layer × token heatmaps"),
-    chat_prompt: str = typer.Option("Explain in two sentences why the sky is blue.", help="chat prompt shown"),
-    sae_layers: str = typer.Option("auto", help="layers that get a quick SAE ('auto': five over depth; '' skips)"),
-    sae_tokens: str = typer.Option("64k", help="training tokens of those SAEs"),
-    circuit_prompt: str = typer.Option("The capital of France is", help="prompt traced in the circuits section ('' skips)"),
-    transcoders: str = typer.Option("", help="transcoders for every layer for that trace ('': quick ones trained in the scan)"),
-    geometry_points: str = typer.Option("2048", help="token states per layer for the ID profile (0 skips the geometry section)"),
-    dtype: str = DtypeOpt,
-    device: str = DeviceOpt,
+    model: str = option(SCAN, "model", "--model", "-m"),
+    corpus: str = option(SCAN, "corpus"),
+    out: Path = option(SCAN, "out"),
+    stats_tokens: str = option(SCAN, "stats_tokens", convert=count),
+    passages: int = option(SCAN, "passages"),
+    chat_prompt: str = option(SCAN, "chat_prompt"),
+    sae_layers: str = option(SCAN, "sae_layers"),
+    sae_tokens: str = option(SCAN, "sae_tokens", convert=count),
+    circuit_prompt: str = option(SCAN, "circuit_prompt"),
+    transcoders: str = option(SCAN, "transcoders"),
+    geometry_points: str = option(SCAN, "geometry_points", convert=count),
+    dtype: str = option(SCAN, "dtype", help=DtypeOpt.help),
+    device: str = option(SCAN, "device", help=DeviceOpt.help),
 ):
     """Write the MRI report of a model (default: SmolLM2-135M-Instruct on State of the Union addresses)."""
     from .scan import ScanConfig
@@ -209,16 +221,16 @@ def info(
 
 @command
 def cache(
-    points: str = typer.Option(..., "--points", "-p", help="comma-separated hook points; 'resid_post.*' or 'mlp_out.0-5' expand"),
+    points: str = option(STORE, "points", "--points", "-p", help="comma-separated hook points; 'resid_post.*' or 'mlp_out.0-5' expand"),
     out: Path = typer.Option(..., "--out", "-o", help="store folder (rerun the same command to resume)"),
-    tokens: str = typer.Option("1M", help="tokens to store, e.g. 65536, 500k, 2M, or all (the whole split)"),
+    tokens: str = option(STORE, "tokens", convert=count, help="tokens to store, e.g. 65536, 500k, 2M, or all (the whole split)"),
     model: str = ModelOpt,
-    corpus: str = typer.Option(data.DEFAULT_CORPUS, help="bundled corpus or path"),
-    context: int = typer.Option(128, help="tokens per window (including the leading BOS)"),
-    split: str = typer.Option("train", help="train, eval or all (documents split by id hash)"),
-    store_dtype: str = typer.Option("float16", "--store-dtype", help="float16, bfloat16 or float32"),
-    shard_tokens: str = typer.Option("64k", help="tokens per shard"),
-    batch_size: int = typer.Option(16, help="windows per forward pass"),
+    corpus: str = option(STORE, "corpus"),
+    context: int = option(STORE, "windows.context"),
+    split: str = option(STORE, "windows.split"),
+    store_dtype: str = option(STORE, "dtype", "--store-dtype"),
+    shard_tokens: str = option(STORE, "shard_tokens", convert=count),
+    batch_size: int = option(STORE, "batch_size"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -267,30 +279,30 @@ def fetch(
 
 @command
 def train(
-    kind: str = typer.Option("sae", help="sae | transcoder | crosscoder | clt"),
-    arch: str = typer.Option("topk", help="topk | batchtopk | jumprelu | relu"),
+    kind: str = option(DICT, "kind"),
+    arch: str = option(DICT, "arch"),
     points: Optional[str] = typer.Option(None, "--points", "-p", help="hook points, e.g. resid_post.15 or resid_post (with --layers)"),
     layers: Optional[str] = typer.Option(None, help="all | 5 | 0-5 | 1,4,9"),
     expansion: float = typer.Option(8.0, help="latents = expansion × d_model"),
     latents: int = typer.Option(0, help="number of latents (overrides --expansion)"),
-    k: int = typer.Option(32, help="active latents per token (topk/batchtopk)"),
-    skip: bool = typer.Option(False, help="transcoders: learn a linear skip connection"),
-    sparsity_coeff: float = typer.Option(0.0, help="relu L1 / jumprelu penalty weight (0: default)"),
-    tokens: str = typer.Option("2M", help="training tokens"),
-    batch_size: int = typer.Option(4096, help="tokens per step"),
-    lr: float = typer.Option(0.0, help="learning rate (0: automatic from width and architecture)"),
-    seed: int = typer.Option(0),
-    compute_dtype: str = typer.Option("float32", "--compute-dtype", help="float32 | bfloat16 dictionary matmuls"),
+    k: int = option(DICT, "k"),
+    skip: bool = option(DICT, "skip"),
+    sparsity_coeff: float = option(DICT, "sparsity_coeff"),
+    tokens: str = option(TRAIN, "tokens", convert=count),
+    batch_size: int = option(TRAIN, "batch_size"),
+    lr: float = option(TRAIN, "lr"),
+    seed: int = option(TRAIN, "seed"),
+    compute_dtype: str = option(TRAIN, "dtype", "--compute-dtype"),
     store: Optional[Path] = typer.Option(None, help="train from an activation store (llmri cache) instead of the live model"),
     corpus: str = typer.Option(data.DEFAULT_CORPUS, help="corpus for live-model training and evaluation"),
-    context: int = typer.Option(128, help="window length for live-model training"),
+    context: int = option(WINDOWS, "context"),
     out: Path = typer.Option(..., "--out", "-o", help="run folder"),
     resume: bool = typer.Option(False, help="continue from out/checkpoint"),
-    checkpoint_every: int = typer.Option(200, help="steps between checkpoints"),
-    dead_tokens: str = typer.Option("0", help="tokens without firing after which a latent is dead (aux-k); 0: min(200k, tokens/10)"),
-    eval_tokens: str = typer.Option("64k", help="held-out tokens for reconstruction metrics (0: skip)"),
-    ce_tokens: str = typer.Option("16k", help="held-out tokens for CE loss recovered (0: skip)"),
-    distribute: str = typer.Option("data", help="under torchrun: data | layers"),
+    checkpoint_every: int = option(TRAIN, "checkpoint_every"),
+    dead_tokens: str = option(TRAIN, "dead_tokens", convert=count),
+    eval_tokens: str = option(EVAL, "tokens", convert=count),
+    ce_tokens: str = option(EVAL, "ce_tokens", convert=count),
+    distribute: str = option(TRAIN, "distribute"),
     model: str = ModelOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -315,8 +327,8 @@ def train(
 @command(name="eval")
 def eval_cmd(
     path: Path = typer.Argument(..., help="dictionary folder (llmri/SAELens/sparsify/circuit-tracer)"),
-    tokens: str = typer.Option("64k", help="held-out tokens for reconstruction metrics"),
-    ce_tokens: str = typer.Option("16k", help="held-out tokens for CE loss recovered (0: skip)"),
+    tokens: str = option(EVAL, "tokens", convert=count),
+    ce_tokens: str = option(EVAL, "ce_tokens", convert=count),
     corpus: str = typer.Option(data.DEFAULT_CORPUS, help="corpus (its eval split is used)"),
     model: str = ModelOpt,
     dtype: str = DtypeOpt,
@@ -373,14 +385,14 @@ def _feature_config(tokens: str, context: int, top_k: int, seed: int):
 def dashboard(
     path: Path = typer.Argument(..., help="dictionary folder (llmri/SAELens/sparsify, or a CLT)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="site folder (default: PATH/dashboard)"),
-    tokens: str = typer.Option("64k", help="corpus tokens read for the statistics"),
+    tokens: str = option(FEATURES, "tokens", convert=count),
     corpus: str = typer.Option(data.DEFAULT_CORPUS, help="corpus (bundled name or path)"),
-    context: int = typer.Option(128, help="window length"),
-    top_k: int = typer.Option(20, help="top-activating windows kept per feature"),
+    context: int = option(FEATURES, "context"),
+    top_k: int = option(FEATURES, "top_k"),
     features: Optional[str] = typer.Option(None, help="write pages only for these features (e.g. 0-99,512); the index lists all"),
     neuronpedia: bool = typer.Option(True, help="also write Neuronpedia-style feature JSON to PATH/neuronpedia"),
     recompute: bool = typer.Option(False, help="recompute the statistics even if PATH/features matches"),
-    seed: int = typer.Option(0),
+    seed: int = option(FEATURES, "seed"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the dictionary was trained on)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -423,12 +435,12 @@ def interp(
     explainer: str = typer.Option("smollm2-135m-instruct", help="local model spec, or an OpenAI-compatible URL (http://host:port/v1)"),
     explainer_model: str = typer.Option("", help="model name sent to the endpoint"),
     features: Optional[str] = typer.Option(None, help="features to explain (e.g. 0-9,42; default: --n-features random alive ones)"),
-    n_features: int = typer.Option(20, help="random alive features to explain when --features is not given"),
-    explain_examples: int = typer.Option(10, help="top contexts shown to the explainer"),
-    score_examples: int = typer.Option(10, help="activating contexts scored per feature (plus as many silent ones)"),
-    tokens: str = typer.Option("64k", help="corpus tokens for the statistics, if they must be computed"),
+    n_features: int = option(INTERP, "n_features"),
+    explain_examples: int = option(INTERP, "explain_examples"),
+    score_examples: int = option(INTERP, "score_examples"),
+    tokens: str = option(FEATURES, "tokens", convert=count, help="corpus tokens for the statistics, if they must be computed"),
     corpus: str = typer.Option(data.DEFAULT_CORPUS),
-    seed: int = typer.Option(0),
+    seed: int = option(INTERP, "seed"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the dictionary was trained on)"),
     device: str = DeviceOpt,
 ):
@@ -511,16 +523,18 @@ def trace(
     prompt: str = typer.Argument(..., help="the prompt to trace (its next-token prediction is explained)"),
     transcoders: Optional[Path] = TranscodersOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: trace-<slug>)"),
-    max_logits: int = typer.Option(10, help="attribute at most this many output tokens"),
-    logit_probability: float = typer.Option(0.95, help="…taken by probability until their cumulative probability reaches this"),
-    max_features: int = typer.Option(4096, help="feature nodes with computed inputs (most influential first; 0: all)"),
-    batch_size: int = typer.Option(0, help="targets per backward pass (0: automatic from the prompt length)"),
-    node_threshold: float = typer.Option(0.8, help="pruning: keep the features with this cumulative influence"),
-    edge_threshold: float = typer.Option(0.98, help="pruning: keep the edges with this cumulative influence"),
-    max_edges: int = typer.Option(10_000, help="pruning: then at most this many edges, the strongest (0: no cap)"),
-    validate_top: int = typer.Option(20, "--validate", help="check predicted vs. measured ablation effects of this many top features (0: skip)"),
-    feature_tokens: str = typer.Option("16k", help="corpus tokens for the viewer's feature panels (0: none; cached with the transcoders)"),
-    corpus: str = typer.Option(data.DEFAULT_CORPUS, help="corpus for those feature panels (bundled name or path)"),
+    max_logits: int = option(ATTRIBUTION, "max_logits"),
+    logit_probability: float = option(ATTRIBUTION, "logit_probability"),
+    max_features: int = option(ATTRIBUTION, "max_feature_nodes", convert=lambda n: n or 0,
+                               help="feature nodes with computed inputs (most influential first; 0: all)"),
+    batch_size: int = option(ATTRIBUTION, "batch_size"),
+    node_threshold: float = option(PRUNE, "node_threshold"),
+    edge_threshold: float = option(PRUNE, "edge_threshold"),
+    max_edges: int = option(PRUNE, "max_edges", convert=lambda n: n or 0,
+                            help="pruning: then at most this many edges, the strongest (0: no cap)"),
+    validate_top: int = option(TRACE, "validate_top", "--validate"),
+    feature_tokens: str = option(TRACE, "feature_tokens", convert=count),
+    corpus: str = option(TRACE, "corpus", help="corpus for those feature panels (bundled name or path)"),
     slug: Optional[str] = typer.Option(None, help="graph name (default: from the prompt)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the transcoders were trained on)"),
     dtype: str = DtypeOpt,
@@ -592,9 +606,9 @@ def intervene(
 def validate(
     graph: Path = typer.Argument(..., help="a trace folder (or its attribution.safetensors)"),
     transcoders: Optional[Path] = TranscodersOpt,
-    top: int = typer.Option(20, help="most influential features tested"),
-    factor: float = typer.Option(0.0, help="intervention: activation × factor (0: ablation)"),
-    freeze: str = typer.Option("attention", help="held at the clean run: attention (patterns) | all (patterns and norm denominators) | none"),
+    top: int = option(TRACE, "validate_top", help="most influential features tested"),
+    factor: float = option(TRACE, "validate_factor"),
+    freeze: str = option(TRACE, "validate_freeze"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the transcoders were trained on)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -621,14 +635,14 @@ def geometry_id(
     model: str = ModelOpt,
     corpus: str = typer.Option(data.DEFAULT_CORPUS, help="bundled corpus (sotu, shakespeare, kjv) or a path"),
     out: Path = typer.Option(Path("llmri-geometry-id"), "--out", "-o", help="output folder (id_profile.json, id_profile.png)"),
-    points: str = typer.Option("4096", help="token states per layer"),
-    per_window: int = typer.Option(8, help="random kept positions sampled per window"),
-    position: str = typer.Option("random", help="'random' (token states) or 'last' (last kept position of each window)"),
-    context: int = typer.Option(128, help="window length"),
-    split: str = typer.Option("eval", help="corpus split: train, eval or all"),
-    kind: str = typer.Option("resid_post", help="hook-point kind profiled at every layer"),
-    control: bool = typer.Option(True, help="also profile the same windows shuffled within each window"),
-    seed: int = typer.Option(0),
+    points: str = option(PROFILE, "points", convert=count),
+    per_window: int = option(PROFILE, "per_window"),
+    position: str = option(PROFILE, "position"),
+    context: int = option(PROFILE, "context"),
+    split: str = option(PROFILE, "split"),
+    kind: str = option(PROFILE, "kind"),
+    control: bool = option(PROFILE, "control"),
+    seed: int = option(PROFILE, "seed"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -653,17 +667,18 @@ def geometry_diffusion(
     model: str = ModelOpt,
     corpus: str = typer.Option(data.DEFAULT_CORPUS, help="bundled corpus (sotu, shakespeare, kjv) or a path"),
     out: Path = typer.Option(Path("llmri-geometry-diffusion"), "--out", "-o", help="output folder"),
-    layer: Optional[int] = typer.Option(None, help="layer mapped (default: the middle one)"),
-    kind: str = typer.Option("resid_post", help="hook-point kind"),
-    documents: int = typer.Option(8, help="eval-split documents sampled"),
-    per_document: int = typer.Option(192, help="token states per document"),
-    concepts: str = typer.Option("sea,other", help="two concept sentence sets (bundled names or files), '' for none"),
-    normalise: str = typer.Option("zscore", help="zscore, unit or none (before the kernel)"),
-    neighbours: int = typer.Option(32, help="k of the kNN kernel"),
-    bandwidth: str = typer.Option("variable", help="variable (self-tuning σ_i) or fixed (one ε)"),
-    alpha: float = typer.Option(1.0, help="α-normalisation (1: density-free, 0.5: Fokker–Planck, 0: graph Laplacian)"),
-    t: float = typer.Option(1.0, help="diffusion time"),
-    components: int = typer.Option(6, help="diffusion coordinates kept"),
+    layer: Optional[int] = option(LAYER_MAP, "layer"),
+    kind: str = option(LAYER_MAP, "kind"),
+    documents: int = option(LAYER_MAP, "documents"),
+    per_document: int = option(LAYER_MAP, "per_document"),
+    concepts: str = option(LAYER_MAP, "concepts", convert=joined,
+                           help="two concept sentence sets (bundled names or files), '' for none"),
+    normalise: str = option(LAYER_MAP, "normalise"),
+    neighbours: int = option(LAYER_MAP, "diffusion.n_neighbors"),
+    bandwidth: str = option(LAYER_MAP, "diffusion.bandwidth"),
+    alpha: float = option(LAYER_MAP, "diffusion.alpha"),
+    t: float = option(LAYER_MAP, "diffusion.t"),
+    components: int = option(LAYER_MAP, "diffusion.n_components"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -695,15 +710,15 @@ def geometry_steer(
     negative: str = typer.Option("other", help="concept set B"),
     prompts: str = typer.Option("prompts", help="prompts whose continuations are steered (bundled name or file)"),
     feature: Optional[str] = typer.Option(None, help="steer along a dictionary feature's decoder instead: FOLDER:INDEX"),
-    layer: Optional[int] = typer.Option(None, help="layer steered (default: a third of the depth)"),
-    scales: str = typer.Option("0,0.1,0.2,0.35,0.5,0.75", help="step sizes, as multiples of the median state norm"),
-    methods: str = typer.Option("linear,manifold", help="methods compared"),
-    neighbours: int = typer.Option(32, help="reference states in each local PCA"),
-    tangent_dim: Optional[int] = typer.Option(None, help="tangent-space dimension (default: TwoNN ID of the reference states)"),
-    reference_tokens: str = typer.Option("8192", help="corpus tokens whose states form the reference manifold"),
-    corpus: str = typer.Option(data.DEFAULT_CORPUS, help="corpus of the reference states"),
-    new_tokens: int = typer.Option(24, help="greedy tokens per prompt"),
-    probe_layer: Optional[int] = typer.Option(None, help="layer of the concept probe (default: two thirds of the depth)"),
+    layer: Optional[int] = option(STEER, "layer"),
+    scales: str = option(STEER, "scales", convert=joined),
+    methods: str = option(STEER, "methods", convert=joined),
+    neighbours: int = option(STEER, "neighbours"),
+    tangent_dim: Optional[int] = option(STEER, "tangent_dim"),
+    reference_tokens: str = option(STEER, "reference_tokens", convert=count),
+    corpus: str = option(STEER, "corpus"),
+    new_tokens: int = option(STEER, "new_tokens"),
+    probe_layer: Optional[int] = option(STEER, "probe_layer"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -735,23 +750,21 @@ def geometry_steer(
 
 
 def _feature_direction(spec: str, lm):
-    """``FOLDER:INDEX`` → (decoder row of that latent, description, layer of the point it writes)."""
-    import torch
-
-    from .dictionaries.formats import load
-    from .hookpoints import layer_of
+    """``FOLDER:INDEX`` → (the direction that feature writes, as the dashboards show it, description, layer of
+    the point it writes it to)."""
+    from .features.pipeline import load_dictionary
 
     folder, _, index = spec.rpartition(":")
     if not folder or not index.isdigit():
         raise LlmriError(f"cannot read the feature '{spec}'", "write FOLDER:INDEX, e.g. runs/sae-l10:1234")
-    d = load(folder)
+    d = load_dictionary(folder)
+    check_fits(d, lm)
     i = int(index)
     if i >= d.n_latents:
         raise LlmriError(f"feature {i} does not exist in {folder}", f"choose 0..{d.n_latents - 1}")
-    if not isinstance(getattr(d, "W_dec", None), torch.Tensor) or d.W_dec.dim() != 2:
-        raise LlmriError(f"{folder} is not a single-point dictionary", "give an SAE or transcoder folder")
-    point = d.cfg.out_points[0]  # the scale folding does not change the direction
-    return d.W_dec[i, : lm.d_model].detach().float(), f"decoder of feature {i} of {folder} ({point})", layer_of(point)
+    point = d.feature_point(i)
+    return (d.decoder_directions()[i].detach().float(), f"decoder of feature {d.feature_name(i)} of {folder} ({point})",
+            d.feature_layer(i))
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ PER_LAYER = ("resid_pre", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_p
 GLOBAL_FIRST = ("embed",)
 GLOBAL_LAST = ("final_norm", "logits")
 
-_TL = {
+TL_NAMES = {  # TransformerLens hook suffix (``blocks.L.<suffix>``) → canonical point kind
     "hook_resid_pre": "resid_pre",
     "hook_attn_out": "attn_out",
     "hook_resid_mid": "resid_mid",
@@ -32,7 +32,7 @@ _TL = {
     "hook_mlp_out": "mlp_out",
     "hook_resid_post": "resid_post",
 }
-_TL_GLOBAL = {"hook_embed": "embed", "ln_final.hook_normalized": "final_norm", "unembed": "logits"}
+TL_GLOBAL = {"hook_embed": "embed", "ln_final.hook_normalized": "final_norm", "unembed": "logits"}
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,14 @@ def canonical(name: str, adapter: Adapter, n_layers: int) -> str:
     raw = name.strip()
     if raw in GLOBAL_FIRST + GLOBAL_LAST:
         return raw
-    if raw in _TL_GLOBAL:
-        return _TL_GLOBAL[raw]
+    if raw in TL_GLOBAL:
+        return TL_GLOBAL[raw]
     m = re.fullmatch(r"(\w+)\.(-?\d+)", raw)
     if m and m.group(1) in PER_LAYER:
         return f"{m.group(1)}.{_layer(m.group(2), raw, n_layers)}"
     m = re.fullmatch(r"blocks\.(-?\d+)\.(.+)", raw)
-    if m and m.group(2) in _TL:
-        return f"{_TL[m.group(2)]}.{_layer(m.group(1), raw, n_layers)}"
+    if m and m.group(2) in TL_NAMES:
+        return f"{TL_NAMES[m.group(2)]}.{_layer(m.group(1), raw, n_layers)}"
     module_point = _module_alias(raw, adapter, n_layers)
     if module_point:
         return module_point

@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -22,8 +21,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-
-T = TypeVar("T")
 
 console = Console(stderr=True, highlight=False)
 
@@ -94,13 +91,3 @@ def bar(description: str, total: float | None, unit: str = "") -> Iterator[Bar]:
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total, note="")
         yield Bar(progress, task)
-
-
-def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a bar."""
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    with bar(description, total) as b:
-        for item in items:
-            yield item
-            b.advance()

@@ -184,7 +184,6 @@ def test_feature_decoders_are_in_raw_units_for_every_kind(setup):
     feature's decoder equals the change in the dictionary's raw reconstruction when that feature turns on."""
     from llmri.dictionaries import CrossLayerTranscoder
     from llmri.dictionaries import sparse as sp
-    from llmri.features.stats import decoder_directions, feature_decoder
 
     ins, outs = [f"mlp_in.{l}" for l in range(3)], [f"mlp_out.{l}" for l in range(3)]
     clt = build(DictConfig(kind="clt", arch="topk", in_points=ins, out_points=outs, d_in=64, n_latents=8, k=2)).eval()
@@ -201,17 +200,17 @@ def test_feature_decoders_are_in_raw_units_for_every_kind(setup):
                 if isinstance(d, CrossLayerTranscoder):
                     per = d.cfg.n_latents
                     parts = [sp.from_dense(acts.dense()[:, l * per : (l + 1) * per]) for l in range(d.n_layers)]
-                    return d.split_outputs(d._decode_all(parts))
+                    return d.split_outputs(d.decode_all(parts))
                 return d.split_outputs(d.decode(acts))
 
             on, off = raw(one), raw(none)
-            dec = feature_decoder(d, f)
+            dec = d.feature_decoder(f)
             for p in d.cfg.out_points:
                 change = (on[p] - off[p])[0]
                 assert torch.allclose(dec.get(p, torch.zeros(64)), change, atol=1e-5), (d.cfg.kind, f, p)
             total = sum(on[p] - off[p] for p in d.cfg.out_points)[0]
             expect = total if isinstance(d, CrossLayerTranscoder) else (on[d.cfg.out_points[-1]] - off[d.cfg.out_points[-1]])[0]
-            assert torch.allclose(decoder_directions(d)[f], expect, atol=1e-5)
+            assert torch.allclose(d.decoder_directions()[f], expect, atol=1e-5)
 
 
 @pytest.mark.parametrize("call, match", [

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.cluster.hierarchy import fcluster, linkage
 
 from .attribution import Graph
 from .prune import Pruned
@@ -96,6 +95,8 @@ def suggest_supernodes(graph: Graph, pruned: Pruned, *, threshold: float = 0.5, 
     prof = torch.nn.functional.normalize(prof, dim=1).numpy().astype(np.float64)
     if len(feats) == 1:
         return []
+    from scipy.cluster.hierarchy import fcluster, linkage  # imported here: loading llmri stays light
+
     Z = linkage(prof, method="average", metric="cosine")
     labels = fcluster(Z, t=threshold, criterion="distance")
     groups, names = [], {}

@@ -156,37 +156,29 @@ def feature_records(model, tcs: Transcoders, graph: Graph, pruned, cfg: TraceCon
 
 def layer_stats(model, tcs: Transcoders, layers: list[int], cfg: TraceConfig,
                 transcoder_path: str | Path | None) -> dict[int, tuple[FeatureStats, int]]:
-    """Feature statistics per layer (and the offset of that layer's features in them), cached on disk."""
+    """Feature statistics per layer (and the offset of that layer's features in them), cached on disk: one
+    statistics pass per dictionary, in ``features/clt`` for a CLT, ``features/layer_{l}`` for layer l's transcoder."""
     fc = FeatureConfig(tokens=cfg.feature_tokens, top_k=10, samples=12, cooc_tokens=min(cfg.feature_tokens, 16_384))
     root = Path(transcoder_path) / "features" if transcoder_path else None
-    out: dict[int, tuple[FeatureStats, int]] = {}
-    if tcs.clt is not None:
-        folder = root / "clt" if root else None
-        s = _cached(folder) or _compute(model, tcs.clt, fc, cfg, folder)
-        return {l: (s, l * tcs.n_features) for l in layers}
-    todo = []
+    groups: dict[str, tuple] = {}  # cache folder → (dictionary, the layers asked for)
     for l in layers:
-        folder = root / f"layer_{l}" if root else None
-        cached = _cached(folder)
-        if cached is not None:
-            out[l] = (cached, 0)
-        else:
-            todo.append(l)
-    if todo:
-        windows = list(model_windows(model, data.load_corpus(cfg.corpus), [f"mlp_in.{l}" for l in todo], fc))
-        for l in todo:
-            folder = root / f"layer_{l}" if root else None
-            out[l] = (_compute(model, tcs.dicts[l], fc, cfg, folder, windows), 0)
-    return out
+        d, _ = tcs.blocks[l]
+        groups.setdefault("clt" if d.n_blocks > 1 else f"layer_{l}", (d, []))[1].append(l)
+    stats = {name: _cached(root / name if root else None) for name in groups}
+    todo = [name for name, s in stats.items() if s is None]
+    if todo:  # one model pass for all of them
+        windows = model_windows(model, data.load_corpus(cfg.corpus), [p for n in todo for p in groups[n][0].cfg.in_points], fc)
+        windows = list(windows) if len(todo) > 1 else windows
+        for name in todo:
+            stats[name] = _compute(model, groups[name][0], fc, cfg, root / name if root else None, windows)
+    return {l: (stats[name], tcs.blocks[l][1] * tcs.n_features) for name, (_, ls) in groups.items() for l in ls}
 
 
 def _cached(folder: Path | None) -> FeatureStats | None:
     return FeatureStats.load(folder) if folder is not None and (folder / META_FILE).exists() else None
 
 
-def _compute(model, d, fc: FeatureConfig, cfg: TraceConfig, folder: Path | None, windows=None) -> FeatureStats:
-    if windows is None:
-        windows = model_windows(model, data.load_corpus(cfg.corpus), list(d.cfg.in_points), fc)
+def _compute(model, d, fc: FeatureConfig, cfg: TraceConfig, folder: Path | None, windows) -> FeatureStats:
     with torch.no_grad():
         s = collect(d, iter(windows), fc, model=model, meta={"corpus": cfg.corpus, "model": model.name})
     if folder is not None:

@@ -20,10 +20,12 @@ from torch import Tensor, nn
 from . import sparse as sp
 from .coder import SPARSE_ARCHS, Encoded, TrainOut, encode_train, sparsity_penalty
 from .config import DictConfig
+from .protocol import Dictionary
 
 
-class CrossLayerTranscoder(nn.Module):
-    """A CLT over the layers of ``cfg.in_points`` (``mlp_in.l``) → ``cfg.out_points`` (``mlp_out.l``)."""
+class CrossLayerTranscoder(Dictionary):
+    """A CLT over the layers of ``cfg.in_points`` (``mlp_in.l``) → ``cfg.out_points`` (``mlp_out.l``); one
+    block of features per layer (see :mod:`.protocol`)."""
 
     def __init__(self, cfg: DictConfig, *, device: torch.device | str | None = None, seed: int = 0):
         super().__init__()
@@ -53,9 +55,29 @@ class CrossLayerTranscoder(nn.Module):
     def n_layers(self) -> int:
         return len(self.cfg.in_points)
 
-    @property
-    def n_latents(self) -> int:
-        return self.cfg.n_latents * self.n_layers
+    n_blocks = n_layers
+
+    def block_inputs(self, b: int) -> list[str]:
+        return [self.cfg.in_points[b]]
+
+    def block_outputs(self, b: int) -> list[str]:
+        return list(self.cfg.out_points[b:])
+
+    def input_scale(self, b: int) -> Tensor:
+        return self.in_scale[b]
+
+    def decoder_rows(self, b: int, feats=slice(None)) -> Tensor:
+        return self.W_dec[b][feats] / self.out_scale[b:, None]
+
+    def skip(self, x: Tensor, b: int) -> None:
+        return None
+
+    def decoder_directions(self) -> Tensor:
+        """Each feature's decoders summed over the layers it writes (what it adds to the residual stream)."""
+        return torch.cat([w.sum(1) for _, w in self.raw_decoders()])
+
+    def feature_point(self, i: int) -> str:
+        return self.cfg.out_points[i // self.cfg.n_latents]
 
     # ------------------------------------------------------------ data plumbing
     def inputs(self, acts: dict[str, Tensor]) -> Tensor:
@@ -104,9 +126,10 @@ class CrossLayerTranscoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Scaled inputs [tokens, L, d] → scaled reconstructions [tokens, L, d]."""
         acts = self.encode(x)
-        return self._decode_all(acts)
+        return self.decode_all(acts)
 
-    def _decode_all(self, acts: list[sp.Sparse | Tensor]) -> Tensor:
+    def decode_all(self, acts: list[sp.Sparse | Tensor], x: Tensor | None = None) -> Tensor:
+        """Scaled reconstructions [tokens, L, d] from the features of every layer."""
         L, d = self.n_layers, self.cfg.d_out
         rows = _rows(acts[0])
         parts: list[list[Tensor]] = [[self.b_dec[m].expand(rows, d)] for m in range(L)]
@@ -121,6 +144,26 @@ class CrossLayerTranscoder(nn.Module):
         shape = next(iter(acts.values())).shape[:-1]
         x = self.inputs({p: a.reshape(-1, a.shape[-1]) for p, a in acts.items()})
         return {p: v.reshape(*shape, -1) for p, v in self.split_outputs(self.forward(x)).items()}
+
+    def splice(self, clean: dict[str, Tensor] | None = None):
+        """Each layer's features are encoded from the spliced model's MLP input; each MLP output is replaced by
+        the sum of the decoders of the features of that layer and the layers before."""
+        feats: list[sp.Sparse] = []
+
+        def read(l: int):
+            def fn(x: Tensor) -> None:
+                if l == 0:
+                    feats.clear()
+                flat = x.reshape(-1, x.shape[-1]) * self.in_scale[l]
+                feats.append(self.encode_layer(flat.to(self.W_enc.dtype), l))
+
+            return fn
+
+        def write(l: int):
+            return lambda x: (self.decode_layer(feats[: l + 1], l) / self.out_scale[l]).reshape(x.shape)
+
+        return ([(p, read(l)) for l, p in enumerate(self.cfg.in_points)],
+                [(p, write(l)) for l, p in enumerate(self.cfg.out_points)])
 
     # ------------------------------------------------------------ training
     def training_loss(self, x: Tensor, y: Tensor, *, dead: Tensor | None = None, aux_k: int = 0,
@@ -137,7 +180,7 @@ class CrossLayerTranscoder(nn.Module):
                                      dead=dead_l, aux_k=aux_k, aux_rows=aux_rows, compute_dtype=compute_dtype,
                                      threshold=self.threshold[l], updates=self.threshold_updates[l],
                                      update_threshold=self.training))
-        recon = self._decode_all([e.acts for e in encs])
+        recon = self.decode_all([e.acts for e in encs])
         err = recon - y
         sq = err.pow(2).sum()
         denom = y.shape[0] * self.target_var
@@ -145,7 +188,7 @@ class CrossLayerTranscoder(nn.Module):
         aux_parts = [e.aux if e.aux is not None else None for e in encs]
         if any(a is not None for a in aux_parts):
             empty = [a if a is not None else _empty(x.shape[0], n, x.device) for a in aux_parts]
-            aux_recon = self._decode_all(empty)[:aux_rows] - self.b_dec  # no bias in the aux reconstruction
+            aux_recon = self.decode_all(empty)[:aux_rows] - self.b_dec  # no bias in the aux reconstruction
             scale = min(dead.numel() / aux_k, 1.0) * x.shape[0] / aux_rows
             aux = aux_coeff * scale * (aux_recon + err[:aux_rows].detach()).pow(2).sum() / denom
         penalty = sum(sparsity_penalty(e, cfg, lambda l=l: self.decoder_norms(l), x.shape[0]) for l, e in enumerate(encs))

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from . import sparse as sp
 from .config import DictConfig
+from .protocol import Dictionary
 
 
 SPARSE_ARCHS = ("topk", "batchtopk")
@@ -151,8 +152,10 @@ def sparsity_penalty(enc: Encoded, cfg: DictConfig, decoder_norms: Callable[[], 
 # ---------------------------------------------------------------- the module
 
 
-class SparseCoder(nn.Module):
-    """SAE / transcoder / crosscoder. See the module docstring."""
+class SparseCoder(Dictionary):
+    """SAE / transcoder / crosscoder: one block of features (see :mod:`.protocol`). See the module docstring."""
+
+    n_blocks = 1
 
     def __init__(self, cfg: DictConfig, *, device: torch.device | str | None = None, seed: int = 0):
         super().__init__()
@@ -181,9 +184,14 @@ class SparseCoder(nn.Module):
         self.register_buffer("target_var", torch.ones((), device=device))
 
     # ------------------------------------------------------------ shapes and scaling
-    @property
-    def n_latents(self) -> int:
-        return self.cfg.n_latents
+    def block_inputs(self, b: int = 0) -> list[str]:
+        return list(self.cfg.in_points)
+
+    def block_outputs(self, b: int = 0) -> list[str]:
+        return list(self.cfg.out_points)
+
+    def input_scale(self, b: int = 0) -> Tensor:
+        return self.in_scale.repeat_interleave(self.cfg.d_in)
 
     def inputs(self, acts: dict[str, Tensor]) -> Tensor:
         """Concatenate the input points of a batch (raw model activations) and apply the input scales."""
@@ -236,6 +244,31 @@ class SparseCoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Scaled inputs → scaled reconstruction."""
         return self.decode(self.encode(x), x)
+
+    def encode_layer(self, x: Tensor, b: int = 0) -> sp.Sparse:
+        return self.encode(x)
+
+    def decode_all(self, acts: sp.Sparse | Tensor | list, x: Tensor | None = None) -> Tensor:
+        """:meth:`decode`; ``acts`` may also be the list of per-block activations (of the one block)."""
+        return self.decode(acts[0] if isinstance(acts, list) else acts, x)
+
+    def decoder_rows(self, b: int = 0, feats=slice(None)) -> Tensor:
+        return self.W_dec[feats].unflatten(1, (len(self.cfg.out_points), self.cfg.d_out)) / self.out_scale[:, None]
+
+    def skip(self, x: Tensor, b: int = 0) -> Tensor | None:
+        if self.W_skip is None:
+            return None
+        return (x * self.input_scale()) @ self.W_skip.t() / self.out_scale.repeat_interleave(self.cfg.d_out)
+
+    def splice(self, clean: dict[str, Tensor] | None = None):
+        """A crosscoder is acausal: it reconstructs its points from the clean run's inputs ``clean``; an
+        SAE/transcoder from the spliced model's own input."""
+        if self.cfg.kind == "crosscoder":
+            recon = None if clean is None else self.reconstruct(clean)
+            return [], [(p, lambda x, p=p: recon[p]) for p in self.cfg.out_points]
+        seen, p_in = {}, self.cfg.in_points[0]
+        return ([(p_in, lambda x: seen.update(x=x))],
+                [(p, lambda x, p=p: self.reconstruct({p_in: seen["x"]})[p]) for p in self.cfg.out_points])
 
     def reconstruct(self, acts: dict[str, Tensor]) -> dict[str, Tensor]:
         """Raw model activations {point: [..., d]} → raw reconstructions of the output points."""

@@ -30,12 +30,8 @@ from .. import data
 from ..hooks import attach
 from ..progress import bar
 from ..validate import bounded, check
-from . import sparse as sp
-from .clt import CrossLayerTranscoder
-from .coder import SparseCoder
 from .config import DictionaryError
-
-Dictionary = SparseCoder | CrossLayerTranscoder
+from .protocol import Dictionary
 
 
 @dataclass
@@ -81,10 +77,11 @@ class Reconstruction:
         d = self.d
         x, y = d.inputs(batch), d.targets(batch)
         acts = d.encode(x)
-        y_hat = d._decode_all(acts) if isinstance(d, CrossLayerTranscoder) else d.decode(acts, x)
+        y_hat = d.decode_all(acts, x)
+        y, y_hat = y.reshape(len(y), len(self.points), -1), y_hat.reshape(len(y), len(self.points), -1)  # [tokens, point, d]
         for i, p in enumerate(self.points):
-            y_p = _point_slice(d, y, i).double()
-            self.sq[p] += (_point_slice(d, y_hat, i).double() - y_p).pow(2).sum().item()
+            y_p = y[:, i].double()
+            self.sq[p] += (y_hat[:, i].double() - y_p).pow(2).sum().item()
             self.s1[p] = y_p.sum(0) + self.s1.get(p, 0)
             self.s2[p] += y_p.pow(2).sum().item()
         idx = _active_indices(d, acts)
@@ -125,13 +122,6 @@ def reconstruction_metrics(d: Dictionary, batches: Iterator[dict[str, Tensor]], 
     return acc.result()
 
 
-def _point_slice(d: Dictionary, t: Tensor, i: int) -> Tensor:
-    if isinstance(d, CrossLayerTranscoder):
-        return t[:, i]
-    w = d.cfg.d_out
-    return t[:, i * w : (i + 1) * w]
-
-
 def active_entries(d: Dictionary, acts) -> tuple[Tensor, Tensor, Tensor]:
     """(rows, latents, values) of the positive entries of encoded ``acts``; a CLT's latents are numbered
     layer-major (``layer · n + i``)."""
@@ -156,7 +146,6 @@ def spliced(model, d: Dictionary, keep: Tensor, *, zero: bool = False, clean: di
 
     ``keep`` is a [batch, seq] bool mask; ``clean`` holds the clean activations of a crosscoder's inputs.
     """
-    cfg = d.cfg
     handles = []
     keep3 = keep.to(model.device)[..., None]
 
@@ -167,53 +156,16 @@ def spliced(model, d: Dictionary, keep: Tensor, *, zero: bool = False, clean: di
 
         return hook
 
+    reads, writes = d.splice(None if zero else clean)
     try:
-        if cfg.kind == "sae":
-            p = cfg.in_points[0]
-            handles.append(attach(model.site(p), replace_with(lambda x: d.reconstruct({p: x})[p])))
-        elif cfg.kind == "crosscoder":
-            recon = None if zero else d.reconstruct(clean)
-            for p in cfg.out_points:
-                handles.append(attach(model.site(p), replace_with(lambda x, p=p: recon[p])))
-        elif cfg.kind == "transcoder":
-            stash = {}
-            handles.append(attach(model.site(cfg.in_points[0]), _stash(stash, "in")))
-            out_p = cfg.out_points[0]
-            handles.append(attach(model.site(out_p), replace_with(
-                lambda x: d.reconstruct({cfg.in_points[0]: stash["in"]})[out_p])))
-        else:  # CLT: encode each layer from the spliced model's MLP input, write the sum of decoders
-            feats: list[sp.Sparse] = []
-            for l, (p_in, p_out) in enumerate(zip(cfg.in_points, cfg.out_points)):
-                handles.append(attach(model.site(p_in), _clt_encode(d, l, feats)))
-                handles.append(attach(model.site(p_out), replace_with(lambda x, l=l: _clt_decode(d, l, feats, x))))
+        for p, fn in reads:  # first, so that a point both read and replaced (an SAE's) is read before
+            handles.append(attach(model.site(p), fn))
+        for p, fn in writes:
+            handles.append(attach(model.site(p), replace_with(fn)))
         yield
     finally:
         for h in handles:
             h.remove()
-
-
-def _stash(store: dict, key: str):
-    def fn(x: Tensor):
-        store[key] = x
-        return None
-
-    return fn
-
-
-def _clt_encode(d: CrossLayerTranscoder, layer: int, feats: list):
-    def fn(x: Tensor):
-        if layer == 0:
-            feats.clear()
-        flat = x.reshape(-1, x.shape[-1]) * d.in_scale[layer]
-        feats.append(d.encode_layer(flat.to(d.W_enc.dtype), layer))
-        return None
-
-    return fn
-
-
-def _clt_decode(d: CrossLayerTranscoder, layer: int, feats: list, x: Tensor) -> Tensor:
-    y = d.decode_layer(feats[: layer + 1], layer) / d.out_scale[layer]
-    return y.reshape(x.shape)
 
 
 @torch.no_grad()

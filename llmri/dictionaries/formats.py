@@ -31,37 +31,33 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..atomic import atomic_path, write_json
+from ..hookpoints import TL_GLOBAL, TL_NAMES, layer_of
 from .clt import CrossLayerTranscoder
 from .coder import SparseCoder
 from .config import DictConfig, DictionaryError
+from .protocol import Dictionary
 
-Dictionary = SparseCoder | CrossLayerTranscoder
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 LLMRI_WEIGHTS = "weights.safetensors"
 SAELENS_VERSION = "6.0.0"  # the schema version we write (v6: metadata holds hook names)
 
-_TL = {"resid_pre": "hook_resid_pre", "attn_out": "hook_attn_out", "resid_mid": "hook_resid_mid",
-       "mlp_in": "ln2.hook_normalized", "mlp_out": "hook_mlp_out", "resid_post": "hook_resid_post"}
+_TO_TL = {v: k for k, v in (TL_NAMES | TL_GLOBAL).items()}  # canonical point kind → TransformerLens name
 
 
 def tl_name(point: str) -> str:
     """TransformerLens name of a canonical point (SAELens ``hook_name``)."""
-    if point == "embed":
-        return "hook_embed"
-    if point == "final_norm":
-        return "ln_final.hook_normalized"
+    if point in _TO_TL:
+        return _TO_TL[point]
     kind, layer = point.split(".")
-    return f"blocks.{layer}.{_TL[kind]}"
+    return f"blocks.{layer}.{_TO_TL[kind]}"
 
 
 def from_tl(name: str) -> str:
     """Canonical point of a TransformerLens / circuit-tracer hook name."""
-    if name == "hook_embed":
-        return "embed"
-    if name == "ln_final.hook_normalized":
-        return "final_norm"
+    if name in TL_GLOBAL:
+        return TL_GLOBAL[name]
     m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
-    inverse = {v: k for k, v in _TL.items()} | {"mlp.hook_in": "mlp_in", "mlp.hook_out": "mlp_out"}
+    inverse = TL_NAMES | {"mlp.hook_in": "mlp_in", "mlp.hook_out": "mlp_out"}
     if not m or m.group(2) not in inverse:
         raise DictionaryError(f"hook '{name}' has no llmri equivalent",
                               "llmri reads dictionaries on resid_pre/attn_out/resid_mid/mlp_in/mlp_out/resid_post")
@@ -165,7 +161,7 @@ def read_config(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as err:
         raise _bad(path.parent, f"cannot read {path.name} ({err})") from None
     except json.JSONDecodeError as err:
-        raise _bad(path.parent, f"{path.name} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        raise _bad(path.parent, f"{path.name} is not valid JSON ({err})") from None
     if not isinstance(cfg, dict):
         raise _bad(path.parent, f"{path.name} holds a JSON {type(cfg).__name__}, not an object")
     return cfg
@@ -342,25 +338,25 @@ def load_sparsify(folder: str | Path, device: str | torch.device = "cpu") -> Spa
     return d.eval()
 
 
-def load_set(path: str | Path, device: str | torch.device = "cpu") -> list[SparseCoder] | CrossLayerTranscoder:
-    """A CLT, a circuit-tracer export, one dictionary folder (→ [it]) or a run folder holding one dictionary
-    folder per layer (``llmri train --layers all``), ordered by the layer they read."""
+def load_set(path: str | Path, device: str | torch.device = "cpu") -> list[Dictionary]:
+    """A CLT (→ [it]), a circuit-tracer export, one dictionary folder (→ [it]) or a run folder holding one
+    dictionary folder per layer (``llmri train --layers all``), ordered by the layer they read."""
     path = Path(path)
     if (path / CFG).exists() or (path / "config.yaml").exists():
         loaded = load(path, device=device)
-        return loaded if isinstance(loaded, (CrossLayerTranscoder, list)) else [loaded]
+        return loaded if isinstance(loaded, list) else [loaded]
     folders = sorted(p for p in path.iterdir() if (p / CFG).exists()) if path.is_dir() else []
     if not folders:
         raise DictionaryError(f"no dictionaries in {path}", "point at a run folder of `llmri train`, a CLT folder "
                               "or a circuit-tracer export")
     dicts = [load(f, device=device) for f in folders]
-    return sorted(dicts, key=lambda d: (int(d.cfg.in_points[0].split(".")[1]) if "." in d.cfg.in_points[0] else 0))
+    return sorted(dicts, key=lambda d: layer_of(d.cfg.in_points[0]) or 0)
 
 
 # ---------------------------------------------------------------- circuit-tracer
 
 
-def export_circuit_tracer(dicts: list[SparseCoder] | CrossLayerTranscoder, folder: str | Path, *,
+def export_circuit_tracer(dicts: list[Dictionary] | Dictionary, folder: str | Path, *,
                           model_name: str = "", n_layers: int | None = None) -> Path:
     """Write a per-layer transcoder set (one transcoder per layer, in layer order) or a CLT in
     circuit-tracer's format. Hooks: ``mlp.hook_in`` → ``mlp.hook_out`` (our mlp_in → mlp_out), the names
@@ -369,8 +365,8 @@ def export_circuit_tracer(dicts: list[SparseCoder] | CrossLayerTranscoder, folde
     0.5 reads ReLU/JumpReLU (and BatchTopK, saved with its threshold) transcoder sets; it has no TopK
     activation for them, so TopK sets are written with a ``k`` entry only llmri reads."""
     folder = Path(folder)
-    clt = isinstance(dicts, CrossLayerTranscoder)
-    items = [dicts] if clt else list(dicts)
+    items = [dicts] if isinstance(dicts, Dictionary) else list(dicts)
+    clt = items[0].cfg.kind == "clt"  # the two file layouts: a CLT's per-layer W_enc_i/W_dec_i, or layer_i per transcoder
     for d in items:
         d.fold_scales()
         if d.cfg.kind not in ("transcoder", "clt"):
@@ -385,7 +381,7 @@ def export_circuit_tracer(dicts: list[SparseCoder] | CrossLayerTranscoder, folde
         yaml.append(f"k: {items[0].cfg.k}")
     with atomic_path(folder, directory=True, kind="circuit-tracer export") as tmp:
         if clt:
-            d = dicts
+            d = items[0]
             for i in range(d.n_layers):
                 enc = {f"W_enc_{i}": d.W_enc[i], f"b_enc_{i}": d.b_enc[i], f"b_dec_{i}": d.b_dec[i]}
                 th = d.thresholds(i)
@@ -394,7 +390,7 @@ def export_circuit_tracer(dicts: list[SparseCoder] | CrossLayerTranscoder, folde
                 save_file({k: v.detach().float().contiguous().cpu() for k, v in enc.items()}, str(tmp / f"W_enc_{i}.safetensors"))
                 save_file({f"W_dec_{i}": d.W_dec[i].detach().float().contiguous().cpu()}, str(tmp / f"W_dec_{i}.safetensors"))
         else:
-            layers = [int(d.cfg.in_points[0].split(".")[1]) for d in items]
+            layers = [layer_of(d.cfg.in_points[0]) for d in items]
             if layers != list(range(len(layers))) or (n_layers and len(layers) != n_layers):
                 raise DictionaryError(f"a transcoder set needs one transcoder for every layer 0..L-1, got layers {layers}",
                                       "train transcoders with --layers all")
@@ -484,10 +480,3 @@ def load_circuit_tracer(folder: str | Path, device: str | torch.device = "cpu"):
         _fill(folder, d, values, f"{f.name}: d_model {d_model}, {n} features")
         out.append(d.eval())
     return out
-
-
-def describe(d: Dictionary) -> str:
-    c = d.cfg
-    return f"{c.kind} {c.arch} {'+'.join(c.in_points[:2])}{'…' if len(c.in_points) > 2 else ''} n={c.n_latents}" + (
-        f" k={c.k}" if c.arch in ("topk", "batchtopk") else "")
-

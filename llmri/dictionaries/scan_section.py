@@ -7,6 +7,7 @@ import tempfile
 import time
 
 from .. import data, report
+from ..hookpoints import layer_of
 from . import formats
 from .config import DictionaryError, TrainConfig
 from .evaluate import EvalConfig, evaluate_many
@@ -41,7 +42,7 @@ def section(ctx) -> report.Section | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layers = [int(p.split(".")[1]) for p in points]
+    layers = [layer_of(p) for p in points]
     dict_cfgs = plan(model, kind="sae", arch="topk", points=["resid_post"], layers=",".join(map(str, layers)),
                      expansion=cfg.sae_expansion, k=cfg.sae_k)
     batch = 1024
@@ -70,7 +71,7 @@ def section(ctx) -> report.Section | None:
     for d, r in zip(dicts, results):
         density = r.pop("_density")
         formats.save(d, ctx.artefacts / "saes" / d.cfg.name, density=density, extra={"eval.json": r})
-        layer = int(d.cfg.in_points[0].split(".")[1])
+        layer = d.source_layers[0]
         summary[d.cfg.name] = {k: r[k] for k in ("nmse", "explained_variance", "l0", "dead_fraction", "dense_fraction",
                                                  "ce_loss_recovered", "kl_clean_spliced", "ce_clean", "ce_spliced",
                                                  "ce_zero_ablation", "tokens", "ce_tokens")}

@@ -47,10 +47,6 @@ class Sparse(NamedTuple):
         counts = torch.zeros(self.n_rows, dtype=torch.long, device=self.idx.device)
         return counts.index_add_(0, self.rows, (self.vals != 0).long())
 
-    def with_vals(self, vals: Tensor) -> Sparse:
-        return self._replace(vals=vals)
-
-
 def from_topk(vals: Tensor, idx: Tensor, n_latents: int) -> Sparse:
     """Sparse view of per-row top-k results ([rows, k] each)."""
     n, k = idx.shape

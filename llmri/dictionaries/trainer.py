@@ -30,8 +30,8 @@ from ..progress import bar, say
 from .clt import CrossLayerTranscoder
 from .coder import SparseCoder
 from .config import DictConfig, DictionaryError, TrainConfig
+from .protocol import Dictionary
 
-Dictionary = SparseCoder | CrossLayerTranscoder
 CHECKPOINT = "checkpoint"
 
 

@@ -44,7 +44,7 @@ from ..errors import LlmriError
 from ..hooks import Add
 from ..progress import say
 from .autointerp import cheap_labels
-from .stats import decoder_directions, encode_rows, feature_decoder
+from .stats import encode_rows
 
 
 class ExplorerError(LlmriError):
@@ -136,12 +136,12 @@ class Explorer:
     def _edits(self, x: Loaded, feature: int, coefficient: float, mode: str) -> dict:
         d = x.d
         if mode == "add":
-            return {p: Add(w.detach(), coefficient) for p, w in feature_decoder(d, feature).items()}
+            return {p: Add(w.detach(), coefficient) for p, w in d.feature_decoder(feature).items()}
         if mode == "clamp":
             if d.cfg.kind != "sae":
                 raise ExplorerError(f"clamping needs an SAE (this is a {d.cfg.kind})", "use mode 'add'")
             point = d.cfg.in_points[0]
-            w = decoder_directions(d)[feature].detach()
+            w = d.decoder_directions()[feature].detach()
 
             def clamp(h: torch.Tensor) -> torch.Tensor:
                 flat = h.reshape(-1, h.shape[-1]).float()

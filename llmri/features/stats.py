@@ -33,7 +33,6 @@ from torch import Tensor
 
 from .. import data
 from ..atomic import atomic_path, write_json
-from ..dictionaries.clt import CrossLayerTranscoder
 from ..dictionaries.config import DictionaryError
 from ..dictionaries.evaluate import active_entries
 from ..progress import bar
@@ -421,23 +420,13 @@ def collect(d, windows: Iterable[Windows], cfg: FeatureConfig | None = None, *, 
         raise DictionaryError("no windows to compute feature statistics on", "use a larger corpus or more --tokens")
     neighbours, jaccard = cooccurrence(acc, cfg.neighbours)
     logits = logit_effects(model, d, cfg.logits) if model is not None else LogitEffects.empty(n)
-    info = {**describe(d), "tokens": acc.tokens, "windows": acc.windows, "cooc_tokens": acc.cooc_seen,
+    info = {**d.describe(), "tokens": acc.tokens, "windows": acc.windows, "cooc_tokens": acc.cooc_seen,
             "exclusion": cfg.exclusion.describe(), "before": cfg.before, "after": cfg.after,
             "config": {k: v for k, v in asdict(cfg).items() if k != "exclusion"}, **(meta or {})}
     info = json.loads(json.dumps(info))  # the same plain-JSON values as after a save/load
     return FeatureStats(info, acc.counts.cpu(), acc.act_sum.cpu(), acc.hist.view(n, -1).cpu(), acc.hist_edges.cpu(),
                         acc.top.result(), acc.sample.result(),
                         neighbours, jaccard, logits.top, logits.bottom, logits.hist, logits.range)
-
-
-def describe(d) -> dict:
-    """Name, kind and geometry of a dictionary as the dashboards show it."""
-    info = {"dictionary": d.cfg.name, "kind": d.cfg.kind, "arch": d.cfg.arch, "in_points": list(d.cfg.in_points),
-            "out_points": list(d.cfg.out_points), "n_features": d.n_latents}
-    if isinstance(d, CrossLayerTranscoder):
-        info["features_per_layer"] = d.cfg.n_latents
-        info["layers"] = [int(p.split(".")[1]) for p in d.cfg.in_points]
-    return info
 
 
 def cooccurrence(acc: _Accumulator, m: int) -> tuple[Tensor, Tensor]:
@@ -465,32 +454,6 @@ def cooccurrence(acc: _Accumulator, m: int) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(idx), torch.from_numpy(jac)
 
 
-def raw_decoders(d) -> list[tuple[list[str], Tensor]]:
-    """The decoder in raw activation units, as (output points, [n, len(points), d_out]) blocks: one block for
-    an SAE/transcoder/crosscoder, one per source layer for a CLT (its features are numbered layer-major)."""
-    if isinstance(d, CrossLayerTranscoder):
-        pts = d.cfg.out_points
-        return [(pts[l:], w / d.out_scale[l:, None]) for l, w in enumerate(d.W_dec)]
-    w = d.W_dec.view(d.n_latents, len(d.cfg.out_points), d.cfg.d_out) / d.out_scale[:, None]
-    return [(list(d.cfg.out_points), w)]
-
-
-def feature_decoder(d, feature: int) -> dict[str, Tensor]:
-    """{output point: raw decoder vector} of one feature."""
-    pts, w = raw_decoders(d)[feature // d.cfg.n_latents if isinstance(d, CrossLayerTranscoder) else 0]
-    row = w[feature % len(w)]
-    return {p: row[j] for j, p in enumerate(pts)}
-
-
-def decoder_directions(d) -> Tensor:
-    """[n, d_model] the residual-stream direction each feature writes: its decoder (a crosscoder's last
-    output block; a CLT's decoders summed over the layers it writes to)."""
-    blocks = raw_decoders(d)
-    if isinstance(d, CrossLayerTranscoder):
-        return torch.cat([w.sum(1) for _, w in blocks])
-    return blocks[0][1][:, -1]
-
-
 class LogitEffects(NamedTuple):
     top: tuple[Tensor, Tensor]
     """([n, count] token ids, [n, count] effects), largest first."""
@@ -514,7 +477,7 @@ def logit_effects(model, d, count: int = 10, bins: int = 32, chunk: int = 1024) 
     the histogram's shape)."""
     norm = model.site("final_norm").module
     W_U = model.hf.get_output_embeddings().weight
-    dirs = decoder_directions(d)
+    dirs = d.decoder_directions()
     n = len(dirs)
     if dirs.shape[1] != W_U.shape[1]:
         return LogitEffects.empty(n)

@@ -36,15 +36,15 @@ reproduces the training coordinates to rounding where those edges carry no weigh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.linalg import ArpackNoConvergence, eigsh
-from sklearn.neighbors import NearestNeighbors
 
 from ..errors import GeometryError
 from ..validate import bounded, check, check_choice
+
+if TYPE_CHECKING:
+    from sklearn.neighbors import NearestNeighbors
 
 _FLOOR = 1e-12
 
@@ -149,6 +149,10 @@ class DiffusionMap:
 
 def fit(X: np.ndarray, config: DiffusionConfig | None = None) -> DiffusionMap:
     """Diffusion map of the rows of ``X`` [n, dim]."""
+    import scipy.sparse as sp  # imported here: the CLI reads configs without scipy and scikit-learn
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+    from sklearn.neighbors import NearestNeighbors
+
     c = config or DiffusionConfig()
     X = _check(X, c)
     n, k = len(X), c.n_neighbors

@@ -18,9 +18,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import betaln
-from sklearn.neighbors import NearestNeighbors
 
 
 class Estimate(NamedTuple):
@@ -43,6 +40,8 @@ def distinct(X: np.ndarray) -> tuple[np.ndarray, int]:
 
 def neighbour_distances(X: np.ndarray, k: int) -> np.ndarray:
     """[n, k] distances to the k nearest other points (ascending)."""
+    from sklearn.neighbors import NearestNeighbors  # imported here: the CLI reads configs without scikit-learn
+
     nn = NearestNeighbors(n_neighbors=k + 1).fit(X)
     dist, _ = nn.kneighbors(X)
     return dist[:, 1:]
@@ -81,6 +80,9 @@ def mle(X: np.ndarray, k: int = 20, *, n_boot: int = 200, seed: int = 0) -> Esti
 
 def _gride_d(mu: np.ndarray, n1: int, n2: int) -> float:
     """MLE of d from μ = r_{n2}/r_{n1}: f(μ) = d (μ^d − 1)^{n2−n1−1} / (μ^{(n2−1)d+1} B(n2−n1, n1))."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import betaln
+
     lm = np.log(mu)
 
     def nll(d: float) -> float:
@@ -110,6 +112,8 @@ def local_pca(X: np.ndarray, k: int = 60, *, alpha: float = 0.1, samples: int = 
     Xd, dup = distinct(np.asarray(X, dtype=np.float64))
     rng = np.random.default_rng(seed)
     centres = rng.choice(len(Xd), min(samples, len(Xd)), replace=False)
+    from sklearn.neighbors import NearestNeighbors
+
     nn = NearestNeighbors(n_neighbors=k + 1).fit(Xd)
     _, idx = nn.kneighbors(Xd[centres])
     dims = []
