@@ -8,6 +8,9 @@ of every window is therefore an attention sink: see :class:`Exclusion`.
 Split: a document is in the eval split when ``sha256(f"{seed}:{doc.id}")`` (as a fraction of 2⁶⁴) falls below
 ``eval_fraction``, so the split never changes when documents are added or reordered. A corpus too small to
 put any document there holds out the one with the lowest hash.
+
+Kept activations: :func:`kept_activations` is the one loop corpus → windows → capture → kept-token mask that
+statistics, features, dictionary training and evaluation, and the geometry tools share.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import hashlib
 import itertools
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -276,7 +280,12 @@ def token_mask(tokens: Tensor, special_ids: set[int], exclusion: Exclusion) -> T
 def kept_mask(tokens: Tensor, acts: Sequence[Tensor], special_ids: set[int], exclusion: Exclusion) -> Tensor:
     """Boolean [batch, seq]: tokens kept by :func:`token_mask` that are a norm outlier at none of ``acts``
     (each point's median taken over the token-kept set — the rule the activation store applies)."""
-    base = token_mask(tokens, special_ids, exclusion)
+    return without_outliers(token_mask(tokens, special_ids, exclusion), acts, exclusion)
+
+
+def without_outliers(base: Tensor, acts: Sequence[Tensor], exclusion: Exclusion) -> Tensor:
+    """``base`` (a :func:`token_mask`) less the tokens that are a norm outlier at any of ``acts`` (each point's
+    median taken over ``base``)."""
     keep = base.clone()
     for a in acts:
         keep &= ~outlier_mask(a, base, exclusion).to(keep.device)
@@ -290,3 +299,94 @@ def outlier_mask(acts: Tensor, keep: Tensor, exclusion: Exclusion) -> Tensor:
     norms = acts.float().norm(dim=-1)
     keep = keep.to(norms.device)
     return (norms > exclusion.outlier_factor * norms[keep].median()).to(keep.device)
+
+
+# ---------------------------------------------------------------- kept activations
+
+
+class KeptBatch(NamedTuple):
+    """One batch of :func:`kept_activations`: whole windows, what was captured on them, and which tokens are kept."""
+
+    tokens: Tensor
+    """[B, T] token ids, as the windows came (usually on the CPU)."""
+    acts: dict[str, Tensor]
+    """{point: [B, T, d]} as captured (model dtype and device)."""
+    keep: Tensor
+    """[B, T] bool on the model's device: kept by the token rule and a norm outlier at none of ``outlier_points``."""
+    base: Tensor
+    """[B, T] bool on the model's device: the token rule alone (:func:`token_mask`)."""
+    exclusion: Exclusion
+    first: int
+    """Index of this batch's first window among the windows yielded so far."""
+
+    def kept_at(self, points: Sequence[str]) -> Tensor:
+        """[B, T] bool: the token rule and a norm outlier at none of ``points`` (``[p]``: ``p``'s own outliers only)."""
+        return without_outliers(self.base, [self.acts[p] for p in points], self.exclusion)
+
+    def outliers(self, point: str) -> Tensor:
+        """[B, T] bool: norm outliers at ``point`` (median over the token-kept set)."""
+        return outlier_mask(self.acts[point], self.base, self.exclusion)
+
+    def rows(self, point: str, keep: Tensor | None = None) -> Tensor:
+        """[n_kept, d]: the activations at ``point`` of the kept tokens (``keep``, default :attr:`keep`), row-major."""
+        return self.acts[point][self.keep if keep is None else keep]
+
+    def positions(self, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(window index counted over the whole iteration, position in the window) of each row of :meth:`rows`."""
+        w, t = (self.keep if keep is None else keep).nonzero(as_tuple=True)
+        return w + self.first, t
+
+
+def _is_documents(source) -> bool:
+    return (isinstance(source, Sequence) and not isinstance(source, Tensor)
+            and (not source or isinstance(source[0], Document)))
+
+
+def kept_activations(model, source: Sequence[Document] | Iterable[Tensor], points: Sequence[str], *,
+                     windows: WindowSpec | None = None, batch_size: int = 16, exclusion: Exclusion | None = None,
+                     outlier_points: Sequence[str] | None = None, limit_windows: int | None = None,
+                     limit_tokens: int | None = None, stop_early: bool = True, progress=None) -> Iterator[KeptBatch]:
+    """Run windows through ``model``, capturing ``points``, and yield each batch with its kept-token masks.
+
+    ``source``: documents (cut into windows by :func:`token_windows` with ``windows``), an iterable of windows
+    ([T] tensors, grouped ``batch_size`` at a time) or of ready batches ([B, T] tensors, used as they come).
+    An iterator is consumed no further than the windows yielded. ``exclusion`` (default :class:`Exclusion`)
+    gives the token rule; :attr:`KeptBatch.keep` also drops the norm outliers at any of ``outlier_points``
+    (default: all ``points``; ``[]``: none), :meth:`KeptBatch.kept_at` those at any other set of points.
+    Stops after ``limit_windows`` windows and after the windows holding ``limit_tokens`` tokens
+    (``max(1, limit_tokens // T)`` windows), whichever comes first. ``stop_early`` goes to ``model.capture``;
+    ``progress`` (a bar) advances by each batch's tokens once the caller is done with it."""
+    exclusion = exclusion or Exclusion()
+    outlier_points = list(points if outlier_points is None else outlier_points)
+    if _is_documents(source):
+        source = token_windows(model, source, windows)
+    items = iter(source)
+    head = next(items, None) if limit_windows is None or limit_windows > 0 else None
+    if head is None:
+        return
+    items = itertools.chain([head], items)
+    if limit_tokens is not None:
+        n = max(1, limit_tokens // head.shape[-1])
+        limit_windows = n if limit_windows is None else min(limit_windows, n)
+    batches = batched(items, batch_size, limit=limit_windows) if head.dim() == 1 else _cut(items, limit_windows)
+    first = 0
+    for batch in batches:
+        acts = model.capture(batch, list(points), **({} if stop_early else {"stop_early": False}))
+        base = token_mask(batch, model.special_ids, exclusion).to(model.device)
+        keep = without_outliers(base, [acts[p] for p in outlier_points], exclusion)
+        yield KeptBatch(batch, acts, keep, base, exclusion, first)
+        first += len(batch)
+        if progress is not None:
+            progress.advance(batch.numel())
+
+
+def _cut(batches: Iterator[Tensor], limit: int | None) -> Iterator[Tensor]:
+    """Ready batches, the last one cut so that at most ``limit`` windows come out."""
+    left = limit
+    for b in batches:
+        if left is not None:
+            b = b[:left]
+            left -= len(b)
+        yield b
+        if left == 0:
+            return

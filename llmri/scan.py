@@ -237,24 +237,21 @@ def corpus_stats(model: Model, docs: list[data.Document], points: list[str], tok
     masks: list[torch.Tensor] = []
     n_windows = max(1, tokens // context)
     with bar("layer statistics", total=n_windows * context, unit="tokens") as b:
-        for batch in data.batched(data.token_windows(model, docs, spec), batch_size, limit=n_windows):
-            want_extra = extra if n_extra < extra_tokens else []
-            got = model.capture(batch, list(dict.fromkeys([*points, *collect, *want_extra])))
-            keep = data.token_mask(batch, model.special_ids, exclusion).to(model.device)
+        for kb in data.kept_activations(model, docs, list(dict.fromkeys([*points, *collect, *extra])), windows=spec,
+                                        batch_size=batch_size, exclusion=exclusion, outlier_points=collect,
+                                        limit_tokens=tokens, progress=b):
             for p in points:
-                acc[p].update(got[p], keep & ~data.outlier_mask(got[p], keep, exclusion))
+                acc[p].update(kb.acts[p], kb.kept_at([p]))  # each point's own outliers
             if collect:
-                kept = data.kept_mask(batch, [got[p] for p in collect], model.special_ids, exclusion).to(model.device)
                 for p in collect:
-                    rows[p].append(got[p][kept].float().cpu())
-                seen.append(batch.cpu())
-                masks.append(kept.cpu())
-            if want_extra:
-                kept = data.kept_mask(batch, [got[p] for p in want_extra], model.special_ids, exclusion).to(model.device)
-                for p in want_extra:
-                    rows[p].append(got[p][kept][: extra_tokens - n_extra].half().cpu())
+                    rows[p].append(kb.rows(p).float().cpu())
+                seen.append(kb.tokens.cpu())
+                masks.append(kb.keep.cpu())
+            if extra and n_extra < extra_tokens:
+                kept = kb.kept_at(extra)
+                for p in extra:
+                    rows[p].append(kb.rows(p, kept)[: extra_tokens - n_extra].half().cpu())
                 n_extra += min(int(kept.sum()), extra_tokens - n_extra)
-            b.advance(batch.numel())
     windows = (torch.cat(seen), torch.cat(masks)) if seen else (torch.zeros(0, context, dtype=torch.long),
                                                                torch.zeros(0, context, dtype=torch.bool))
     return {p: a.result() for p, a in acc.items()}, {p: torch.cat(v) for p, v in rows.items()}, windows

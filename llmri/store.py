@@ -239,17 +239,15 @@ def _collect(model, windows: Iterator[Tensor], count: int, config: StoreConfig, 
     toks, excluded = [], []
     acts: dict[str, list[Tensor]] = {p: [] for p in points}
     outliers: dict[str, list[Tensor]] = {p: [] for p in points}
-    special = model.special_ids
-    for batch in data.batched(windows, config.batch_size, limit=count):
-        got = model.capture(batch, points)
-        keep = data.token_mask(batch, special, config.exclusion)
-        toks.append(batch.to(torch.int32))
-        excluded.append((~keep).flatten())
+    # every token is stored: the token rule and each point's outliers are kept as masks, not applied
+    for kb in data.kept_activations(model, windows, points, batch_size=config.batch_size, exclusion=config.exclusion,
+                                    outlier_points=[], limit_windows=count, progress=b):
+        toks.append(kb.tokens.to(torch.int32))
+        excluded.append((~kb.base).flatten().cpu())
         for p in points:
-            x = got[p]
-            outliers[p].append(data.outlier_mask(x, keep, config.exclusion).flatten().cpu())
+            x = kb.acts[p]
+            outliers[p].append(kb.outliers(p).flatten().cpu())
             acts[p].append(x.reshape(-1, x.shape[-1]).to("cpu", dtype))
-        b.advance(batch.numel())
     if not toks:
         raise StoreError("the corpus ran out of text before the requested token count",
                          "ask for fewer --tokens or use a larger corpus / split")

@@ -1,4 +1,4 @@
-"""Every config refuses an out-of-range value where it is made, naming the field (issue 13)."""
+"""Every config refuses an out-of-range value where it is made, naming the field."""
 
 from __future__ import annotations
 

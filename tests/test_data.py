@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import pytest
@@ -101,3 +102,75 @@ def test_small_corpus_still_has_an_eval_document():
     assert len(evals) == 1 and len(data.split_documents(docs, "train")) == 4
     with pytest.raises(CorpusError, match="empty"):
         data.split_documents(docs[:1], "eval")
+
+
+# ---------------------------------------------------------------- kept activations
+
+
+def test_kept_activations_match_capture_and_kept_mask(tiny, text_corpus):
+    model = tiny("llama")
+    docs = data.load_corpus(str(text_corpus))
+    spec, points = WindowSpec(context=16, split="all"), ["resid_post.0", "resid_post.1"]
+    got = list(data.kept_activations(model, docs, points, windows=spec, batch_size=4, limit_windows=10))
+    assert [len(kb.tokens) for kb in got] == [4, 4, 2] and [kb.first for kb in got] == [0, 4, 8]
+    windows = list(itertools.islice(data.token_windows(model, docs, spec), 10))
+    ref = {p: [] for p in points}
+    for s in range(0, 10, 4):
+        batch = torch.stack(windows[s : s + 4])
+        acts = model.capture(batch, points)
+        keep = data.kept_mask(batch, [acts[p] for p in points], model.special_ids, Exclusion())
+        for p in points:
+            ref[p].append(acts[p][keep])
+    for p in points:
+        assert torch.equal(torch.cat([kb.rows(p) for kb in got]), torch.cat(ref[p]))
+    assert torch.equal(torch.cat([kb.tokens for kb in got]), torch.stack(windows))
+    w, t = got[1].positions()
+    assert torch.equal(got[1].rows(points[0]), got[1].acts[points[0]][w - 4, t])
+    # ready batches are used as they come; windows from an iterator are grouped
+    batches = [torch.stack(windows[s : s + 4]) for s in range(0, 10, 4)]
+    again = list(data.kept_activations(model, iter(batches), points))
+    assert all(torch.equal(a.keep, b.keep) for a, b in zip(again, got)) and len(again) == 3
+
+
+def test_kept_activations_without_exclusion_keep_every_token(tiny, text_corpus):
+    model = tiny("llama")
+    docs = data.load_corpus(str(text_corpus))
+    none = Exclusion(first_position=False, special_tokens=False, outlier_factor=None)
+    for kb in data.kept_activations(model, docs, ["resid_post.1"], windows=WindowSpec(context=16, split="all"),
+                                    batch_size=4, exclusion=none, limit_windows=8):
+        assert kb.keep.all() and kb.rows("resid_post.1").shape == (kb.tokens.numel(), model.d_model)
+
+
+def test_kept_activations_stop_at_the_limits(tiny, text_corpus):
+    model = tiny("llama")
+    docs = data.load_corpus(str(text_corpus))
+    spec = WindowSpec(context=16, split="all")
+
+    def n_tokens(**limits):
+        return sum(kb.tokens.numel() for kb in data.kept_activations(model, docs, ["embed"], windows=spec,
+                                                                      batch_size=4, **limits))
+
+    assert n_tokens(limit_tokens=100) == 96  # the windows holding 100 tokens: 6 of 16
+    assert n_tokens(limit_tokens=5) == 16  # at least one window
+    assert n_tokens(limit_tokens=100, limit_windows=3) == 48
+    assert n_tokens(limit_windows=0) == 0
+    it = data.token_windows(model, docs, spec)
+    assert sum(len(kb.tokens) for kb in data.kept_activations(model, it, ["embed"], batch_size=4, limit_tokens=80)) == 5
+    assert torch.equal(next(it), list(itertools.islice(data.token_windows(model, docs, spec), 6))[5])  # no more taken
+
+
+def test_kept_activations_outliers_per_point(tiny, text_corpus):
+    model = tiny("llama")
+    docs = data.load_corpus(str(text_corpus))
+    a, b = "resid_post.0", "resid_post.1"
+    low = Exclusion(outlier_factor=1.05)
+    kb = next(data.kept_activations(model, docs, [a, b], windows=WindowSpec(context=16, split="all"), batch_size=8,
+                                    exclusion=low))
+    only_b = kb.kept_at([a]) & kb.outliers(b)  # kept by a's own rule, an outlier at b
+    assert only_b.any()
+    assert not (kb.keep & only_b).any()  # the joint rule (default: every point) drops it
+    assert torch.equal(kb.keep, data.kept_mask(kb.tokens, [kb.acts[a], kb.acts[b]], model.special_ids, low))
+    per_a = next(data.kept_activations(model, docs, [a, b], windows=WindowSpec(context=16, split="all"), batch_size=8,
+                                       exclusion=low, outlier_points=[a]))
+    assert torch.equal(per_a.keep, kb.kept_at([a])) and (per_a.keep & only_b).any()
+    assert torch.equal(kb.kept_at([]), kb.base)

@@ -1,4 +1,4 @@
-"""Hostile input (issue 13): every case ends in one line and exit 2 (or, for a bug, one line naming the log and
+"""Hostile input: every case ends in one line and exit 2 (or, for a bug, one line naming the log and
 exit 1), never a traceback, never a half-written artefact, and never touches files llmri did not write.
 
 The store's own cases are in test_hostile_store.py, the explorer's in test_hostile_explorer.py.

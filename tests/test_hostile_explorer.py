@@ -1,4 +1,4 @@
-"""The explorer's HTTP server against hostile or broken clients (issue 13), on a real tiny model: raw
+"""The explorer's HTTP server against hostile or broken clients, on a real tiny model: raw
 requests over sockets, every answer checked to be standard JSON with an "error" (or a result)."""
 
 import json

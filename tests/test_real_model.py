@@ -44,7 +44,7 @@ def test_language_modelling_and_chat_work(real_model):
     ids = real_model.tokenize(STORY).input_ids
     with torch.no_grad():
         ppl = real_model.hf(ids, labels=ids).loss.exp().item()
-    assert ppl < 13, ppl  # measured 11.1 (DESIGN.md: ≈10–12 on ordinary English)
+    assert ppl < 13, ppl  # measured 11.1 (≈10–12 is usual for ordinary English)
     chat = torch.tensor([real_model.chat_ids("What is the capital of France?")])
     out = real_model.hf.generate(chat, max_new_tokens=12, do_sample=False)
     assert "Paris" in real_model.tokenizer.decode(out[0, chat.shape[1]:])

@@ -1,6 +1,6 @@
 """Evaluate dictionaries on held-out tokens: reconstruction, sparsity, and what splicing them in costs.
 
-Definitions (DESIGN.md §5): NMSE = FVU = Σ‖y − ŷ‖² / Σ‖y − ȳ‖²; explained variance = 1 − FVU; L0 = mean
+Definitions: NMSE = FVU = Σ‖y − ŷ‖² / Σ‖y − ȳ‖²; explained variance = 1 − FVU; L0 = mean
 number of active latents per token; dead = never active over the evaluated tokens; dense = active on more
 than ``dense_threshold`` of them; CE loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean) with
 KL(clean ‖ spliced). Splicing:
@@ -185,13 +185,14 @@ def ce_metrics(model, dicts: Dictionary | list[Dictionary], windows: Iterator[Te
         raise DictionaryError("no text for the CE evaluation", "use a corpus with an eval split")
     n_windows = -(-tokens // len(first))
     with bar("splice evaluation", total=n_windows * len(first), unit="tokens") as b:
-        for batch in data.batched(itertools.chain([first], windows), batch_size, limit=n_windows):
-            batch = batch.to(model.device)
-            clean_acts = model.capture(batch, points + ["logits"], stop_early=False)
+        for kb in data.kept_activations(model, itertools.chain([first], windows), points + ["logits"],
+                                        batch_size=batch_size, exclusion=exclusion, outlier_points=[],
+                                        limit_windows=n_windows, stop_early=False, progress=b):
+            batch, clean_acts = kb.tokens.to(model.device), kb.acts
             lp_clean = clean_acts["logits"].float()[:, :-1].log_softmax(-1)
             target = batch[:, 1:]
             for d, acc in zip(dicts, sums):
-                keep = data.kept_mask(batch, [clean_acts[p] for p in d.cfg.in_points], model.special_ids, exclusion)
+                keep = kb.kept_at(d.cfg.in_points)
                 clean_in = {p: clean_acts[p] for p in d.cfg.in_points}
                 m = keep[:, :-1]  # predictions made at kept positions, for the next token
                 for name, zero in (("spliced", False), ("zero", True)):
@@ -203,7 +204,6 @@ def ce_metrics(model, dicts: Dictionary | list[Dictionary], windows: Iterator[Te
                         acc["kl"] += (lp_clean.exp() * (lp_clean - lp)).sum(-1)[m].sum().item()
                 acc["clean"] += -lp_clean.gather(-1, target[..., None])[..., 0][m].sum().item()
                 acc["n"] += int(m.sum())
-            b.advance(batch.numel())
     out = []
     for acc in sums:
         n = max(acc["n"], 1)

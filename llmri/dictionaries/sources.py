@@ -121,16 +121,18 @@ class ModelSource:
     def _capture(self, windows: Iterator[Tensor], n_windows: int) -> tuple[dict[str, Tensor], int]:
         got_rows: dict[str, list[Tensor]] = {p: [] for p in self.points}
         used = 0
-        for batch in data.batched(windows, self.lm_batch, limit=n_windows):
+        batches = data.kept_activations(self.model, windows, self.points, batch_size=self.lm_batch,
+                                        exclusion=self.exclusion, limit_windows=n_windows)
+        while True:
             t0 = time.perf_counter()
-            acts = self.model.capture(batch, self.points)
-            keep = data.kept_mask(batch, [acts[p] for p in self.points], self.model.special_ids, self.exclusion)
-            flat = keep.flatten().to(self.model.device)
+            kb = next(batches, None)  # windows, forward pass and masks
+            if kb is None:
+                break
             for p in self.points:
-                got_rows[p].append(acts[p].reshape(-1, acts[p].shape[-1])[flat].float())
+                got_rows[p].append(kb.rows(p).float())
             self.lm_seconds += time.perf_counter() - t0
-            self.lm_tokens += batch.numel()
-            used += len(batch)
+            self.lm_tokens += kb.tokens.numel()
+            used += len(kb.tokens)
         if used == 0:
             raise DictionaryError("the corpus ran out of text before the requested number of training tokens",
                                   "ask for fewer --tokens or use a larger corpus")

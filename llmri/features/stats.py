@@ -371,11 +371,9 @@ def encode_rows(d, acts: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
 def model_windows(model, docs: list[data.Document], points: list[str], cfg: FeatureConfig) -> Iterator[Windows]:
     """Windows of a corpus run through the model, with the exclusion rule applied at every point."""
     spec = data.WindowSpec(context=cfg.context, split=cfg.split, seed=cfg.seed)
-    n_windows = max(1, cfg.tokens // cfg.context)
-    for batch in data.batched(data.token_windows(model, docs, spec), cfg.batch_size, limit=n_windows):
-        acts = model.capture(batch, points)
-        keep = data.kept_mask(batch, [acts[p] for p in points], model.special_ids, cfg.exclusion).to(model.device)
-        yield Windows(batch.to(model.device), acts, keep)
+    for kb in data.kept_activations(model, docs, points, windows=spec, batch_size=cfg.batch_size,
+                                    exclusion=cfg.exclusion, limit_tokens=cfg.tokens):
+        yield Windows(kb.tokens.to(model.device), kb.acts, kb.keep)
 
 
 def row_windows(tokens: Tensor, keep: Tensor, rows: dict[str, Tensor], batch_size: int = 16) -> Iterator[Windows]:

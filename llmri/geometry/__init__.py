@@ -1,1 +1,1 @@
-"""Geometry of representations: intrinsic dimension (work in progress for issue 6)."""
+"""Geometry of representations: intrinsic dimension, diffusion maps, manifold-aware steering."""

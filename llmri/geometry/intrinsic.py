@@ -1,4 +1,4 @@
-"""Intrinsic-dimension estimators (definitions in DESIGN.md §5), with bootstrap confidence intervals.
+"""Intrinsic-dimension estimators (definitions below), with bootstrap confidence intervals.
 
 * TwoNN (Facco et al. 2017): μ = r₂/r₁ per point; d = slope through the origin of −log(1 − F(μ)) against
   log μ, F the empirical CDF, the top 10% of μ discarded.

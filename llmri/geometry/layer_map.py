@@ -51,6 +51,8 @@ class LayerMapConfig:
     """The diffusion map's settings."""
     seed: int = bounded(0, 0)
     """Seeds position sampling; ≥ 0."""
+    exclusion: data.Exclusion = field(default_factory=data.Exclusion)
+    """Tokens never sampled."""
 
     def __post_init__(self):
         check(self, GeometryError)
@@ -78,16 +80,11 @@ def layer_states(model, docs: list[data.Document], point: str, cfg: LayerMapConf
     picks = [pool[round(i * (len(pool) - 1) / max(cfg.documents - 1, 1))] for i in range(min(cfg.documents, len(pool)))]
     X, pos, doc, con = [], [], [], []
     for j, d in enumerate(picks):
-        windows = list(data.token_windows(model, [d], data.WindowSpec(context=128, split="all")))
-        if not windows:
-            continue  # shorter than one window
-        windows = torch.stack(windows)
-        got_n = 0
-        for start in range(0, len(windows), 16):
-            batch = windows[start : start + 16]
-            acts = model.capture(batch.to(model.device), [point])[point]
-            kept = data.kept_mask(batch, [acts], model.special_ids, data.Exclusion()).cpu()
-            for w in range(len(batch)):
+        got_n = 0  # a document shorter than one window gives no batch
+        for kb in data.kept_activations(model, [d], [point], windows=data.WindowSpec(context=128, split="all"),
+                                        batch_size=16, exclusion=cfg.exclusion):
+            acts, kept = kb.acts[point], kb.keep.cpu()
+            for w in range(len(kb.tokens)):
                 p = kept[w].nonzero().flatten()
                 p = p[torch.randperm(len(p), generator=gen)[: min(cfg.per_window, cfg.per_document - got_n)]]
                 X.append(acts[w, p.to(acts.device)].float().cpu())
@@ -98,7 +95,7 @@ def layer_states(model, docs: list[data.Document], point: str, cfg: LayerMapConf
     for c, spec in enumerate(cfg.concepts, start=1):
         b = model.tokenize(read_lines(spec))
         acts = model.capture(b.input_ids.to(model.device), [point], attention_mask=b.attention_mask.to(model.device))[point]
-        keep = data.token_mask(b.input_ids, model.special_ids, data.Exclusion()) & b.attention_mask.bool()
+        keep = data.token_mask(b.input_ids, model.special_ids, cfg.exclusion) & b.attention_mask.bool()
         rows, cols = keep.nonzero(as_tuple=True)
         X.append(acts[keep.to(acts.device)].float().cpu())
         pos.append(cols), doc.append(torch.full_like(cols, -1)), con.append(torch.full_like(cols, c))

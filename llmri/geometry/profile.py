@@ -120,15 +120,17 @@ def shuffle_windows(batch: torch.Tensor, generator: torch.Generator) -> torch.Te
 
 
 def sample_states(model, batches, points: list[str], cfg: ProfileConfig, generator: torch.Generator,
-                  shuffle: bool, progress=None) -> tuple[dict[str, np.ndarray], int]:
-    """``{point: [cfg.points, d] float32}`` sampled as the module docstring says, and the windows used."""
+                  shuffle: bool, progress=None, limit: int | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """``{point: [cfg.points, d] float32}`` sampled as the module docstring says, and the windows used.
+    ``batches``: [B, T] batches, or [T] windows (grouped ``cfg.batch_size`` at a time); at most ``limit`` windows."""
     rows: dict[str, list[torch.Tensor]] = {p: [] for p in points}
     got_n, windows = 0, 0
-    for batch in batches:
-        if shuffle:
-            batch = shuffle_windows(batch, generator)
-        got = model.capture(batch.to(model.device), points)
-        kept = data.kept_mask(batch, [got[p] for p in points], model.special_ids, cfg.exclusion).cpu()
+    if shuffle:  # lazily, so that shuffling and sampling draw from ``generator`` in the same order as batch by batch
+        batches = (shuffle_windows(b, generator) if b.dim() == 2 else shuffle_windows(b[None], generator)[0]
+                   for b in batches)
+    for kb in data.kept_activations(model, batches, points, batch_size=cfg.batch_size, exclusion=cfg.exclusion,
+                                    limit_windows=limit):
+        got, kept = kb.acts, kb.keep.cpu()
         pick = torch.zeros_like(kept)
         for w in range(kept.shape[0]):
             pos = kept[w].nonzero().flatten()
@@ -144,7 +146,7 @@ def sample_states(model, batches, points: list[str], cfg: ProfileConfig, generat
         if progress is not None:
             progress.advance(min(new, cfg.points - got_n))
         got_n += new
-        windows += batch.shape[0]
+        windows += kb.tokens.shape[0]
         if got_n >= cfg.points:
             break
     if got_n < cfg.points:
@@ -179,8 +181,8 @@ def id_profile(model, docs: list[data.Document], cfg: ProfileConfig | None = Non
         spec = data.WindowSpec(context=cfg.context, split=cfg.split, seed=cfg.seed)
         name = "shuffled control" if shuffle else "corpus"
         with bar(f"ID profile: {name} states", total=cfg.points, unit="states") as b:
-            batches = data.batched(data.token_windows(model, docs, spec), cfg.batch_size, limit=n_windows)
-            states, windows = sample_states(model, batches, points, cfg, generator, shuffle, b)
+            states, windows = sample_states(model, data.token_windows(model, docs, spec), points, cfg, generator,
+                                            shuffle, b, limit=n_windows)
         windows_used.append(windows)
         with bar(f"ID profile: {name} estimates", total=len(points), unit="layers") as b:
             results.append(estimate(states, cfg, b))

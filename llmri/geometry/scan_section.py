@@ -38,7 +38,7 @@ def _id_part(ctx) -> tuple[Markup, dict]:
 
 
 def _map_part(ctx) -> tuple[Markup, dict]:
-    m = layer_map(ctx.model, ctx.docs, LayerMapConfig())
+    m = layer_map(ctx.model, ctx.docs, LayerMapConfig(exclusion=ctx.config.exclusion))
     s = m.summary()
     text = report.paragraph(
         f"Diffusion map of {m.point}: {s['points']:,} token states from {len(s['documents'])} eval documents and the "
@@ -52,7 +52,7 @@ def _map_part(ctx) -> tuple[Markup, dict]:
 def _steer_part(ctx) -> tuple[Markup, dict]:
     cfg = ctx.config
     scfg = SteerConfig(scales=cfg.steer_scales, reference_tokens=cfg.steer_reference_tokens, new_tokens=cfg.steer_tokens,
-                       corpus=cfg.corpus)
+                       corpus=cfg.corpus, exclusion=cfg.exclusion)
     res = steer_compare(ctx.model, scfg, prompts=bundled("prompts")[: cfg.steer_prompts])
     s = res.summary()
     rows = [(r["method"], r["scale"], f"{r['concept']:.2f} [{r['concept_lo']:.2f}, {r['concept_hi']:.2f}]",

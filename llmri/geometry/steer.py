@@ -93,6 +93,8 @@ class SteerConfig:
     """Prompts generated at once; ≥ 1."""
     seed: int = bounded(0, 0)
     """Seeds the probe split and bootstrap; ≥ 0."""
+    exclusion: data.Exclusion = field(default_factory=data.Exclusion)
+    """Tokens left out of the reference states."""
 
     def __post_init__(self):
         check(self, GeometryError)
@@ -191,17 +193,18 @@ def concept_direction(model, point: str, positive: list[str], negative: list[str
     return diff / diff.norm(), float(diff.norm())
 
 
-def reference_states(model, point: str, tokens: int, corpus: str, extra: list[str]) -> Tensor:
+def reference_states(model, point: str, tokens: int, corpus: str, extra: list[str],
+                     exclusion: data.Exclusion | None = None) -> Tensor:
+    exclusion = exclusion or data.Exclusion()
     docs = data.load_corpus(corpus)
     rows = []
     spec = data.WindowSpec(context=128, split="train")
-    for batch in data.batched(data.token_windows(model, docs, spec), 16, limit=max(1, tokens // 128)):
-        got = model.capture(batch.to(model.device), [point])[point]
-        keep = data.kept_mask(batch, [got], model.special_ids, data.Exclusion()).to(got.device)
-        rows.append(got[keep].float())
+    for kb in data.kept_activations(model, docs, [point], windows=spec, batch_size=16, exclusion=exclusion,
+                                    limit_tokens=tokens):
+        rows.append(kb.rows(point).float())
     b = model.tokenize(extra)
     got = model.capture(b.input_ids.to(model.device), [point], attention_mask=b.attention_mask.to(model.device))[point]
-    keep = data.token_mask(b.input_ids, model.special_ids, data.Exclusion()) & b.attention_mask.bool()
+    keep = data.token_mask(b.input_ids, model.special_ids, exclusion) & b.attention_mask.bool()
     rows.append(got[keep.to(got.device)].float())
     return torch.cat(rows)
 
@@ -332,7 +335,7 @@ def steer_compare(model, cfg: SteerConfig | None = None, *, positive: list[str] 
                 raise GeometryError(f"direction has shape {tuple(direction.shape)}", f"give a vector of {model.d_model}")
             v, dnorm = (direction.float() / direction.float().norm()).to(model.device), None
         say(f"steer: reference states at {point} ({cfg.reference_tokens:,} corpus tokens + concept sentences)")
-        states = reference_states(model, point, cfg.reference_tokens, cfg.corpus, positive + negative)
+        states = reference_states(model, point, cfg.reference_tokens, cfg.corpus, positive + negative, cfg.exclusion)
         rho = float(states.norm(dim=1).median())
         tdim = cfg.tangent_dim
         if tdim is None:
