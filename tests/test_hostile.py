@@ -258,3 +258,11 @@ def test_a_dictionary_of_another_width_is_refused_before_any_matmul(tmp_path, ti
     folder = save(d, tmp_path / "narrow")
     r = run("eval", folder, "--model", tiny_dir(), "--corpus", text_corpus, "--tokens", "256", "--ce-tokens", "0")
     assert_clean_error(r, "width 32 at resid_post.1", "has width 64")
+
+
+@pytest.mark.parametrize("args, needle", [(["--time-limit", "0"], "--time-limit must be > 0"),
+                                          (["--time-limit", "nan"], "--time-limit must be"),
+                                          (["--port", "70000"], "--port must be in [0, 65535]"),
+                                          (["--max-tokens", "0"], "--max-tokens must be ≥ 1")])
+def test_explorer_options_out_of_range_are_one_line(args, needle):
+    assert_clean_error(run("serve", *args), needle)
