@@ -70,7 +70,8 @@ def _marker(folder: Path) -> dict | None:
 
 def _ours(entry: Path, listed: set[str]) -> bool:
     """An entry llmri wrote: listed in the marker, a temporary of ours, or an artefact with its own marker."""
-    return entry.name in listed or entry.name == MARKER or ".tmp-" in entry.name or ".old-" in entry.name or (
+    ours_tmp = entry.name.startswith(".") and (".tmp-" in entry.name or ".old-" in entry.name)  # atomic_path's names
+    return entry.name in listed or entry.name == MARKER or ours_tmp or (
         entry.is_dir() and not entry.is_symlink() and _marker(entry) is not None)
 
 

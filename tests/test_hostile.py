@@ -81,6 +81,10 @@ def test_an_llmri_artefact_is_replaced_but_not_what_a_user_added_to_it(tmp_path)
     with pytest.raises(OutputError, match="my-notes.md"):
         save(d, folder)
     assert (folder / "my-notes.md").read_text() == "keep me"
+    (folder / "my-notes.md").unlink()
+    (folder / "run.tmp-3").write_text("a user's file whose name only looks like a temporary")
+    with pytest.raises(OutputError, match="run.tmp-3"):
+        save(d, folder)
     # a report is not a dictionary, even though both are llmri's
     with pytest.raises(OutputError, match="holds an llmri dictionary, not a report"):
         atomic.check_target(folder, "report")
