@@ -171,25 +171,27 @@ def scan(
     model: str = option(SCAN, "model", "--model", "-m"),
     corpus: str = option(SCAN, "corpus"),
     out: Path = option(SCAN, "out"),
-    stats_tokens: str = option(SCAN, "stats_tokens", convert=count),
-    passages: int = option(SCAN, "passages"),
-    chat_prompt: str = option(SCAN, "chat_prompt"),
-    sae_layers: str = option(SCAN, "sae_layers"),
-    sae_tokens: str = option(SCAN, "sae_tokens", convert=count),
-    circuit_prompt: str = option(SCAN, "circuit_prompt"),
-    transcoders: str = option(SCAN, "transcoders"),
-    geometry_points: str = option(SCAN, "geometry_points", convert=count),
+    stats_tokens: str = option(SCAN, "stats.tokens", convert=count),
+    passages: int = option(SCAN, "heatmaps.passages"),
+    chat_prompt: str = option(SCAN, "heatmaps.chat_prompt"),
+    sae_layers: str = option(SCAN, "saes.layers"),
+    sae_tokens: str = option(SCAN, "saes.tokens", convert=count),
+    circuit_prompt: str = option(SCAN, "circuits.prompt"),
+    transcoders: str = option(SCAN, "circuits.transcoders"),
+    geometry_points: str = option(SCAN, "geometry.points", convert=count),
     dtype: str = option(SCAN, "dtype", help=DtypeOpt.help),
     device: str = option(SCAN, "device", help=DeviceOpt.help),
 ):
     """Write the MRI report of a model (default: SmolLM2-135M-Instruct on State of the Union addresses)."""
-    from .scan import ScanConfig
+    from .scan import CircuitSectionConfig, GeometrySectionConfig, HeatmapConfig, PassConfig, SaeSectionConfig, ScanConfig
     from .scan import scan as run_scan
 
-    run_scan(ScanConfig(model=model, corpus=corpus, out=str(out), stats_tokens=parse_count(stats_tokens),
-                        passages=passages, chat_prompt=chat_prompt, sae_layers=sae_layers,
-                        sae_tokens=parse_count(sae_tokens), circuit_prompt=circuit_prompt, transcoders=transcoders,
-                        geometry_points=parse_count(geometry_points), dtype=dtype, device=device))
+    run_scan(ScanConfig(model=model, corpus=corpus, out=str(out), dtype=dtype, device=device,
+                        stats=PassConfig(tokens=parse_count(stats_tokens)),
+                        heatmaps=HeatmapConfig(passages=passages, chat_prompt=chat_prompt),
+                        saes=SaeSectionConfig(layers=sae_layers, tokens=parse_count(sae_tokens)),
+                        circuits=CircuitSectionConfig(prompt=circuit_prompt, transcoders=transcoders),
+                        geometry=GeometrySectionConfig(points=parse_count(geometry_points))))
 
 
 @command

@@ -20,7 +20,7 @@ import hashlib
 import itertools
 import json
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -342,11 +342,15 @@ def _is_documents(source) -> bool:
             and (not source or isinstance(source[0], Document)))
 
 
-def kept_activations(model, source: Sequence[Document] | Iterable[Tensor], points: Sequence[str], *,
+def kept_activations(model, source: Sequence[Document] | Iterable[Tensor],
+                     points: Sequence[str] | Callable[[], Sequence[str]], *,
                      windows: WindowSpec | None = None, batch_size: int = 16, exclusion: Exclusion | None = None,
                      outlier_points: Sequence[str] | None = None, limit_windows: int | None = None,
                      limit_tokens: int | None = None, stop_early: bool = True, progress=None) -> Iterator[KeptBatch]:
     """Run windows through ``model``, capturing ``points``, and yield each batch with its kept-token masks.
+
+    ``points`` may be a function called before each batch (a caller that stops needing a point stops
+    capturing it; ``outlier_points`` then defaults to each batch's points).
 
     ``source``: documents (cut into windows by :func:`token_windows` with ``windows``), an iterable of windows
     ([T] tensors, grouped ``batch_size`` at a time) or of ready batches ([B, T] tensors, used as they come).
@@ -357,7 +361,7 @@ def kept_activations(model, source: Sequence[Document] | Iterable[Tensor], point
     (``max(1, limit_tokens // T)`` windows), whichever comes first. ``stop_early`` goes to ``model.capture``;
     ``progress`` (a bar) advances by each batch's tokens once the caller is done with it."""
     exclusion = exclusion or Exclusion()
-    outlier_points = list(points if outlier_points is None else outlier_points)
+    points_now = points if callable(points) else (lambda: points)
     if _is_documents(source):
         source = token_windows(model, source, windows)
     items = iter(source)
@@ -371,9 +375,10 @@ def kept_activations(model, source: Sequence[Document] | Iterable[Tensor], point
     batches = batched(items, batch_size, limit=limit_windows) if head.dim() == 1 else _cut(items, limit_windows)
     first = 0
     for batch in batches:
-        acts = model.capture(batch, list(points), **({} if stop_early else {"stop_early": False}))
+        wanted = list(points_now())
+        acts = model.capture(batch, wanted, **({} if stop_early else {"stop_early": False}))
         base = token_mask(batch, model.special_ids, exclusion).to(model.device)
-        keep = without_outliers(base, [acts[p] for p in outlier_points], exclusion)
+        keep = without_outliers(base, [acts[p] for p in (wanted if outlier_points is None else outlier_points)], exclusion)
         yield KeptBatch(batch, acts, keep, base, exclusion, first)
         first += len(batch)
         if progress is not None:

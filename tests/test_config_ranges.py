@@ -17,14 +17,18 @@ from llmri.geometry.diffusion import DiffusionConfig
 from llmri.geometry.layer_map import LayerMapConfig
 from llmri.geometry.profile import ProfileConfig
 from llmri.geometry.steer import SteerConfig
-from llmri.scan import ScanConfig
+from llmri.scan import (CircuitSectionConfig, GeometrySectionConfig, HeatmapConfig, PassConfig, SaeSectionConfig,
+                        ScanConfig)
 
 CASES = [
     (FeatureConfig, DictionaryError, [("top_k", 0), ("context", 1), ("hist_bins", 0), ("split", "test"),
                                       ("hist_range", (4.0, -4.0))]),
     (InterpConfig, ExplainerError, [("n_features", 0), ("score_examples", -1), ("features", [3, -1])]),
-    (ScanConfig, LlmriError, [("stats_tokens", 0), ("sae_expansion", 0.0), ("geometry_points", 50),
-                              ("steer_scales", (0.0, math.nan))]),
+    (PassConfig, LlmriError, [("tokens", 0), ("context", 1), ("split", "test")]),
+    (HeatmapConfig, LlmriError, [("passages", 0)]),
+    (SaeSectionConfig, LlmriError, [("expansion", 0.0), ("tokens", -1)]),
+    (CircuitSectionConfig, LlmriError, [("features", 0), ("k", 0)]),
+    (GeometrySectionConfig, LlmriError, [("points", 50), ("steer_scales", (0.0, math.nan))]),
     (ProfileConfig, GeometryError, [("points", 0), ("per_window", 0), ("position", "middle"), ("ranks", (1, 0))]),
     (LayerMapConfig, GeometryError, [("layer", -1), ("documents", 0), ("normalise", "whiten")]),
     (DiffusionConfig, GeometryError, [("n_neighbors", 1), ("epsilon", 0.0), ("alpha", -0.5), ("bandwidth", "adaptive")]),
@@ -56,7 +60,7 @@ def test_out_of_range_is_refused_naming_the_field(cls, error, name, value):
 def test_documented_special_values_still_work():
     LayerMapConfig(layer=None), SteerConfig(layer=None, tangent_dim=None, probe_layer=None)
     DiffusionConfig(epsilon=None), AttributionConfig(max_feature_nodes=None, batch_size=0), PruneConfig(max_edges=None)
-    TraceConfig(validate_top=0, feature_tokens=0, validate_factor=-1.0), ScanConfig(geometry_points=0, sae_tokens=0)
+    TraceConfig(validate_top=0, feature_tokens=0, validate_factor=-1.0), ScanConfig(geometry=GeometrySectionConfig(points=0), saes=SaeSectionConfig(tokens=0))
     InterpConfig(features=[0, 5])
 
 

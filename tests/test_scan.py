@@ -8,7 +8,9 @@ import scipy.stats
 import torch
 
 from llmri import data
-from llmri.scan import ScanConfig, scan
+from llmri.scan import (CircuitSectionConfig, GeometrySectionConfig, HeatmapConfig, PassConfig, SaeSectionConfig,
+                        ScanConfig, scan)
+from llmri.stages import Need, capture
 from llmri.stats import RunningStats
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -17,9 +19,10 @@ HOSTILE = "<img src=x onerror=alert(1)>"
 def test_report_is_offline_escaped_and_correct(tiny, text_corpus, tmp_path):
     model = tiny("llama")
     (text_corpus / f"{HOSTILE}.txt").write_text("the war of the nation " * 40)
-    cfg = ScanConfig(model="unused", corpus=str(text_corpus), out=str(tmp_path / "rep"), passages=3,
-                     passage_tokens=12, chat_prompt="<script>alert('x')</script> peace?", stats_tokens=256,
-                     context=32, batch_size=4, exclusion=data.Exclusion(outlier_factor=None), sae_layers="")
+    cfg = ScanConfig(model="unused", corpus=str(text_corpus), out=str(tmp_path / "rep"),
+                     heatmaps=HeatmapConfig(passages=3, passage_tokens=12, chat_prompt="<script>alert('x')</script> peace?"),
+                     stats=PassConfig(tokens=256, context=32, batch_size=4), exclusion=data.Exclusion(outlier_factor=None),
+                     saes=SaeSectionConfig(layers=""))
     index = scan(cfg, model=model)
     html = index.read_text()
     # self-contained and offline: no scripts at all, nothing fetched from anywhere
@@ -78,9 +81,10 @@ def test_dictionaries_section_trains_evaluates_and_saves_saes(tiny, tmp_path):
 
     model = tiny("llama")
     corpus = word_corpus(tmp_path / "corpus", 200, 0)
-    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), passages=1, stats_tokens=2048, geometry_points=0,
-                     context=32, batch_size=8, sae_layers="0,2", sae_tokens=8192, sae_expansion=2,
-                     sae_eval_tokens=2048, sae_ce_tokens=256)
+    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), heatmaps=HeatmapConfig(passages=1),
+                     stats=PassConfig(tokens=2048, context=32, batch_size=8), geometry=GeometrySectionConfig(points=0),
+                     saes=SaeSectionConfig(layers="0,2", tokens=8192, expansion=2, eval_tokens=2048, ce_tokens=256),
+                     circuits=CircuitSectionConfig(prompt=""))
     scan(cfg, model=model)
     summary = json.loads((tmp_path / "rep" / "scan.json").read_text())["sections"]["dictionaries"]
     assert set(summary) >= {"resid_post.0", "resid_post.2"}
@@ -102,33 +106,50 @@ def test_dictionaries_section_trains_evaluates_and_saves_saes(tiny, tmp_path):
     assert densest == sorted(densest, reverse=True) and densest[0] > feats["resid_post.2"]["median"][0]["density"]
 
 
-def test_stats_pass_collects_aligned_kept_rows(tiny, text_corpus):
-    from llmri.scan import corpus_stats
-
+def test_one_pass_serves_every_need_with_aligned_kept_rows(tiny, text_corpus):
     model = tiny("llama")
     docs = data.load_corpus(str(text_corpus))
     ex = data.Exclusion(outlier_factor=1.05)  # low enough that tokens are outliers at one point but not another
-    stats, rows, windows = corpus_stats(model, docs, ["resid_post.1"], 256, context=32, batch_size=8, split="train",
-                               exclusion=ex, collect=["resid_post.0", "resid_post.2"])
+    needs = {"stats": Need(stats=("resid_post.1",)), "saes": Need(rows=("resid_post.0", "resid_post.2"), windows=True),
+             "few": Need(rows=("mlp_in.1",), limit=50, dtype=torch.float16)}
+    got = capture(model, docs, needs, PassConfig(tokens=256, context=32, batch_size=8), ex)
     wins = data.token_windows(model, docs, data.WindowSpec(context=32, split="train"))
     ids = torch.stack([w for _, w in zip(range(8), wins)])
-    x = model.capture(ids, ["resid_post.0", "resid_post.2"])
+    x = model.capture(ids, ["resid_post.0", "resid_post.1", "resid_post.2", "mlp_in.1"])
     keep = data.token_mask(ids, model.special_ids, ex)
     kept = keep & ~data.outlier_mask(x["resid_post.0"], keep, ex) & ~data.outlier_mask(x["resid_post.2"], keep, ex)
     for p in ("resid_post.0", "resid_post.2"):
-        torch.testing.assert_close(rows[p], x[p][kept].float())
-    x1 = model.capture(ids, ["resid_post.1"])["resid_post.1"]
-    assert stats["resid_post.1"].n_tokens == int((keep & ~data.outlier_mask(x1, keep, ex)).sum())
-    assert len(rows["resid_post.0"]) < int(keep.sum())  # the rule did drop some tokens
-    assert torch.equal(windows[0], ids) and torch.equal(windows[1], kept)  # rows map back to their windows
+        torch.testing.assert_close(got["saes"].rows[p], x[p][kept].float())
+    assert got["stats"].stats["resid_post.1"].n_tokens == int((keep & ~data.outlier_mask(x["resid_post.1"], keep, ex)).sum())
+    assert len(got["saes"].rows["resid_post.0"]) < int(keep.sum())  # the rule did drop some tokens
+    # rows map back to their windows
+    assert torch.equal(got["saes"].tokens, ids) and torch.equal(got["saes"].kept, kept)
+    few = got["few"].rows["mlp_in.1"]
+    own = keep & ~data.outlier_mask(x["mlp_in.1"], keep, ex)
+    assert few.dtype == torch.float16 and len(few) == 50
+    torch.testing.assert_close(few, x["mlp_in.1"][own][:50].half())
+    assert got["few"].tokens is None and got["stats"].rows == {}
+
+
+def test_the_pass_stops_capturing_a_point_once_its_need_is_served(tiny, text_corpus, monkeypatch):
+    model = tiny("llama")
+    asked = []
+    real = model.capture
+    monkeypatch.setattr(model, "capture", lambda ids, points, **kw: asked.append(list(points)) or real(ids, points, **kw))
+    capture(model, data.load_corpus(str(text_corpus)), {"s": Need(stats=("resid_post.1",)),
+                                                         "r": Need(rows=("mlp_in.2",), limit=10)},
+            PassConfig(tokens=256, context=32, batch_size=2), data.Exclusion())
+    assert len(asked) == 4 and asked[0] == ["resid_post.1", "mlp_in.2"]  # 10 rows fill within the first batch
+    assert all(a == ["resid_post.1"] for a in asked[1:])
 
 
 def test_circuits_section_traces_the_prompt_with_quick_transcoders(tiny, tmp_path):
     model = tiny("llama")
     corpus = word_corpus(tmp_path / "corpus", 120, 1)
-    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), passages=1, stats_tokens=2048, geometry_points=0,
-                     context=32, batch_size=8, sae_layers="", circuit_prompt="the nation and the war of the",
-                     circuit_tokens=2048, circuit_features=64)
+    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), heatmaps=HeatmapConfig(passages=1),
+                     stats=PassConfig(tokens=2048, context=32, batch_size=8), geometry=GeometrySectionConfig(points=0),
+                     saes=SaeSectionConfig(layers=""),
+                     circuits=CircuitSectionConfig(prompt="the nation and the war of the", tokens=2048, features=64))
     index = scan(cfg, model=model)
     summary = json.loads((tmp_path / "rep" / "scan.json").read_text())["sections"]["circuits"]
     assert 0 <= summary["replacement_score"] <= 1 and 0 <= summary["completeness_score"] <= 1
@@ -143,9 +164,10 @@ def test_circuits_section_traces_the_prompt_with_quick_transcoders(tiny, tmp_pat
 def test_geometry_section_profiles_maps_and_steers(tiny, tmp_path):
     model = tiny("llama")
     corpus = word_corpus(tmp_path / "corpus", 60, 2)
-    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), passages=1, stats_tokens=1024,
-                     context=32, batch_size=8, sae_layers="", circuit_prompt="", geometry_points=200,
-                     steer_prompts=4, steer_tokens=4, steer_reference_tokens=512)
+    cfg = ScanConfig(model="unused", corpus=str(corpus), out=str(tmp_path / "rep"), heatmaps=HeatmapConfig(passages=1),
+                     stats=PassConfig(tokens=1024, context=32, batch_size=8), saes=SaeSectionConfig(layers=""),
+                     circuits=CircuitSectionConfig(prompt=""),
+                     geometry=GeometrySectionConfig(points=200, steer_prompts=4, steer_tokens=4, steer_reference_tokens=512))
     index = scan(cfg, model=model)
     g = json.loads((tmp_path / "rep" / "scan.json").read_text())["sections"]["geometry"]
     assert len(g["id_profile"]["corpus_profile"]) == len(g["id_profile"]["control_profile"]) == model.n_layers + 1

@@ -7,75 +7,93 @@ their replacement score says how much of the graph they leave to error nodes."""
 
 from __future__ import annotations
 
-import tempfile
 import time
+from dataclasses import dataclass
 
+import torch
 from markupsafe import Markup
 
 from .. import report
-from ..dictionaries.config import DictionaryError, TrainConfig
-from ..dictionaries.run import plan
-from ..dictionaries.sources import TensorSource
-from ..dictionaries.trainer import Trainer, build
+from ..dictionaries.config import DictionaryError
+from ..dictionaries.run import plan, train_in_memory
+from ..errors import LlmriError
+from ..stages import Inputs, Need, Stage
+from ..validate import bounded, check
 from .attribution import AttributionConfig, attribute
 from .pipeline import TraceConfig, write_trace
 from .transcoders import Transcoders, load_transcoders
 
 
-def circuit_points(ctx) -> list[str]:
-    """Points the statistics pass keeps for the quick transcoders (none when given transcoders or skipped)."""
-    cfg = ctx.config
-    if not cfg.circuit_prompt or cfg.transcoders or not cfg.circuit_tokens:
-        return []
-    L = ctx.model.n_layers
-    return [f"mlp_in.{l}" for l in range(L)] + [f"mlp_out.{l}" for l in range(L)]
+@dataclass
+class CircuitSectionConfig:
+    """The scan's traced prompt and its transcoders."""
+
+    prompt: str = "The capital of France is"
+    """Prompt traced in the circuits section ("" skips the section)."""
+    transcoders: str = ""
+    """Transcoders for every layer (run folder, CLT or circuit-tracer export); "" trains quick ones on the first
+    ``tokens`` kept tokens of the scan's pass."""
+    tokens: int = bounded(16_384, 0, option="--circuit-tokens")
+    """Kept tokens of the scan's pass (fp16 mlp_in/mlp_out of every layer) the quick transcoders train on; ≥ 0
+    (0: no quick transcoders, so no circuits section unless ``transcoders`` is given)."""
+    expansion: float = bounded(2.0, 0, lo_open=True)
+    """Quick transcoders' width as a multiple of d_model; > 0."""
+    k: int = bounded(16, 1)
+    """Quick transcoders' k; ≥ 1."""
+    features: int = bounded(1024, 1)
+    """Feature nodes with computed inputs in the traced graph; ≥ 1."""
+
+    def __post_init__(self):
+        check(self, LlmriError)
 
 
-def quick_transcoders(ctx) -> tuple[Transcoders, str]:
-    cfg, model = ctx.config, ctx.model
-    rows = ctx.extra_rows
+def needs(config, model) -> Need | None:
+    """fp16 kept rows of mlp_in/mlp_out at every layer for the quick transcoders (none when given transcoders)."""
+    cfg = config.circuits
+    if not cfg.prompt or cfg.transcoders or not cfg.tokens:
+        return None
+    L = model.n_layers
+    return Need(rows=tuple([f"mlp_in.{l}" for l in range(L)] + [f"mlp_out.{l}" for l in range(L)]),
+                limit=cfg.tokens, dtype=torch.float16)
+
+
+def quick_transcoders(inp: Inputs) -> tuple[Transcoders, str]:
+    cfg, model, rows = inp.config.circuits, inp.model, inp.captured.rows
     n = len(next(iter(rows.values())))
     dict_cfgs = plan(model, kind="transcoder", arch="topk", points=["mlp_in"], layers="all",
-                     expansion=cfg.circuit_expansion, k=cfg.circuit_k)
-    batch = 1024
-    tc = TrainConfig(tokens=2 * n, batch_size=batch, checkpoint_every=0, norm_batches=2, log_every=8)
-    dicts = [build(c, device=model.device, seed=i) for i, c in enumerate(dict_cfgs)]
-    source = TensorSource({p: r.float() for p, r in rows.items()}, batch)
+                     expansion=cfg.expansion, k=cfg.k)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        Trainer(dicts, tc, source, scratch).fit()
-    for d in dicts:
-        d.eval()
+    dicts = train_in_memory(dict_cfgs, rows, 2 * n, device=model.device)
     note = (f"Quick TopK transcoders (mlp_in.l → mlp_out.l, every layer): {dict_cfgs[0].n_latents:,} latents "
-            f"({cfg.circuit_expansion:g}×), k = {cfg.circuit_k}, two epochs over {n:,} kept tokens of the statistics "
+            f"({cfg.expansion:g}×), k = {cfg.k}, two epochs over {n:,} kept tokens of the statistics "
             f"pass ({time.perf_counter() - t0:.0f} s). Previews: train real ones with `llmri train --kind transcoder "
             "--layers all` and pass them with `llmri scan --transcoders PATH`.")
     return Transcoders(dicts, model.n_layers), note
 
 
-def section(ctx) -> report.Section | None:
-    cfg, model = ctx.config, ctx.model
-    if not cfg.circuit_prompt:
+def section(inp: Inputs) -> report.Section | None:
+    cfg, model, corpus = inp.config.circuits, inp.model, inp.config.corpus
+    if not cfg.prompt:
         return None
     try:
         if cfg.transcoders:
             tcs = load_transcoders(cfg.transcoders, model.n_layers, device=model.device)
             note = f"Transcoders: {cfg.transcoders}."
-        elif ctx.extra_rows:
-            tcs, note = quick_transcoders(ctx)
+        elif inp.captured is not None:
+            tcs, note = quick_transcoders(inp)
         else:
             return None
     except DictionaryError as err:
         return report.Section("circuits", "Circuits", report.paragraph(f"No graph was traced: {err}"), {"skipped": str(err)})
     t0 = time.perf_counter()
-    graph = attribute(model, tcs, cfg.circuit_prompt, AttributionConfig(max_feature_nodes=cfg.circuit_features))
-    tc = TraceConfig(validate_top=10, feature_tokens=4096, corpus=cfg.corpus)
-    summary = write_trace(model, tcs, graph, ctx.artefacts / "circuits", tc, transcoder_path=None, slug="scan")
+    graph = attribute(model, tcs, cfg.prompt, AttributionConfig(max_feature_nodes=cfg.features))
+    tc = TraceConfig(validate_top=10, feature_tokens=4096, corpus=corpus)
+    summary = write_trace(model, tcs, graph, inp.artefacts / "circuits", tc, transcoder_path=None, slug="scan")
     summary["section_seconds"] = round(time.perf_counter() - t0, 1)
     decode = model.tokenizer.decode
     top = ", ".join(f"{decode([int(t)])!r} {float(p):.2f}" for t, p in zip(graph.logit_tokens[:3], graph.logit_probs[:3]))
     v = summary.get("validation", {})
-    rows = [("prompt", cfg.circuit_prompt), ("top next tokens", top),
+    rows = [("prompt", cfg.prompt), ("top next tokens", top),
             ("replacement score", f"{summary['replacement_score']:.3f}"),
             ("completeness score", f"{summary['completeness_score']:.3f}"),
             ("graph", f"{summary['active_features']:,} active features, {summary['feature_nodes']:,} with computed "
@@ -94,3 +112,6 @@ def section(ctx) -> report.Section | None:
                      '<iframe src="circuits/index.html" title="attribution graph" '
                      'style="width:100%;height:720px;border:1px solid #ccc"></iframe>'))
     return report.Section("circuits", "Circuits", html, summary)
+
+
+STAGE = Stage("circuits", section, needs)

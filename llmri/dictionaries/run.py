@@ -3,6 +3,9 @@
     dicts = plan(model, kind="sae", arch="topk", points=["resid_post"], layers="all", expansion=8, k=32)
     train(model, dicts, TrainConfig(tokens=2_000_000), out="runs/sae-all")
 
+:func:`train_in_memory` is the same Trainer on rows already in memory, with nothing written to disk (the
+scan's quick SAEs and transcoders).
+
 Output: ``out/<dictionary name>/`` in SAELens format (SAEs, transcoders) or llmri's (crosscoders, CLTs),
 each with ``llmri.json`` (configs, training log, timing) and ``eval.json`` (held-out metrics), plus
 ``out/run.json`` summarising the run. Checkpoints live in ``out/checkpoint`` until the run ends.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +30,7 @@ from ..validate import check_number
 from . import formats
 from .config import DictConfig, DictionaryError, TrainConfig
 from .evaluate import EvalConfig, evaluate_many
-from .sources import ModelSource, StoreSource
+from .sources import ModelSource, StoreSource, TensorSource
 from .trainer import CHECKPOINT, Trainer, build, init_distributed
 
 
@@ -98,6 +102,21 @@ def plan(model, *, kind: str = "sae", arch: str = "topk", points: list[str] | No
     if kind == "crosscoder":
         return [DictConfig(kind="crosscoder", in_points=resolved, **common)]
     return [DictConfig(kind="sae", in_points=[p], **common) for p in resolved]
+
+
+def train_in_memory(dict_cfgs: list[DictConfig], rows: dict[str, torch.Tensor], tokens: int, *, device,
+                    batch_size: int = 1024) -> list:
+    """Train ``dict_cfgs`` together on kept rows already in memory ({point: [n, d]}, aligned; cycled, reshuffled
+    each epoch, for ``tokens`` tokens) and return them in eval mode; no checkpoints, nothing left on disk.
+    Raises :class:`DictionaryError` when the rows hold less than one batch."""
+    cfg = TrainConfig(tokens=tokens, batch_size=batch_size, checkpoint_every=0, norm_batches=2, log_every=8)
+    dicts = [build(c, device=device, seed=i) for i, c in enumerate(dict_cfgs)]
+    source = TensorSource(rows, batch_size)
+    with tempfile.TemporaryDirectory(prefix="llmri-train-") as scratch:
+        Trainer(dicts, cfg, source, scratch).fit()
+    for d in dicts:
+        d.eval()
+    return dicts
 
 
 def train(model, dict_cfgs: list[DictConfig], cfg: TrainConfig, out: str | Path, *, corpus: str = data.DEFAULT_CORPUS,

@@ -1,42 +1,66 @@
-"""The MRI report's dictionaries section: quick TopK SAEs on a few layers, trained together from one model
-pass, evaluated on held-out tokens, plotted across depth and saved with the report (``saes/``)."""
+"""The MRI report's dictionaries section: quick TopK SAEs on a few layers, trained together on the kept rows
+of the scan's one model pass, evaluated on held-out tokens, plotted across depth and saved with the report
+(``saes/``). It hands the SAEs and their rows on to the features section."""
 
 from __future__ import annotations
 
-import tempfile
 import time
+from dataclasses import dataclass
 
-from .. import data, report
+from .. import report
+from ..errors import LlmriError
 from ..hookpoints import layer_of
+from ..stages import Inputs, Need, Output, Stage
+from ..validate import bounded, check
 from . import formats
-from .config import DictionaryError, TrainConfig
+from .config import DictionaryError
 from .evaluate import EvalConfig, evaluate_many
-from .run import plan
-from .sources import ModelSource, TensorSource
-from .trainer import Trainer, build
+from .run import parse_layers, plan, train_in_memory
+
+
+@dataclass
+class SaeSectionConfig:
+    """The scan's quick SAEs."""
+
+    layers: str = "auto"
+    """Layers that get a quick TopK SAE on resid_post ("auto": five spread over depth; "" skips)."""
+    tokens: int = bounded(65_536, 0, option="--sae-tokens")
+    """Training tokens of those SAEs: they cycle over the kept rows of the scan's pass (65,536 over the default
+    32,768 = two epochs), so the scan runs the model over the corpus once; ≥ 0 (0 skips them)."""
+    expansion: float = bounded(4.0, 0, lo_open=True)
+    """Their width as a multiple of d_model; > 0."""
+    k: int = bounded(32, 1)
+    """Their k; ≥ 1."""
+    eval_tokens: int = bounded(8_192, 0)
+    """Held-out tokens for their NMSE / L0 / dead %; ≥ 0 (0: skip)."""
+    ce_tokens: int = bounded(2_048, 0)
+    """Held-out tokens for their CE loss recovered; ≥ 0 (0: skip)."""
+
+    def __post_init__(self):
+        check(self, LlmriError)
 
 
 def scan_layers(spec: str, n_layers: int) -> list[int]:
     if spec == "auto":
         return sorted({round(i * (n_layers - 1) / 4) for i in range(5)})
-    from .run import parse_layers
-
     return parse_layers(spec, n_layers)
 
 
-def sae_points(ctx) -> list[str]:
-    """The points whose activations the statistics pass keeps for this section (none when it is off)."""
-    cfg = ctx.config
-    if not cfg.sae_layers or not cfg.sae_tokens:
-        return []
-    return [f"resid_post.{l}" for l in scan_layers(cfg.sae_layers, ctx.model.n_layers)]
-
-
-def section(ctx) -> report.Section | None:
-    cfg, model = ctx.config, ctx.model
-    points = sae_points(ctx)
-    if not points:
+def needs(config, model) -> Need | None:
+    """Aligned fp32 kept rows of resid_post at the SAE layers, with their windows (for the features section)."""
+    cfg = config.saes
+    if not cfg.layers or not cfg.tokens:
         return None
+    return Need(rows=tuple(f"resid_post.{l}" for l in scan_layers(cfg.layers, model.n_layers)), windows=True)
+
+
+def section(inp: Inputs) -> Output | None:
+    if inp.captured is None:
+        return None
+    cfg, model, pass_cfg = inp.config.saes, inp.model, inp.config.stats
+    exclusion = inp.config.exclusion
+    acts = inp.captured.rows
+    points = list(acts)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,33 +68,23 @@ def section(ctx) -> report.Section | None:
 
     layers = [layer_of(p) for p in points]
     dict_cfgs = plan(model, kind="sae", arch="topk", points=["resid_post"], layers=",".join(map(str, layers)),
-                     expansion=cfg.sae_expansion, k=cfg.sae_k)
-    batch = 1024
-    tc = TrainConfig(tokens=cfg.sae_tokens, batch_size=batch, checkpoint_every=0, norm_batches=2, log_every=8)
-    dicts = [build(c, device=model.device, seed=i) for i, c in enumerate(dict_cfgs)]
-    # the statistics pass captured these layers' kept activations: train on them (no second model pass)
-    acts = {p: ctx.activations[p] for p in points} if all(p in ctx.activations for p in points) else None
+                     expansion=cfg.expansion, k=cfg.k)
     t0 = time.perf_counter()
     try:
-        source = (TensorSource(acts, batch) if acts is not None else
-                  ModelSource(model, ctx.docs, points, batch, windows=data.WindowSpec(context=cfg.context),
-                              lm_batch=cfg.batch_size, exclusion=cfg.exclusion))
-        with tempfile.TemporaryDirectory() as scratch:
-            Trainer(dicts, tc, source, scratch).fit()
+        dicts = train_in_memory(dict_cfgs, acts, cfg.tokens, device=model.device)
     except DictionaryError as err:  # e.g. a small corpus: say so instead of failing the whole scan
-        return report.Section("dictionaries", "Sparse dictionaries",
-                              report.paragraph(f"No SAEs were trained: {err}"), {"skipped": str(err)})
+        return Output(report.Section("dictionaries", "Sparse dictionaries",
+                                     report.paragraph(f"No SAEs were trained: {err}"), {"skipped": str(err)}))
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    results = evaluate_many(model, dicts, ctx.docs, EvalConfig(tokens=cfg.sae_eval_tokens, ce_tokens=cfg.sae_ce_tokens,
-                                                              context=cfg.context, batch_size=cfg.batch_size,
-                                                              exclusion=cfg.exclusion))
+    results = evaluate_many(model, dicts, inp.docs, EvalConfig(tokens=cfg.eval_tokens, ce_tokens=cfg.ce_tokens,
+                                                               context=pass_cfg.context, batch_size=pass_cfg.batch_size,
+                                                               exclusion=exclusion))
     eval_s = time.perf_counter() - t0
     rows, summary = [], {}
-    ctx.dictionaries = dicts
     for d, r in zip(dicts, results):
         density = r.pop("_density")
-        formats.save(d, ctx.artefacts / "saes" / d.cfg.name, density=density, extra={"eval.json": r})
+        formats.save(d, inp.artefacts / "saes" / d.cfg.name, density=density, extra={"eval.json": r})
         layer = d.source_layers[0]
         summary[d.cfg.name] = {k: r[k] for k in ("nmse", "explained_variance", "l0", "dead_fraction", "dense_fraction",
                                                  "ce_loss_recovered", "kl_clean_spliced", "ce_clean", "ce_spliced",
@@ -89,16 +103,18 @@ def section(ctx) -> report.Section | None:
     fig.tight_layout()
     n_lat = dict_cfgs[0].n_latents
     note = report.paragraph(
-        f"Quick TopK SAEs on resid_post of layers {', '.join(map(str, layers))}: {n_lat:,} latents ({cfg.sae_expansion:g}×), "
-        f"k = {cfg.sae_k}, trained together for {cfg.sae_tokens:,} tokens "
-        + (f"(epochs over the {len(acts[points[0]]):,} kept train-split tokens of the statistics pass) " if acts is not None
-           else "of the train split from one model pass per batch ")
-        + f"({train_s:.0f} s), evaluated on {results[0]['tokens']:,} held-out tokens (CE on {results[0].get('ce_tokens', 0):,}; "
-        f"{eval_s:.0f} s). {cfg.exclusion.describe()}. CE loss recovered = (CE_zero − CE_spliced)/(CE_zero − CE_clean) "
+        f"Quick TopK SAEs on resid_post of layers {', '.join(map(str, layers))}: {n_lat:,} latents ({cfg.expansion:g}×), "
+        f"k = {cfg.k}, trained together for {cfg.tokens:,} tokens "
+        f"(epochs over the {len(acts[points[0]]):,} kept {pass_cfg.split}-split tokens of the statistics pass) "
+        f"({train_s:.0f} s), evaluated on {results[0]['tokens']:,} held-out tokens (CE on {results[0].get('ce_tokens', 0):,}; "
+        f"{eval_s:.0f} s). {exclusion.describe()}. CE loss recovered = (CE_zero − CE_spliced)/(CE_zero − CE_clean) "
         "with the residual stream zero-ablated at the kept positions as the baseline. These are previews: "
         "`llmri train` trains real ones. Weights (SAELens format) are saved in saes/ next to this page."
     )
     html = note + report.figure(fig, "SAE metrics across depth") + report.table(
         rows, ["layer", "NMSE", "explained var.", "L0", "dead %", "CE recovered", "KL(clean‖spliced)"], cls="data")
     summary["train_seconds"], summary["eval_seconds"] = round(train_s, 1), round(eval_s, 1)
-    return report.Section("dictionaries", "Sparse dictionaries", html, summary)
+    return Output(report.Section("dictionaries", "Sparse dictionaries", html, summary), (dicts, inp.captured))
+
+
+STAGE = Stage("dictionaries", section, needs)

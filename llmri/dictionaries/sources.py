@@ -61,7 +61,8 @@ class StoreSource:
 
 
 class TensorSource:
-    """Batches from in-memory activations ``{point: [N, d]}`` (aligned rows), reshuffled every epoch."""
+    """Batches from in-memory activations ``{point: [N, d]}`` (aligned rows, any float dtype; batches come as
+    float32), reshuffled every epoch."""
 
     def __init__(self, acts: dict[str, Tensor], batch_size: int, *, seed: int = 0, rank: int = 0, world: int = 1):
         n = {len(v) for v in acts.values()}
@@ -83,7 +84,7 @@ class TensorSource:
             rows = perm[b * self.batch_size : (b + 1) * self.batch_size][self.rank :: self.world]
             i += 1
             self.consumed = i
-            yield {p: v[rows.to(v.device)] for p, v in self.acts.items()}
+            yield {p: v[rows.to(v.device)].float() for p, v in self.acts.items()}  # fp16 rows kept compact
 
     def state(self) -> tuple[dict, dict[str, Tensor]]:
         return {"kind": "tensors", "consumed": self.consumed}, {}

@@ -8,6 +8,7 @@ import torch
 from markupsafe import Markup
 
 from .. import report
+from ..stages import Inputs, Stage
 from .autointerp import cheap_labels
 from .dashboard import write_dashboard
 from .stats import FeatureConfig, collect, row_windows
@@ -33,12 +34,16 @@ def _feature_block(stats, i: int, label: str, tok, link: str) -> Markup:
                   '<span class="label">{}</span>{}</div>').format(link, i, float(stats.density[i]), vmax, label, ctxs)
 
 
-def section(ctx) -> report.Section | None:
-    dicts = getattr(ctx, "dictionaries", None)
-    if not dicts or ctx.windows is None or not len(ctx.windows[0]):
+def section(inp: Inputs) -> report.Section | None:
+    trained = inp.upstream.get("dictionaries")
+    if not trained:
         return None
-    model, cfg = ctx.model, ctx.config
-    tokens, kept = ctx.windows
+    dicts, captured = trained
+    if captured.tokens is None or not len(captured.tokens):
+        return None
+    model, cfg = inp.model, inp.config
+    tokens, kept = captured.tokens, captured.kept
+    acts = captured.rows
     cache: dict[int, str] = {}
 
     def tok(t: int) -> str:
@@ -46,14 +51,14 @@ def section(ctx) -> report.Section | None:
             cache[t] = model.tokenizer.decode([t])
         return cache[t]
 
-    fc = FeatureConfig(top_k=10, samples=24, before=12, after=4, cooc_tokens=len(ctx.activations[dicts[0].cfg.in_points[0]]))
+    fc = FeatureConfig(top_k=10, samples=24, before=12, after=4, cooc_tokens=len(acts[dicts[0].cfg.in_points[0]]))
     parts, summary = [], {}
     for d in dicts:
         point = d.cfg.in_points[0]
-        stats = collect(d, row_windows(tokens, kept, {point: ctx.activations[point]}, cfg.batch_size), fc, model=model,
-                        meta={"corpus": f"{cfg.corpus} (train split)", "model": model.name})
+        stats = collect(d, row_windows(tokens, kept, {point: acts[point]}, cfg.stats.batch_size), fc, model=model,
+                        meta={"corpus": f"{cfg.corpus} ({cfg.stats.split} split)", "model": model.name})
         site = f"dashboards/{d.cfg.name}"
-        write_dashboard(stats, model.tokenizer, ctx.artefacts / site, title=f"{model.name} · {d.cfg.name} (quick SAE)")
+        write_dashboard(stats, model.tokenizer, inp.artefacts / site, title=f"{model.name} · {d.cfg.name} (quick SAE)")
         labels = cheap_labels(stats, model.tokenizer)
         alive = (stats.counts > 0).nonzero().flatten()
         by_density = alive[stats.counts[alive].argsort(descending=True)]
@@ -72,10 +77,12 @@ def section(ctx) -> report.Section | None:
                                "densest": [{"feature": i, "density": float(stats.density[i]), "label": labels.get(i, "")} for i in densest],
                                "median": [{"feature": i, "density": float(stats.density[i]), "label": labels.get(i, "")} for i in median]}
     intro = report.paragraph(
-        f"Features of the quick SAEs above, read over the {int(kept.sum()):,} kept train-split tokens of the statistics pass "
+        f"Features of the quick SAEs above, read over the {int(kept.sum()):,} kept {cfg.stats.split}-split tokens of the statistics pass "
         "(the tokens they were trained on; no extra model pass). Labels are the cheap, LLM-free ones: the most common "
         "max-activating tokens → the top logit effects of the decoder through the final norm and unembedding. Each "
         "context is centred on its max token (orange: activation / the feature's max). `llmri dashboard` and "
         "`llmri interp` build full dashboards and LLM explanations for any dictionary.")
     return report.Section("features", "Features", intro + Markup("").join(parts), summary)
 
+
+STAGE = Stage("features", section, uses=("dictionaries",))

@@ -3,10 +3,14 @@ a diffusion map of the middle layer, and the linear vs. manifold steering trade-
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from markupsafe import Markup
 
 from .. import report
-from ..errors import GeometryError
+from ..errors import GeometryError, LlmriError
+from ..stages import Inputs, Stage
+from ..validate import bounded, check, check_number
 from .layer_map import LayerMapConfig, layer_map
 from .layer_map import plot as plot_map
 from .profile import ProfileConfig, describe, id_profile
@@ -15,10 +19,37 @@ from .steer import SteerConfig, bundled, steer_compare
 from .steer import plot as plot_steer
 
 
-def _id_part(ctx) -> tuple[Markup, dict]:
-    cfg = ctx.config
-    prof = id_profile(ctx.model, ctx.docs, ProfileConfig(points=cfg.geometry_points, per_window=cfg.geometry_per_window,
-                                                         n_boot=100, exclusion=cfg.exclusion), corpus=cfg.corpus)
+@dataclass
+class GeometrySectionConfig:
+    """The scan's geometry section (it draws its own samples: eval windows, concept sentences, prompts)."""
+
+    points: int = bounded(2048, 0, option="--geometry-points")
+    """Token states per layer for the intrinsic-dimension profile (and as many for its shuffled control); 0 skips
+    the geometry section, otherwise ≥ 100."""
+    per_window: int = bounded(16, 1)
+    """Random kept positions sampled per window for that profile; ≥ 1."""
+    steer_scales: tuple[float, ...] = (0.0, 0.2, 0.5)
+    """Step sizes of the steering comparison (× median state norm); each finite and ≥ 0."""
+    steer_prompts: int = bounded(12, 1)
+    """Bundled prompts steered per setting; ≥ 1."""
+    steer_tokens: int = bounded(16, 1)
+    """Greedy tokens per prompt; ≥ 1."""
+    steer_reference_tokens: int = bounded(4096, 1)
+    """Corpus tokens whose states form the reference manifold; ≥ 1."""
+
+    def __post_init__(self):
+        check(self, LlmriError)
+        if 0 < self.points < 100:
+            raise LlmriError(f"GeometrySectionConfig.points (--geometry-points) must be 0 or ≥ 100, got {self.points}",
+                             "use at least 100 token states per layer, or 0 to skip the geometry section")
+        for s in self.steer_scales:
+            check_number("GeometrySectionConfig.steer_scales entry", s, 0, error=LlmriError)
+
+
+def _id_part(inp: Inputs) -> tuple[Markup, dict]:
+    cfg, scan_cfg = inp.config.geometry, inp.config
+    prof = id_profile(inp.model, inp.docs, ProfileConfig(points=cfg.points, per_window=cfg.per_window, n_boot=100,
+                                                         exclusion=scan_cfg.exclusion), corpus=scan_cfg.corpus)
     corpus, control = prof.corpus_ids, prof.control_ids
     body = corpus[1:]
     peak = max(body, key=lambda r: r.twonn.d)
@@ -37,8 +68,8 @@ def _id_part(ctx) -> tuple[Markup, dict]:
     return html, prof.summary()
 
 
-def _map_part(ctx) -> tuple[Markup, dict]:
-    m = layer_map(ctx.model, ctx.docs, LayerMapConfig(exclusion=ctx.config.exclusion))
+def _map_part(inp: Inputs) -> tuple[Markup, dict]:
+    m = layer_map(inp.model, inp.docs, LayerMapConfig(exclusion=inp.config.exclusion))
     s = m.summary()
     text = report.paragraph(
         f"Diffusion map of {m.point}: {s['points']:,} token states from {len(s['documents'])} eval documents and the "
@@ -49,11 +80,11 @@ def _map_part(ctx) -> tuple[Markup, dict]:
     return Markup("<h3>Diffusion map of one layer</h3>") + text + report.figure(plot_map(m), "diffusion map"), s
 
 
-def _steer_part(ctx) -> tuple[Markup, dict]:
-    cfg = ctx.config
+def _steer_part(inp: Inputs) -> tuple[Markup, dict]:
+    cfg = inp.config.geometry
     scfg = SteerConfig(scales=cfg.steer_scales, reference_tokens=cfg.steer_reference_tokens, new_tokens=cfg.steer_tokens,
-                       corpus=cfg.corpus, exclusion=cfg.exclusion)
-    res = steer_compare(ctx.model, scfg, prompts=bundled("prompts")[: cfg.steer_prompts])
+                       corpus=inp.config.corpus, exclusion=inp.config.exclusion)
+    res = steer_compare(inp.model, scfg, prompts=bundled("prompts")[: cfg.steer_prompts])
     s = res.summary()
     rows = [(r["method"], r["scale"], f"{r['concept']:.2f} [{r['concept_lo']:.2f}, {r['concept_hi']:.2f}]",
              f"{r['ppl']:.1f} [{r['ppl_lo']:.1f}, {r['ppl_hi']:.1f}]", f"{r['distance_ratio']:.2f}", r["examples"][0])
@@ -75,14 +106,17 @@ def _steer_part(ctx) -> tuple[Markup, dict]:
     return html, s
 
 
-def section(ctx) -> report.Section | None:
-    if not ctx.config.geometry_points:
+def section(inp: Inputs) -> report.Section | None:
+    if not inp.config.geometry.points:
         return None
     parts, data = [], {}
-    for name, build in (("id_profile", _id_part), ("diffusion_map", _map_part), ("steering", _steer_part)):
+    for name, part in (("id_profile", _id_part), ("diffusion_map", _map_part), ("steering", _steer_part)):
         try:
-            html, data[name] = build(ctx)
+            html, data[name] = part(inp)
         except GeometryError as err:  # e.g. a corpus too small for the sample: say so, keep the report
             html, data[name] = report.paragraph(f"{name.replace('_', ' ')} skipped: {err}"), {"skipped": str(err)}
         parts.append(html)
     return report.Section("geometry", "Geometry", Markup("").join(parts), data)
+
+
+STAGE = Stage("geometry", section)
