@@ -40,11 +40,11 @@ class Need:
     dtype: torch.dtype = torch.float32
     """Dtype the rows are kept in (on the CPU)."""
     windows: bool = False
-    """Also keep the token ids and kept mask of every window (rows map back to their tokens); needs ``limit=None``."""
-
-    def __post_init__(self):
-        if self.windows and self.limit is not None:
-            raise ValueError("Need(windows=True) keeps every window, so it cannot have a row limit")
+    """Also keep the token ids and kept mask of the windows the rows come from (rows map back to their tokens)."""
+    sample: int | None = None
+    """At most this many kept tokens per window become rows, chosen at random (seeded by ``seed``); None: all."""
+    seed: int = 0
+    """Seed of that choice."""
 
 
 class Captured(NamedTuple):
@@ -88,8 +88,9 @@ def capture(model, docs: list[data.Document], needs: Mapping[str, Need], config:
     acc = {p: RunningStats(model.d_model) for p in stat_points}
     rows = {n: {p: [] for p in need.rows} for n, need in needs.items()}
     filled = dict.fromkeys(needs, 0)
-    seen: list[Tensor] = []
-    masks: dict[str, list[Tensor]] = {n: [] for n, need in needs.items() if need.windows}
+    seen: dict[str, list[Tensor]] = {n: [] for n, need in needs.items() if need.windows}
+    masks: dict[str, list[Tensor]] = {n: [] for n in seen}
+    generators = {n: torch.Generator().manual_seed(need.seed) for n, need in needs.items() if need.sample}
 
     def open_needs() -> list[str]:
         return [n for n, need in needs.items() if need.rows and (need.limit is None or filled[n] < need.limit)]
@@ -106,25 +107,39 @@ def capture(model, docs: list[data.Document], needs: Mapping[str, Need], config:
                 acc[p].update(kb.acts[p], kb.kept_at([p]))
             for n in open_needs():
                 need = needs[n]
-                keep = kb.kept_at(need.rows)
-                take = int(keep.sum()) if need.limit is None else min(int(keep.sum()), need.limit - filled[n])
+                keep = _chosen(kb.kept_at(need.rows).cpu(), need, generators.get(n), filled[n])
                 for p in need.rows:
-                    rows[n][p].append(kb.rows(p, keep)[:take].to("cpu", need.dtype))
-                filled[n] += take
+                    rows[n][p].append(kb.rows(p, keep.to(kb.keep.device)).to("cpu", need.dtype))
+                filled[n] += int(keep.sum())
                 if need.windows:
-                    masks[n].append(keep.cpu())
-            if masks:
-                seen.append(kb.tokens.cpu())
+                    seen[n].append(kb.tokens.cpu())
+                    masks[n].append(keep)
     stats = {p: a.result() for p, a in acc.items()}
     out = {}
     for n, need in needs.items():
         tokens = kept = None
         if need.windows:
             empty = (torch.zeros(0, config.context, dtype=torch.long), torch.zeros(0, config.context, dtype=torch.bool))
-            tokens, kept = (torch.cat(seen), torch.cat(masks[n])) if seen else empty
+            tokens, kept = (torch.cat(seen[n]), torch.cat(masks[n])) if seen[n] else empty
         got = {p: torch.cat(v) if v else torch.zeros(0, model.d_model, dtype=need.dtype) for p, v in rows[n].items()}
         out[n] = Captured({p: stats[p] for p in need.stats}, got, tokens, kept)
     return out
+
+
+def _chosen(keep: Tensor, need: Need, generator: torch.Generator | None, filled: int) -> Tensor:
+    """The [W, T] CPU mask of the tokens that become rows: ``need.sample`` random kept tokens per window (all
+    when None), the first ones in row-major order up to ``need.limit``."""
+    if need.sample is not None:
+        pick = torch.zeros_like(keep)
+        for w in range(keep.shape[0]):
+            pos = keep[w].nonzero().flatten()
+            pick[w, pos[torch.randperm(len(pos), generator=generator)[: need.sample]]] = True
+        keep = pick
+    if need.limit is not None and int(keep.sum()) > need.limit - filled:
+        flat = keep.flatten().clone()
+        flat[flat.nonzero().flatten()[need.limit - filled :]] = False
+        keep = flat.view_as(keep)
+    return keep
 
 
 class Inputs(NamedTuple):

@@ -176,3 +176,20 @@ def test_geometry_section_profiles_maps_and_steers(tiny, tmp_path):
     assert [r["method"] for r in g["steering"]["rows"]] == ["none", "linear", "linear", "manifold", "manifold"]
     html = index.read_text()
     assert 'id="geometry"' in html and html.count('class="fig"') >= 3 + 1
+
+
+def test_the_pass_draws_the_id_profile_sample_the_profile_would_draw_itself(tiny, text_corpus):
+    from llmri.geometry.profile import ProfileConfig, profile_points, sample_states
+
+    model = tiny("llama")
+    docs = data.load_corpus(str(text_corpus))
+    pc = ProfileConfig(points=100, per_window=5, split="train", context=32, batch_size=4)
+    points = profile_points(model, pc)
+    need = Need(rows=tuple(points), limit=pc.points, windows=True, sample=pc.per_window, seed=pc.seed)
+    got = capture(model, docs, {"g": need}, PassConfig(tokens=2048, context=32, batch_size=4), pc.exclusion)["g"]
+    spec = data.WindowSpec(context=32, split="train", seed=pc.seed)
+    ref, used = sample_states(model, data.token_windows(model, docs, spec), points, pc,
+                              torch.Generator().manual_seed(pc.seed), False)
+    assert used == int(got.kept.any(1).sum()) == 20
+    for p in points:
+        np.testing.assert_array_equal(got.rows[p].numpy(), ref[p])

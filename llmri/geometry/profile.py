@@ -165,28 +165,50 @@ def estimate(states: dict[str, np.ndarray], cfg: ProfileConfig, progress=None) -
     return out
 
 
-def id_profile(model, docs: list[data.Document], cfg: ProfileConfig | None = None, *, corpus: str = "") -> IDProfile:
-    """ID of ``embed`` and every ``{kind}.{l}`` on the corpus and its shuffled control."""
+def id_profile(model, docs: list[data.Document], cfg: ProfileConfig | None = None, *, corpus: str = "",
+               sample: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None) -> IDProfile:
+    """ID of ``embed`` and every ``{kind}.{l}`` on the corpus and its shuffled control.
+
+    ``sample``: corpus states already drawn as :func:`sample_states` would ({point: [≥ cfg.points, d]}, e.g. by
+    the scan's one pass, from ``cfg.split``) and the [W, T] windows they came from; then only the control runs
+    the model, on shuffled copies of those windows."""
     cfg = cfg or ProfileConfig()
     if cfg.points < 100:
         raise GeometryError(f"points={cfg.points} cannot give an ID estimate", "use at least 100 points")
-    points = ["embed"] + [f"{cfg.kind}.{l}" for l in range(model.n_layers)]
-    for p in points:
-        model.resolve(p)
+    points = profile_points(model, cfg)
     per_window = 1 if cfg.position == "last" else cfg.per_window
     n_windows = -(-cfg.points // per_window) * 2  # headroom for windows with few kept tokens
     results, windows_used = [], []
     for shuffle in (False, True)[: 1 + cfg.control]:
         generator = torch.Generator().manual_seed(cfg.seed + shuffle)
         spec = data.WindowSpec(context=cfg.context, split=cfg.split, seed=cfg.seed)
+        windows = data.token_windows(model, docs, spec) if sample is None else iter(sample[1])
         name = "shuffled control" if shuffle else "corpus"
-        with bar(f"ID profile: {name} states", total=cfg.points, unit="states") as b:
-            states, windows = sample_states(model, data.token_windows(model, docs, spec), points, cfg, generator,
-                                            shuffle, b, limit=n_windows)
-        windows_used.append(windows)
+        if sample is not None and not shuffle:
+            states, used = _given(sample[0], cfg), len(sample[1])
+        else:
+            with bar(f"ID profile: {name} states", total=cfg.points, unit="states") as b:
+                states, used = sample_states(model, windows, points, cfg, generator, shuffle, b, limit=n_windows)
+        windows_used.append(used)
         with bar(f"ID profile: {name} estimates", total=len(points), unit="layers") as b:
             results.append(estimate(states, cfg, b))
     return IDProfile(model.name, corpus, cfg, results[0], results[1] if cfg.control else [], windows_used[0])
+
+
+def profile_points(model, cfg: ProfileConfig) -> list[str]:
+    """``embed`` and ``{cfg.kind}.{l}`` for every layer (each checked against the model)."""
+    points = ["embed"] + [f"{cfg.kind}.{l}" for l in range(model.n_layers)]
+    for p in points:
+        model.resolve(p)
+    return points
+
+
+def _given(states: dict[str, torch.Tensor], cfg: ProfileConfig) -> dict[str, np.ndarray]:
+    got = len(next(iter(states.values())))
+    if got < cfg.points:
+        raise GeometryError(f"the corpus gave {got} token states, fewer than the {cfg.points} asked for",
+                            "lower --points or use a larger corpus")
+    return {p: v[: cfg.points].float().numpy() for p, v in states.items()}
 
 
 def plot(profile: IDProfile):

@@ -9,11 +9,11 @@ from markupsafe import Markup
 
 from .. import report
 from ..errors import GeometryError, LlmriError
-from ..stages import Inputs, Stage
+from ..stages import Inputs, Need, Stage
 from ..validate import bounded, check, check_number
 from .layer_map import LayerMapConfig, layer_map
 from .layer_map import plot as plot_map
-from .profile import ProfileConfig, describe, id_profile
+from .profile import ProfileConfig, describe, id_profile, profile_points
 from .profile import plot as plot_profile
 from .steer import SteerConfig, bundled, steer_compare
 from .steer import plot as plot_steer
@@ -46,10 +46,28 @@ class GeometrySectionConfig:
             check_number("GeometrySectionConfig.steer_scales entry", s, 0, error=LlmriError)
 
 
+def _profile_config(config) -> ProfileConfig:
+    """The ID profile's settings: its sample comes from the scan's pass (same split and windows)."""
+    cfg = config.geometry
+    return ProfileConfig(points=cfg.points, per_window=cfg.per_window, n_boot=100, exclusion=config.exclusion,
+                         split=config.stats.split, context=config.stats.context, batch_size=config.stats.batch_size)
+
+
+def needs(config, model) -> Need | None:
+    """The ID profile's corpus states: ``per_window`` random kept tokens per window of the pass, at ``embed`` and
+    every resid_post, until ``points`` of them (the control then shuffles the same windows)."""
+    if not config.geometry.points:
+        return None
+    pc = _profile_config(config)
+    return Need(rows=tuple(profile_points(model, pc)), limit=pc.points, windows=True, sample=pc.per_window, seed=pc.seed)
+
+
 def _id_part(inp: Inputs) -> tuple[Markup, dict]:
-    cfg, scan_cfg = inp.config.geometry, inp.config
-    prof = id_profile(inp.model, inp.docs, ProfileConfig(points=cfg.points, per_window=cfg.per_window, n_boot=100,
-                                                         exclusion=scan_cfg.exclusion), corpus=scan_cfg.corpus)
+    pc, got = _profile_config(inp.config), inp.captured
+    # a pass too short for the sample (a small --stats-tokens): the profile draws its own windows
+    sample = ((got.rows, got.tokens[got.kept.any(1)]) if got is not None and len(got.tokens)
+              and len(next(iter(got.rows.values()))) >= pc.points else None)
+    prof = id_profile(inp.model, inp.docs, pc, corpus=inp.config.corpus, sample=sample)
     corpus, control = prof.corpus_ids, prof.control_ids
     body = corpus[1:]
     peak = max(body, key=lambda r: r.twonn.d)
@@ -119,4 +137,4 @@ def section(inp: Inputs) -> report.Section | None:
     return report.Section("geometry", "Geometry", Markup("").join(parts), data)
 
 
-STAGE = Stage("geometry", section)
+STAGE = Stage("geometry", section, needs)
