@@ -120,6 +120,18 @@ def test_logit_effects_through_final_norm_and_unembedding(tiny):
         assert st.logit_bottom[0][f].tolist() == (-eff[f]).topk(5).indices.tolist()
 
 
+def test_logit_effects_of_some_features_equal_those_rows_of_all(tiny):
+    from llmri.features.stats import logit_effects
+
+    model, d = tiny(), sae(point="resid_post.2")
+    full = logit_effects(model, d, 5, chunk=7)
+    some = torch.tensor([3, 0, 11])
+    part = logit_effects(model, d, 5, features=some)
+    for a, b in zip((*full.top, *full.bottom, full.hist, full.range), (*part.top, *part.bottom, part.hist, part.range)):
+        torch.testing.assert_close(b[some], a[some])
+        assert not b[[1, 2]].any()  # the others are left empty
+
+
 def test_special_tokens_and_position_zero_never_count(tiny):
     model, d = tiny(), sae()
     st = feature_stats(model, d, docs(), FeatureConfig(**CFG))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 from .. import data
 from ..atomic import atomic_path, check_target, write_json
 from ..errors import InterventionError, LlmriError
-from ..features.stats import META_FILE, FeatureConfig, FeatureStats, collect, model_windows
+from ..features.stats import META_FILE, FeatureConfig, FeatureStats, Windows, collect, model_windows
 from ..validate import bounded, check, check_choice
 from . import export
 from .attribution import AttributionConfig, Graph, attribute
@@ -71,7 +72,10 @@ def trace(model, tcs: Transcoders, prompt: str, out: str | Path, cfg: TraceConfi
 
 
 def write_trace(model, tcs: Transcoders, graph: Graph, out: Path, cfg: TraceConfig, *,
-                transcoder_path: str | Path | None, slug: str) -> dict:
+                transcoder_path: str | Path | None, slug: str, feature_windows: Iterable[Windows] | None = None) -> dict:
+    """Prune, score, validate, build the feature panels and write graph JSON, viewer and summary into ``out``.
+    ``feature_windows``: batches holding every transcoder's input points for the panels' statistics (e.g. the
+    scan's kept rows, :func:`~llmri.features.stats.row_windows`); None: a pass over ``cfg.corpus``."""
     from .viewer import write_viewer
 
     t0 = time.perf_counter()
@@ -87,7 +91,7 @@ def write_trace(model, tcs: Transcoders, graph: Graph, out: Path, cfg: TraceConf
                                  "measured": [_r(x) if math.isfinite(x) else None for x in v.measured],
                                  "nodes": [export.node_ids(graph)[i] for i in v.nodes]}
     graph.meta["scores"] = {"replacement": _r(sc.replacement), "completeness": _r(sc.completeness)}
-    records, tokens = feature_records(model, tcs, graph, pruned, cfg, transcoder_path)
+    records, tokens = feature_records(model, tcs, graph, pruned, cfg, transcoder_path, feature_windows)
     labels = {nid: rec.get("label", "") for nid, rec in _by_node(graph, pruned, records).items()}
     suggested = export.suggest_supernodes(graph, pruned)
     gj = export.graph_json(graph, pruned, model.tokenizer, slug=slug, scan=getattr(model, "name", ""),
@@ -131,7 +135,7 @@ def _by_node(graph: Graph, pruned, records: dict) -> dict:
 
 
 def feature_records(model, tcs: Transcoders, graph: Graph, pruned, cfg: TraceConfig,
-                    transcoder_path: str | Path | None) -> tuple[dict, dict]:
+                    transcoder_path: str | Path | None, windows: Iterable[Windows] | None = None) -> tuple[dict, dict]:
     """Dashboard records ``{"layer_feature": record}`` of the kept feature nodes, and the token texts they use."""
     from ..features.autointerp import cheap_labels
     from ..features.dashboard import _record_tokens, feature_record, token_strings
@@ -142,7 +146,7 @@ def feature_records(model, tcs: Transcoders, graph: Graph, pruned, cfg: TraceCon
     by_layer: dict[int, set[int]] = {}
     for l, _, f in graph.features[kept].tolist():
         by_layer.setdefault(l, set()).add(f)
-    stats = layer_stats(model, tcs, sorted(by_layer), cfg, transcoder_path)
+    stats = layer_stats(model, tcs, by_layer, cfg, transcoder_path, windows)
     records, ids, label_cache = {}, set(), {}
     for l, feats in by_layer.items():
         s, offset = stats[l]
@@ -154,33 +158,42 @@ def feature_records(model, tcs: Transcoders, graph: Graph, pruned, cfg: TraceCon
     return records, token_strings(model.tokenizer, ids)
 
 
-def layer_stats(model, tcs: Transcoders, layers: list[int], cfg: TraceConfig,
-                transcoder_path: str | Path | None) -> dict[int, tuple[FeatureStats, int]]:
-    """Feature statistics per layer (and the offset of that layer's features in them), cached on disk: one
-    statistics pass per dictionary, in ``features/clt`` for a CLT, ``features/layer_{l}`` for layer l's transcoder."""
+def layer_stats(model, tcs: Transcoders, by_layer: dict[int, set[int]], cfg: TraceConfig,
+                transcoder_path: str | Path | None, windows: Iterable[Windows] | None = None
+                ) -> dict[int, tuple[FeatureStats, int]]:
+    """Feature statistics for the layers of ``by_layer`` ({layer: features the panels show}) and the offset of
+    each layer's features in them: one statistics pass per dictionary over ``windows`` (None: the model over
+    ``cfg.corpus``). With a ``transcoder_path`` they are complete and cached on disk (``features/clt`` for a CLT,
+    ``features/layer_{l}`` for layer l's transcoder); without, one-off, with logit effects of the shown features only."""
     fc = FeatureConfig(tokens=cfg.feature_tokens, top_k=10, samples=12, cooc_tokens=min(cfg.feature_tokens, 16_384))
     root = Path(transcoder_path) / "features" if transcoder_path else None
     groups: dict[str, tuple] = {}  # cache folder → (dictionary, the layers asked for)
-    for l in layers:
+    for l in sorted(by_layer):
         d, _ = tcs.blocks[l]
         groups.setdefault("clt" if d.n_blocks > 1 else f"layer_{l}", (d, []))[1].append(l)
+    offset = {l: tcs.blocks[l][1] * tcs.n_features for l in by_layer}
     stats = {name: _cached(root / name if root else None) for name in groups}
     todo = [name for name, s in stats.items() if s is None]
     if todo:  # one model pass for all of them
-        windows = model_windows(model, data.load_corpus(cfg.corpus), [p for n in todo for p in groups[n][0].cfg.in_points], fc)
+        if windows is None:
+            windows = model_windows(model, data.load_corpus(cfg.corpus),
+                                    [p for n in todo for p in groups[n][0].cfg.in_points], fc)
         windows = list(windows) if len(todo) > 1 else windows
         for name in todo:
-            stats[name] = _compute(model, groups[name][0], fc, cfg, root / name if root else None, windows)
-    return {l: (stats[name], tcs.blocks[l][1] * tcs.n_features) for name, (_, ls) in groups.items() for l in ls}
+            d, ls = groups[name]
+            shown = None if root else torch.tensor(sorted({offset[l] + f for l in ls for f in by_layer[l]}))
+            stats[name] = _compute(model, d, fc, cfg, root / name if root else None, windows, shown)
+    return {l: (stats[name], offset[l]) for name, (_, ls) in groups.items() for l in ls}
 
 
 def _cached(folder: Path | None) -> FeatureStats | None:
     return FeatureStats.load(folder) if folder is not None and (folder / META_FILE).exists() else None
 
 
-def _compute(model, d, fc: FeatureConfig, cfg: TraceConfig, folder: Path | None, windows) -> FeatureStats:
+def _compute(model, d, fc: FeatureConfig, cfg: TraceConfig, folder: Path | None, windows, shown) -> FeatureStats:
     with torch.no_grad():
-        s = collect(d, iter(windows), fc, model=model, meta={"corpus": cfg.corpus, "model": model.name})
+        s = collect(d, iter(windows), fc, model=model, meta={"corpus": cfg.corpus, "model": model.name},
+                    logit_features=shown)
     if folder is not None:
         s.save(folder)
     return s

@@ -17,6 +17,7 @@ from .. import report
 from ..dictionaries.config import DictionaryError
 from ..dictionaries.run import plan, train_in_memory
 from ..errors import LlmriError
+from ..features.stats import row_windows
 from ..stages import Inputs, Need, Stage
 from ..validate import bounded, check
 from .attribution import AttributionConfig, attribute
@@ -54,7 +55,16 @@ def needs(config, model) -> Need | None:
         return None
     L = model.n_layers
     return Need(rows=tuple([f"mlp_in.{l}" for l in range(L)] + [f"mlp_out.{l}" for l in range(L)]),
-                limit=cfg.tokens, dtype=torch.float16)
+                limit=cfg.tokens, dtype=torch.float16, windows=True)
+
+
+def panel_windows(captured, tokens: int, batch_size: int):
+    """The feature panels' batches from the rows the transcoders trained on: the first windows holding
+    ``tokens`` tokens (no corpus pass)."""
+    n = max(1, tokens // captured.tokens.shape[1])
+    kept = captured.kept[:n]
+    rows = {p: r[: int(kept.sum())] for p, r in captured.rows.items() if p.startswith("mlp_in.")}
+    return row_windows(captured.tokens[:n], kept, rows, batch_size)
 
 
 def quick_transcoders(inp: Inputs) -> tuple[Transcoders, str]:
@@ -88,7 +98,10 @@ def section(inp: Inputs) -> report.Section | None:
     t0 = time.perf_counter()
     graph = attribute(model, tcs, cfg.prompt, AttributionConfig(max_feature_nodes=cfg.features))
     tc = TraceConfig(validate_top=10, feature_tokens=4096, corpus=corpus)
-    summary = write_trace(model, tcs, graph, inp.artefacts / "circuits", tc, transcoder_path=None, slug="scan")
+    panels = (panel_windows(inp.captured, tc.feature_tokens, inp.config.stats.batch_size)
+              if inp.captured is not None and not cfg.transcoders else None)
+    summary = write_trace(model, tcs, graph, inp.artefacts / "circuits", tc, transcoder_path=None, slug="scan",
+                          feature_windows=panels)
     summary["section_seconds"] = round(time.perf_counter() - t0, 1)
     decode = model.tokenizer.decode
     top = ", ".join(f"{decode([int(t)])!r} {float(p):.2f}" for t, p in zip(graph.logit_tokens[:3], graph.logit_probs[:3]))

@@ -396,9 +396,11 @@ def row_windows(tokens: Tensor, keep: Tensor, rows: dict[str, Tensor], batch_siz
 
 
 def collect(d, windows: Iterable[Windows], cfg: FeatureConfig | None = None, *, model=None, total_tokens: int | None = None,
-            meta: dict | None = None) -> FeatureStats:
+            meta: dict | None = None, logit_features: Tensor | None = None) -> FeatureStats:
     """Statistics of every feature of dictionary ``d`` over ``windows`` (see the module docstring).
-    ``model`` (the LM the dictionary belongs to) is needed for the logit effects; without it they are empty."""
+    ``model`` (the LM the dictionary belongs to) is needed for the logit effects; without it they are empty.
+    ``logit_features``: compute the logit effects of these features only (the rest get none: zero ids and
+    values) — for one-off statistics that are read for a few features and never saved."""
     cfg = cfg or FeatureConfig()
     n = d.n_latents
     device = next(d.parameters()).device
@@ -417,7 +419,8 @@ def collect(d, windows: Iterable[Windows], cfg: FeatureConfig | None = None, *, 
     if acc.windows == 0:
         raise DictionaryError("no windows to compute feature statistics on", "use a larger corpus or more --tokens")
     neighbours, jaccard = cooccurrence(acc, cfg.neighbours)
-    logits = logit_effects(model, d, cfg.logits) if model is not None else LogitEffects.empty(n)
+    logits = (LogitEffects.empty(n) if model is None else logit_effects(model, d, cfg.logits) if logit_features is None
+              else logit_effects(model, d, cfg.logits, features=logit_features))
     info = {**d.describe(), "tokens": acc.tokens, "windows": acc.windows, "cooc_tokens": acc.cooc_seen,
             "exclusion": cfg.exclusion.describe(), "before": cfg.before, "after": cfg.after,
             "config": {k: v for k, v in asdict(cfg).items() if k != "exclusion"}, **(meta or {})}
@@ -469,16 +472,25 @@ class LogitEffects(NamedTuple):
 
 
 @torch.no_grad()
-def logit_effects(model, d, count: int = 10, bins: int = 32, chunk: int = 1024) -> LogitEffects:
+def logit_effects(model, d, count: int = 10, bins: int = 32, chunk: int = 1024, *,
+                  features: Tensor | None = None) -> LogitEffects:
     """Logit effect of each feature's direction w: W_U · norm(w) − W_U · norm(0), with w scaled to unit RMS
     (the norm's linear part with its denominator fixed; a positive rescaling does not change rankings or
-    the histogram's shape)."""
+    the histogram's shape). ``features``: only these rows are computed; the others stay zero."""
     norm = model.site("final_norm").module
     W_U = model.hf.get_output_embeddings().weight
     dirs = d.decoder_directions()
     n = len(dirs)
     if dirs.shape[1] != W_U.shape[1]:
         return LogitEffects.empty(n)
+    if features is not None:
+        some = logit_effects(model, _Rows(dirs[features]), count, bins, chunk)
+        full = LogitEffects((torch.zeros(n, count, dtype=torch.long), torch.zeros(n, count)),
+                            (torch.zeros(n, count, dtype=torch.long), torch.zeros(n, count)),
+                            torch.zeros(n, bins, dtype=torch.long), torch.zeros(n, 2))
+        for mine, theirs in zip((*full.top, *full.bottom, full.hist, full.range), (*some.top, *some.bottom, some.hist, some.range)):
+            mine[features.cpu()] = theirs.to(mine.dtype)
+        return full
     zero = norm(torch.zeros(1, dirs.shape[1], device=W_U.device, dtype=W_U.dtype)).float()
     parts = []
     for s in range(0, n, chunk):
@@ -493,6 +505,15 @@ def logit_effects(model, d, count: int = 10, bins: int = 32, chunk: int = 1024) 
         parts.append((top.indices, top.values, bot.indices, -bot.values, hist, torch.cat([lo, hi], 1)))
     cols = [torch.cat(c).cpu() for c in zip(*parts)]
     return LogitEffects((cols[0], cols[1]), (cols[2], cols[3]), cols[4], cols[5])
+
+
+class _Rows(NamedTuple):
+    """Given decoder directions, standing in for a dictionary in :func:`logit_effects`."""
+
+    rows: Tensor
+
+    def decoder_directions(self) -> Tensor:
+        return self.rows
 
 
 def feature_stats(model, d, docs: list[data.Document], cfg: FeatureConfig | None = None, *, meta: dict | None = None) -> FeatureStats:
