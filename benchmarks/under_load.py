@@ -4,9 +4,11 @@
 
 The step: the quick transcoders of the scan's circuits section — 30 TopK transcoders (2×, k = 16, d = 576)
 trained together, batch 1,024, on random rows (no model: only the dictionary work). Each setting runs in its
-own process (OpenMP reads ``OMP_WAIT_POLICY`` once, at start-up): idle with 2 and 1 torch threads, then beside
-one competing busy process with 2 threads, 1 thread, and 2 threads with ``OMP_WAIT_POLICY=PASSIVE``. One JSON
-line per setting: tokens/s and its ratio to the idle 2-thread run measured in the same invocation. One
+own process (OpenMP reads its environment once, at start-up), idle and then beside one competing busy process,
+for each setting: 2 fixed torch threads with libgomp's default waiting (spin, then sleep), with
+``OMP_WAIT_POLICY=PASSIVE`` (sleep at once), with a short spin (``GOMP_SPINCOUNT=10000``), 1 fixed thread,
+and llmri's default, threads adapted to the cores other processes leave (``llmri/threads.py``).
+One JSON line per run: tokens/s and its ratio to the idle fixed 2-thread run measured in the same invocation. One
 competing process should cost at most ~2×; more than that means threads spin-wait for a core they do not get.
 """
 
@@ -40,10 +42,17 @@ print(json.dumps({"tok_per_s": trainer.step * 1024 / (time.perf_counter() - t0)}
 BUSY = "import time\nend = time.time() + 900\nwhile time.time() < end:\n    pass\n"
 
 
-def run(threads: int, steps: int, passive: bool = False) -> float:
-    env = {**os.environ, "LLMRI_PROGRESS": "0"}
-    if passive:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
+FIXED = {"LLMRI_ADAPT_THREADS": "0"}
+SETTINGS = [("fixed threads, default wait", 2, FIXED),
+            ("fixed threads, OMP_WAIT_POLICY=PASSIVE", 2, {**FIXED, "OMP_WAIT_POLICY": "PASSIVE"}),
+            ("fixed threads, GOMP_SPINCOUNT=10000", 2, {**FIXED, "GOMP_SPINCOUNT": "10000"}),
+            ("fixed threads, default wait", 1, FIXED),
+            ("llmri default: adaptive threads (llmri/threads.py)", 2, {})]
+
+
+def run(threads: int, steps: int, extra: dict) -> float:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "LLMRI_ADAPT_THREADS")}
+    env.update(LLMRI_PROGRESS="0", **extra)
     out = subprocess.run([sys.executable, "-c", STEP, str(threads), str(steps)], env=env, capture_output=True,
                          text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["tok_per_s"]
@@ -51,21 +60,21 @@ def run(threads: int, steps: int, passive: bool = False) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=14)
+    ap.add_argument("--steps", type=int, default=24)
     args = ap.parse_args()
-    base = run(2, args.steps)
-    rows = [("idle", 2, False, base), ("idle", 1, False, run(1, args.steps))]
+    rows = [("idle", name, threads, run(threads, args.steps, extra)) for name, threads, extra in SETTINGS]
     busy = subprocess.Popen([sys.executable, "-c", BUSY])
     try:
-        for threads, passive in ((2, False), (1, False), (2, True)):
-            rows.append(("one competing process", threads, passive, run(threads, args.steps, passive)))
+        rows += [("one competing process", name, threads, run(threads, args.steps, extra))
+                 for name, threads, extra in SETTINGS]
     finally:
         busy.kill()
         busy.wait()
-    for load, threads, passive, tok_s in rows:
+    base = rows[0][3]
+    for load, name, threads, tok_s in rows:
         emit({"benchmark": "under_load", "step": "30 quick transcoders, batch 1024", "load": load,
-              "torch_threads": threads, "omp_wait_policy": "PASSIVE" if passive else "default",
-              "tok_per_s": round(tok_s), "ratio_to_idle_2_threads": round(tok_s / base, 3), "machine": machine()})
+              "torch_threads": threads, "setting": name, "tok_per_s": round(tok_s),
+              "ratio_to_idle_fixed_2": round(tok_s / base, 3), "machine": machine()})
 
 
 if __name__ == "__main__":

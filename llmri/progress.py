@@ -1,6 +1,7 @@
 """One progress bar style for every long loop (rich, on stderr).
 
-Set ``LLMRI_PROGRESS=0`` to silence bars (they are also hidden when stderr is not a terminal, apart from a
+Every ``advance`` also lets :func:`llmri.threads.adapt` fit the thread count to the cores other processes
+leave free. Set ``LLMRI_PROGRESS=0`` to silence bars (they are also hidden when stderr is not a terminal, apart from a
 final line), e.g. in notebooks that prefer their own display.
 """
 
@@ -21,6 +22,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from .threads import adapt
 
 console = Console(stderr=True, highlight=False)
 
@@ -50,6 +53,7 @@ class Bar:
 
     def advance(self, n: float = 1) -> None:
         self._done += n
+        adapt()  # make room for other processes (threads.py)
         if self._progress is not None:
             self._progress.advance(self._task, n)
         elif self._plain and time.monotonic() - self._last >= self._every:

@@ -6,6 +6,7 @@ import pytest
 
 os.environ.setdefault("LLMRI_PROGRESS", "0")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("LLMRI_ADAPT_THREADS", "0")  # fixed threads: results that compare runs stay bit-equal
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import ARCHS, save_tiny  # noqa: E402
