@@ -350,7 +350,8 @@ def kept_activations(model, source: Sequence[Document] | Iterable[Tensor],
     """Run windows through ``model``, capturing ``points``, and yield each batch with its kept-token masks.
 
     ``points`` may be a function called before each batch (a caller that stops needing a point stops
-    capturing it; ``outlier_points`` then defaults to each batch's points).
+    capturing it, and the iteration ends when it returns none; ``outlier_points`` then defaults to each
+    batch's points).
 
     ``source``: documents (cut into windows by :func:`token_windows` with ``windows``), an iterable of windows
     ([T] tensors, grouped ``batch_size`` at a time) or of ready batches ([B, T] tensors, used as they come).
@@ -376,6 +377,8 @@ def kept_activations(model, source: Sequence[Document] | Iterable[Tensor],
     first = 0
     for batch in batches:
         wanted = list(points_now())
+        if not wanted:  # a points function with nothing left to capture ends the iteration
+            return
         acts = model.capture(batch, wanted, **({} if stop_early else {"stop_early": False}))
         base = token_mask(batch, model.special_ids, exclusion).to(model.device)
         keep = without_outliers(base, [acts[p] for p in (wanted if outlier_points is None else outlier_points)], exclusion)

@@ -83,6 +83,8 @@ def adapt(now: float | None = None) -> int | None:
     others = max(0.0, (busy - own) / (total / n))
     want = threads_for(n, others, _state.ceiling)
     if want == _state.threads:
+        if want < _state.ceiling:
+            set_threads(want)  # again: a library loaded since (scikit-learn's OpenMP) starts with every core
         return None
     set_threads(want)
     return want

@@ -193,3 +193,13 @@ def test_the_pass_draws_the_id_profile_sample_the_profile_would_draw_itself(tiny
     assert used == int(got.kept.any(1).sum()) == 20
     for p in points:
         np.testing.assert_array_equal(got.rows[p].numpy(), ref[p])
+
+
+def test_the_pass_ends_once_every_need_is_served(tiny, text_corpus, monkeypatch):
+    model = tiny("llama")
+    calls = []
+    real = model.capture
+    monkeypatch.setattr(model, "capture", lambda ids, points, **kw: calls.append(len(ids)) or real(ids, points, **kw))
+    got = capture(model, data.load_corpus(str(text_corpus)), {"r": Need(rows=("resid_post.1",), limit=10)},
+                  PassConfig(tokens=4096, context=32, batch_size=2), data.Exclusion())
+    assert len(got["r"].rows["resid_post.1"]) == 10 and calls == [2]  # not the 64 windows the pass allows
