@@ -1,6 +1,6 @@
 """``load_model(spec)`` → :class:`Model`: a Hugging Face causal LM, its tokenizer and its hook points.
 
-``spec`` is a bundled name (``smollm2-135m-instruct``, ``gemma3-270m``), a local HF folder, a ``.gguf``
+``spec`` is a bundled name (``smollm2-135m-instruct``, ``gemma3-270m``, ``qwen2.5-coder-0.5b-instruct``), a local HF folder, a ``.gguf``
 file, or a hub id (the normal ``from_pretrained`` path; it needs the network). GGUF files are dequantised
 once into an ordinary HF folder under ``$LLMRI_CACHE/models`` (with a sha256 manifest checked on load).
 """
@@ -25,8 +25,9 @@ from .errors import ChecksumError, ContextLengthError, UnknownModelError
 from .progress import say
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-BUNDLED = {"smollm2-135m-instruct": "smollm2-135m-instruct.gguf", "gemma3-270m": "gemma3-270m.gguf"}
-ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "gemma3": "gemma3-270m"}
+BUNDLED = {"smollm2-135m-instruct": "smollm2-135m-instruct.gguf", "gemma3-270m": "gemma3-270m.gguf",
+           "qwen2.5-coder-0.5b-instruct": "qwen2.5-coder-0.5b-instruct.gguf"}
+ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "gemma3": "gemma3-270m", "qwen": "qwen2.5-coder-0.5b-instruct"}
 MANIFEST = "llmri-manifest.json"
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
