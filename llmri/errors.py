@@ -62,3 +62,7 @@ class InterventionError(LlmriError):
 
 class GeometryError(LlmriError):
     """Data handed to a geometry tool (intrinsic dimension, diffusion maps, steering) cannot be used as given."""
+
+
+class SafetyError(LlmriError):
+    """A safety data set, split or label that does not exist, or safety data that cannot be used as given."""
