@@ -74,6 +74,9 @@ app = typer.Typer(
 geometry_app = typer.Typer(help="Geometry of representations: intrinsic dimension, diffusion maps, manifold steering.",
                            no_args_is_help=True)
 app.add_typer(geometry_app, name="geometry")
+jailbreak_app = typer.Typer(help="Refusal robustness: attacks × behaviour sets × judges, judge calibration, outside responses.",
+                            no_args_is_help=True)
+app.add_typer(jailbreak_app, name="jailbreak")
 
 
 def _error(message: str) -> None:
@@ -767,6 +770,96 @@ def _feature_direction(spec: str, lm):
     point = d.feature_point(i)
     return (d.decoder_directions()[i].detach().float(), f"decoder of feature {d.feature_name(i)} of {folder} ({point})",
             d.feature_layer(i))
+
+
+JAILBREAK = "llmri.safety.evaluate:JailbreakConfig"
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _judge_options(model, judge_url: str, judge_model: str, probe: Optional[Path]) -> dict:
+    """Options per judge: the LLM judge asks an endpoint (--judge-url) or a local model (--judge-model, default the
+    model under test); the probe judge reads a saved probe (--probe) or is fitted on the labelled responses."""
+    from .model import load_model
+
+    llm = {"url": judge_url, "model": judge_model} if judge_url else {
+        "model": load_model(judge_model) if judge_model else model}
+    return {"llm": llm, "probe": {"model": model, **({"path": str(probe)} if probe else {})}}
+
+
+@command(name="eval", on=jailbreak_app)
+def jailbreak_eval(
+    model: str = ModelOpt,
+    out: Path = typer.Option(Path("llmri-jailbreak"), "--out", "-o", help="output folder (rerun the same command to resume)"),
+    attacks: str = option(JAILBREAK, "attacks", convert=joined, help="comma-separated attacks (compose with +)"),
+    sets: str = option(JAILBREAK, "sets", convert=joined, help="comma-separated behaviour sets"),
+    judges: str = option(JAILBREAK, "judges", convert=joined, help="comma-separated judges: keyword, llm, probe"),
+    limit: int = option(JAILBREAK, "limit", default=0, help="behaviours per set (0: all)"),
+    max_new_tokens: int = option(JAILBREAK, "max_new_tokens"),
+    batch_size: int = option(JAILBREAK, "batch_size"),
+    seed: int = option(JAILBREAK, "seed"),
+    judge_url: str = typer.Option("", help="OpenAI-compatible endpoint for the llm judge (key in $OPENAI_API_KEY)"),
+    judge_model: str = typer.Option("", help="the llm judge's model: a name at --judge-url, else a local model spec "
+                                              "(default: the model under test)"),
+    probe: Optional[Path] = typer.Option(None, help="a saved probe judge folder (default: fitted on the labelled responses)"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Attack every behaviour, answer greedily, judge; ASR and refusal rates with 95% Wilson intervals."""
+    from .model import load_model
+    from .safety.evaluate import JailbreakConfig, evaluate
+
+    cfg = JailbreakConfig(attacks=_names(attacks), sets=_names(sets), judges=_names(judges), limit=limit or None,
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    check_target(out, "jailbreak eval")
+    lm = load_model(model, dtype=dtype, device=device)
+    res = evaluate(lm, out, cfg, judge_options=_judge_options(lm, judge_url, judge_model, probe))
+    if res:
+        for e in res["table"]:
+            rate = e["asr"] if e["harmful"] else e["refusal"]
+            print(json.dumps({"set": e["set"], "attack": e["attack"], "judge": e["judge"], "n": e["n"],
+                              ("asr" if e["harmful"] else "refusal_rate"): [round(rate[k], 3) for k in ("rate", "lo", "hi")]}))
+
+
+@command(name="judge", on=jailbreak_app)
+def jailbreak_judge(
+    input: Path = typer.Option(..., "--input", "-i", help="CSV with prompt and response columns (others are kept)"),
+    out: Path = typer.Option(..., "--out", "-o", help="the CSV written back with one verdict column per judge"),
+    judges: str = typer.Option("keyword", help="comma-separated judges: keyword, llm, probe"),
+    model: str = typer.Option("", "--model", "-m", help="model the probe judge reads (and the local llm judge, without --judge-url)"),
+    judge_url: str = typer.Option("", help="OpenAI-compatible endpoint for the llm judge"),
+    judge_model: str = typer.Option("", help="the llm judge's model name at --judge-url"),
+    probe: Optional[Path] = typer.Option(None, help="a saved probe judge folder"),
+):
+    """Judge responses from anywhere: verdict_<judge> (refusal / compliance / partial) and StrongREJECT columns."""
+    from .model import load_model
+    from .safety.judges import judge_csv, make_judge
+
+    names = _names(judges)
+    lm = load_model(model or "smollm2-135m-instruct") if "probe" in names or ("llm" in names and not judge_url) else None
+    opts = _judge_options(lm, judge_url, judge_model, probe)
+    print(judge_csv(input, out, [make_judge(j, **opts.get(j, {})) for j in names]))
+
+
+@command(name="calibrate", on=jailbreak_app)
+def jailbreak_calibrate(
+    judges: str = typer.Option("keyword", help="comma-separated judges: keyword, llm, probe"),
+    model: str = typer.Option("", "--model", "-m", help="model for the probe and local llm judges"),
+    judge_url: str = typer.Option("", help="OpenAI-compatible endpoint for the llm judge"),
+    judge_model: str = typer.Option("", help="the llm judge's model name at --judge-url"),
+    probe: Optional[Path] = typer.Option(None, help="a saved probe judge folder"),
+):
+    """Each judge against the labelled responses' test split: accuracy and Cohen's κ with 95% intervals, confusion."""
+    from .model import load_model
+    from .safety.judges import calibrate, make_judge
+
+    names = _names(judges)
+    lm = load_model(model or "smollm2-135m-instruct") if "probe" in names or ("llm" in names and not judge_url) else None
+    opts = _judge_options(lm, judge_url, judge_model, probe)
+    for j in names:
+        print(json.dumps({"judge": j, **calibrate(make_judge(j, **opts.get(j, {})))}))
 
 
 def main() -> None:
