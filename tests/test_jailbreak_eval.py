@@ -90,3 +90,23 @@ def test_cli_judges_a_csv_from_elsewhere(tmp_path):
     assert got[0] == "id,prompt,response,verdict_keyword" and got[1].endswith(",refusal") and got[2].endswith(",compliance")
     (tmp_path / "bad.csv").write_text("question,answer\nq,a\n")
     assert_clean_error(run("jailbreak", "judge", "--input", tmp_path / "bad.csv", "--out", tmp_path / "o2.csv"), "response")
+
+
+def test_two_torchrun_processes_give_the_rows_of_one(tiny_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def torchrun(n, out):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "llmri.cli",
+               "jailbreak", "eval", "--model", str(tiny_dir()), "--out", str(out), "--attacks", "none,rot13",
+               "--sets", "strongreject,harmless", "--limit", "3", "--max-new-tokens", "3", "--batch-size", "2"]
+        r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "LLMRI_PROGRESS": "0"}, capture_output=True,
+                           text=True, cwd=Path.cwd())
+        assert r.returncode == 0, r.stderr[-3000:]
+        return (out / "rows.jsonl").read_text().splitlines()
+
+    one, two = torchrun(1, tmp_path / "one"), torchrun(2, tmp_path / "two")
+    assert len(one) == 12 and same_rows(two, one)
+    assert not list((tmp_path / "two").glob("rows.part*"))
