@@ -503,18 +503,20 @@ def serve(
 
 TranscodersOpt = typer.Option(None, "--transcoders", "-t",
                               help="transcoders for every layer: a run folder of `llmri train --kind transcoder --layers all`, "
-                                   "a CLT folder or a circuit-tracer export")
+                                   "a CLT folder or a circuit-tracer export (default: the model's default set, trained "
+                                   "on first use and cached under $LLMRI_CACHE/transcoders)")
 
 
 def _load_tracing(transcoders: Optional[Path], model: Optional[str], dtype: str, device: str):
     from .circuits import Transcoders
-    from .dictionaries.config import DictionaryError
     from .dictionaries.formats import load_set
     from .model import DEFAULT_MODEL, load_model
 
-    if transcoders is None:
-        raise DictionaryError("no transcoders given", "pass --transcoders PATH (train them with "
-                              "`llmri train --kind transcoder --layers all --out PATH`)")
+    if transcoders is None:  # the model's default set: trained once (resumably), cached, reused
+        from .circuits.default_set import default_transcoders
+
+        lm = load_model(model or DEFAULT_MODEL, dtype=dtype, device=device)
+        return lm, Transcoders(load_set(default_transcoders(lm), device=lm.device), lm.n_layers)
     loaded = load_set(transcoders)
     first = loaded if not isinstance(loaded, list) else loaded[0]
     lm = load_model(model or first.cfg.model_name or DEFAULT_MODEL, dtype=dtype, device=device)

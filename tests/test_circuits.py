@@ -299,7 +299,6 @@ def test_trace_cli_writes_graph_viewer_and_summary(tiny_dir, tmp_path, text_corp
     assert rows and abs(sum(x["before"] for x in rows) - sum(x["after"] for x in rows)) < 1
     # bad input: one line, exit code 2, nothing half-written
     for args in (["trace", " ", *base, "--out", str(tmp_path / "bad")],
-                 ["trace", PROMPT, "--model", str(tmp_path / "model"), "--out", str(tmp_path / "bad")],
                  ["trace", PROMPT, "--transcoders", str(tmp_path / "tcs" / "mlp_in.0"), "--model", str(tmp_path / "model"),
                   "--out", str(tmp_path / "bad")],
                  ["intervene", PROMPT, *base, "--edit", "1:2"],
