@@ -508,21 +508,24 @@ TranscodersOpt = typer.Option(None, "--transcoders", "-t",
 
 
 def _load_tracing(transcoders: Optional[Path], model: Optional[str], dtype: str, device: str):
+    """(model, transcoders, their folder): the given set, or the model's default set (trained once, resumably,
+    cached and reused)."""
     from .circuits import Transcoders
     from .dictionaries.formats import load_set
     from .model import DEFAULT_MODEL, load_model
 
-    if transcoders is None:  # the model's default set: trained once (resumably), cached, reused
+    if transcoders is None:
         from .circuits.default_set import default_transcoders
 
         lm = load_model(model or DEFAULT_MODEL, dtype=dtype, device=device)
-        return lm, Transcoders(load_set(default_transcoders(lm), device=lm.device), lm.n_layers)
+        folder = default_transcoders(lm)
+        return lm, Transcoders(load_set(folder, device=lm.device), lm.n_layers), folder
     loaded = load_set(transcoders)
     first = loaded if not isinstance(loaded, list) else loaded[0]
     lm = load_model(model or first.cfg.model_name or DEFAULT_MODEL, dtype=dtype, device=device)
     for d in loaded if isinstance(loaded, list) else [loaded]:
         check_fits(d, lm)
-    return lm, Transcoders(loaded, lm.n_layers).to(lm.device)
+    return lm, Transcoders(loaded, lm.n_layers).to(lm.device), transcoders
 
 
 @command
@@ -552,7 +555,7 @@ def trace(
     from .circuits.pipeline import TraceConfig, slug_of
     from .circuits.pipeline import trace as run_trace
 
-    lm, tcs = _load_tracing(transcoders, model, dtype, device)
+    lm, tcs, transcoders = _load_tracing(transcoders, model, dtype, device)
     cfg = TraceConfig(AttributionConfig(max_logits, logit_probability, max_features or None, batch_size),
                       PruneConfig(node_threshold, edge_threshold, max_edges or None), validate_top, feature_tokens=parse_count(feature_tokens),
                       corpus=corpus)
@@ -593,7 +596,7 @@ def intervene(
     from .circuits import build
     from .circuits.intervene import FeatureEdit, current_activation, run
 
-    lm, tcs = _load_tracing(transcoders, model, dtype, device)
+    lm, tcs, transcoders = _load_tracing(transcoders, model, dtype, device)
     rep = build(lm, tcs, lm.tokenize([prompt]).input_ids[0])
     edits = []
     for text in edit:
@@ -626,7 +629,7 @@ def validate(
     from .circuits.export import node_ids
 
     g = Graph.load(graph / "attribution.safetensors" if graph.is_dir() else graph)
-    lm, tcs = _load_tracing(transcoders, model, dtype, device)
+    lm, tcs, transcoders = _load_tracing(transcoders, model, dtype, device)
     v = run_validate(lm, tcs, g, top=top, factor=factor, freeze=freeze)
     ids = node_ids(g)
     print(json.dumps({"pearson": v.pearson, "spearman": v.spearman, "factor": factor, "freeze": freeze, "diverged": v.diverged,
