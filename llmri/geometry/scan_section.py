@@ -21,7 +21,8 @@ from .steer import plot as plot_steer
 
 @dataclass
 class GeometrySectionConfig:
-    """The scan's geometry section (it draws its own samples: eval windows, concept sentences, prompts)."""
+    """The scan's geometry section (the ID profile's corpus sample comes from the scan's pass; the diffusion map
+    and the steering comparison draw their own: eval documents, concept sentences, prompts)."""
 
     points: int = bounded(2048, 0, option="--geometry-points")
     """Token states per layer for the intrinsic-dimension profile (and as many for its shuffled control); 0 skips
