@@ -26,7 +26,7 @@ from llmri.safety.evaluate import JailbreakConfig, behaviours
 
 @torch.no_grad()
 def rate(model, prompts: list[str], batch: int, tokens: int) -> float:
-    rows = [render_ids(model, p) for p in prompts]
+    rows = sorted((render_ids(model, p) for p in prompts), key=len, reverse=True)  # as llmri.generate batches them
     pad = model.tokenizer.pad_token_id or 0
     t0 = time.perf_counter()
     for s in range(0, len(rows), batch):
