@@ -19,7 +19,7 @@ import torch
 from common import emit, machine
 
 import llmri
-from llmri.generate import GenerateConfig, render_ids
+from llmri.generate import left_padded, render_ids
 from llmri.safety.behaviours import load_set
 from llmri.safety.evaluate import JailbreakConfig, behaviours
 
@@ -30,12 +30,7 @@ def rate(model, prompts: list[str], batch: int, tokens: int) -> float:
     pad = model.tokenizer.pad_token_id or 0
     t0 = time.perf_counter()
     for s in range(0, len(rows), batch):
-        chunk = rows[s : s + batch]
-        width = max(len(r) for r in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, r in enumerate(chunk):
-            ids[j, width - len(r) :], mask[j, width - len(r) :] = torch.tensor(r), 1
+        ids, mask = left_padded(rows[s : s + batch], pad)
         model.hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens,
                           pad_token_id=pad, temperature=None, top_p=None, top_k=None)
     return len(rows) * tokens / (time.perf_counter() - t0)

@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - older typer on click
 from . import data
 from .atomic import check_target, user_os_error
 from .dictionaries.formats import check_fits
-from .errors import LlmriError
+from .errors import LlmriError, OutputError
 from .options import count, joined, option
 from .progress import console
 from .validate import check_number
@@ -794,6 +794,17 @@ def _judge_options(model, judge_url: str, judge_model: str, probe: Optional[Path
     return {"llm": llm, "probe": {"model": model, **({"path": str(probe)} if probe else {})}}
 
 
+def _built_judges(judges: str, model: str, judge_url: str, judge_model: str, probe: Optional[Path]) -> list:
+    """The judges named in ``judges``; a model is loaded only for the probe and a local llm judge."""
+    from .model import load_model
+    from .safety.judges import make_judge
+
+    names = _names(judges)
+    lm = load_model(model or "smollm2-135m-instruct") if "probe" in names or ("llm" in names and not judge_url) else None
+    opts = _judge_options(lm, judge_url, judge_model, probe)
+    return [make_judge(j, **opts.get(j, {})) for j in names]
+
+
 @command(name="eval", on=jailbreak_app)
 def jailbreak_eval(
     model: str = ModelOpt,
@@ -839,13 +850,11 @@ def jailbreak_judge(
     probe: Optional[Path] = typer.Option(None, help="a saved probe judge folder"),
 ):
     """Judge responses from anywhere: verdict_<judge> (refusal / compliance / partial) and StrongREJECT columns."""
-    from .model import load_model
-    from .safety.judges import judge_csv, make_judge
+    from .safety.judges import judge_csv
 
-    names = _names(judges)
-    lm = load_model(model or "smollm2-135m-instruct") if "probe" in names or ("llm" in names and not judge_url) else None
-    opts = _judge_options(lm, judge_url, judge_model, probe)
-    print(judge_csv(input, out, [make_judge(j, **opts.get(j, {})) for j in names]))
+    if out.exists():  # a CSV carries no marker: never replace a file that may not be ours
+        raise OutputError(f"{out} already exists", "choose a new output path, or delete that file first")
+    print(judge_csv(input, out, _built_judges(judges, model, judge_url, judge_model, probe)))
 
 
 @command(name="calibrate", on=jailbreak_app)
@@ -857,14 +866,11 @@ def jailbreak_calibrate(
     probe: Optional[Path] = typer.Option(None, help="a saved probe judge folder"),
 ):
     """Each judge against the labelled responses' test split: accuracy and Cohen's κ with 95% intervals, confusion."""
-    from .model import load_model
-    from .safety.judges import calibrate, make_judge
+    from .safety.judges import calibrate
 
     names = _names(judges)
-    lm = load_model(model or "smollm2-135m-instruct") if "probe" in names or ("llm" in names and not judge_url) else None
-    opts = _judge_options(lm, judge_url, judge_model, probe)
-    for j in names:
-        print(json.dumps({"judge": j, **calibrate(make_judge(j, **opts.get(j, {})))}))
+    for j, judge in zip(names, _built_judges(judges, model, judge_url, judge_model, probe)):
+        print(json.dumps({"judge": j, **calibrate(judge)}))
 
 
 def main() -> None:

@@ -90,6 +90,17 @@ def stop_ids(model) -> list[int]:
     return sorted(ids | ({end} if end is not None else set()))
 
 
+def left_padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, T] ids, [B, T] attention mask) of token rows padded on the left to the longest (for decoding)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+        mask[j, width - len(r) :] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def generate(model, prompts: Sequence[Any], cfg: GenerateConfig | None = None, *, progress: str = "generation"
              ) -> list[Generation]:
@@ -106,12 +117,8 @@ def generate(model, prompts: Sequence[Any], cfg: GenerateConfig | None = None, *
     with bar(progress, total=len(rows), unit="prompts") as b:
         for s in range(0, len(order), cfg.batch_size):
             idx = order[s : s + cfg.batch_size]
-            width = max(len(rows[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for j, i in enumerate(idx):
-                ids[j, width - len(rows[i]) :] = torch.tensor(rows[i])
-                mask[j, width - len(rows[i]) :] = 1
+            ids, mask = left_padded([rows[i] for i in idx], pad)
+            width = ids.shape[1]
             new = model.hf.generate(ids.to(model.device), attention_mask=mask.to(model.device), do_sample=False,
                                     max_new_tokens=cfg.max_new_tokens, eos_token_id=stops, pad_token_id=pad,
                                     temperature=None, top_p=None, top_k=None)[:, width:].tolist()

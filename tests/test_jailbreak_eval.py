@@ -76,6 +76,10 @@ def test_cli_eval_writes_the_results_and_resumes(tiny_dir, tmp_path):
     assert_clean_error(run("jailbreak", "eval", "--model", tiny_dir(), "--out", tmp_path / "x", "--judges", "oracle"),
                        "oracle")
     assert not (tmp_path / "x").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert_clean_error(run("jailbreak", "eval", "--model", tiny_dir(), "--out", tmp_path / "mine"), "not an llmri jailbreak eval")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def test_cli_judges_a_csv_from_elsewhere(tmp_path):
@@ -88,6 +92,11 @@ def test_cli_judges_a_csv_from_elsewhere(tmp_path):
     assert r.exit_code == 0, r.output
     got = (tmp_path / "out.csv").read_text().splitlines()
     assert got[0] == "id,prompt,response,verdict_keyword" and got[1].endswith(",refusal") and got[2].endswith(",compliance")
+    before = (tmp_path / "out.csv").read_bytes()
+    assert_clean_error(run("jailbreak", "judge", "--input", src, "--out", tmp_path / "out.csv"), "already exists")
+    assert (tmp_path / "out.csv").read_bytes() == before  # never replaced
+    assert_clean_error(run("jailbreak", "judge", "--input", src, "--out", tmp_path / "o3.csv", "--judges", "oracle"), "oracle")
+    assert_clean_error(run("jailbreak", "calibrate", "--judges", "oracle"), "oracle")
     (tmp_path / "bad.csv").write_text("question,answer\nq,a\n")
     assert_clean_error(run("jailbreak", "judge", "--input", tmp_path / "bad.csv", "--out", tmp_path / "o2.csv"), "response")
 

@@ -35,7 +35,7 @@ import torch
 from ..atomic import atomic_path, claimed, mark, write_figure, write_json
 from ..dictionaries.trainer import init_distributed
 from ..errors import SafetyError
-from ..generate import GenerateConfig, generate, render_ids
+from ..generate import GenerateConfig, generate, left_padded, render_ids
 from ..progress import say
 from ..validate import bounded, check
 from .attacks import compose
@@ -150,12 +150,7 @@ def refusal_scores(model, prompts: Sequence, batch_size: int = 16) -> list[float
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out = []
     for s in range(0, len(rows), batch_size):
-        chunk = rows[s : s + batch_size]
-        width = max(len(r) for r in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, r in enumerate(chunk):
-            ids[j, width - len(r) :], mask[j, width - len(r) :] = torch.tensor(r), 1
+        ids, mask = left_padded(rows[s : s + batch_size], pad)
         logits = model.hf(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits[:, -1].float()
         logp = logits.log_softmax(-1)
         p_r = logp[:, starts].logsumexp(-1)
