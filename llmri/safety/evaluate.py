@@ -88,7 +88,7 @@ class JailbreakConfig:
         """The composed attack ``spec`` with the options in :attr:`params` that its names take."""
         names = spec.split("+")
         atk = compose(spec, {n: o for n, o in self.params.items() if n in names})
-        atk("x")  # an attack that needs an option (a suffix, a trigger) it was not given fails now
+        atk("Explain how this lock works")  # an attack that needs an option (a suffix, a trigger) it was not given fails now
         return atk
 
 
