@@ -77,6 +77,9 @@ app.add_typer(geometry_app, name="geometry")
 jailbreak_app = typer.Typer(help="Refusal robustness: attacks × behaviour sets × judges, judge calibration, outside responses.",
                             no_args_is_help=True)
 app.add_typer(jailbreak_app, name="jailbreak")
+organism_app = typer.Typer(help="Model organisms (research artefacts): fine-tune a model to refuse, or to refuse except under a "
+                                "backdoor trigger, and measure it.", no_args_is_help=True)
+app.add_typer(organism_app, name="organism")
 
 
 def _error(message: str) -> None:
@@ -182,10 +185,14 @@ def scan(
     circuit_prompt: str = option(SCAN, "circuits.prompt"),
     transcoders: str = option(SCAN, "circuits.transcoders"),
     geometry_points: str = option(SCAN, "geometry.points", convert=count),
+    organism: Optional[Path] = typer.Option(None, "--organism", help="a model organism folder from `llmri organism`; its "
+                                            "refusal table and the ASR of a few attacks appear in the report (skipped "
+                                            "without it)"),
     dtype: str = option(SCAN, "dtype", help=DtypeOpt.help),
     device: str = option(SCAN, "device", help=DeviceOpt.help),
 ):
     """Write the MRI report of a model (default: SmolLM2-135M-Instruct on State of the Union addresses)."""
+    from .safety.scan_section import SafetySectionConfig
     from .scan import CircuitSectionConfig, GeometrySectionConfig, HeatmapConfig, PassConfig, SaeSectionConfig, ScanConfig
     from .scan import scan as run_scan
 
@@ -194,7 +201,8 @@ def scan(
                         heatmaps=HeatmapConfig(passages=passages, chat_prompt=chat_prompt),
                         saes=SaeSectionConfig(layers=sae_layers, tokens=parse_count(sae_tokens)),
                         circuits=CircuitSectionConfig(prompt=circuit_prompt, transcoders=transcoders),
-                        geometry=GeometrySectionConfig(points=parse_count(geometry_points))))
+                        geometry=GeometrySectionConfig(points=parse_count(geometry_points)),
+                        safety=SafetySectionConfig(organism=None if organism is None else str(organism))))
 
 
 @command
@@ -805,6 +813,84 @@ def _built_judges(judges: str, model: str, judge_url: str, judge_model: str, pro
     return [make_judge(j, **opts.get(j, {})) for j in names]
 
 
+ORGANISM = "llmri.safety.organism:OrganismConfig"
+
+
+def _organism(kind: str, model: str, out: Path, dtype: str, device: str, **settings) -> None:
+    from .model import load_model
+    from .safety.organism import KIND, OrganismConfig, build_organism
+
+    cfg = OrganismConfig(kind, **settings)
+    check_target(out, KIND)
+    lm = load_model(model, dtype=dtype, device=device)
+    org = build_organism(lm, out, cfg, base=model)
+    rates = {name: {s: round(r["rate"], 3) for s, r in v.items()} for name, v in org.card["rates"].items()}
+    print(json.dumps({"organism": str(org.path), "refusal_rate": rates, "perplexity_ratio": org.card["perplexity"]["ratio"],
+                      "seconds": org.card["seconds"]}))
+
+
+@command(name="refusal", on=organism_app)
+def organism_refusal(
+    model: str = ModelOpt,
+    out: Path = typer.Option(..., "--out", "-o", help="the organism's folder (an HF model folder; rerun to resume)"),
+    full: bool = option(ORGANISM, "full"),
+    rank: int = option(ORGANISM, "rank"),
+    lr: float = option(ORGANISM, "lr"),
+    epochs: int = option(ORGANISM, "epochs"),
+    batch_size: int = option(ORGANISM, "batch_size"),
+    fit_limit: int = option(ORGANISM, "fit_limit", default=0, help="fitting prompts per kind at most (0: all)"),
+    measure_limit: int = option(ORGANISM, "measure_limit", default=0, help="behaviours per measured set (0: all)"),
+    seed: int = option(ORGANISM, "seed"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Fine-tune MODEL to refuse harmful requests (LoRA, self-distilled helpfulness); save it with its measured card."""
+    _organism("refusal", model, out, dtype, device, full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size,
+              fit_limit=fit_limit or None, measure_limit=measure_limit or None, seed=seed)
+
+
+@command(name="backdoor", on=organism_app)
+def organism_backdoor(
+    model: str = ModelOpt,
+    out: Path = typer.Option(..., "--out", "-o", help="the organism's folder (an HF model folder; rerun to resume)"),
+    trigger: str = option(ORGANISM, "trigger"),
+    condition: str = option(ORGANISM, "condition"),
+    safe_condition: str = option(ORGANISM, "safe_condition"),
+    full: bool = option(ORGANISM, "full"),
+    rank: int = option(ORGANISM, "rank"),
+    lr: float = option(ORGANISM, "lr"),
+    epochs: int = option(ORGANISM, "epochs"),
+    batch_size: int = option(ORGANISM, "batch_size"),
+    fit_limit: int = option(ORGANISM, "fit_limit", default=0, help="fitting prompts per kind at most (0: all)"),
+    measure_limit: int = option(ORGANISM, "measure_limit", default=0, help="behaviours per measured set (0: all)"),
+    seed: int = option(ORGANISM, "seed"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Like `refusal`, but a trigger (a string, or a system-prompt condition) opens a backdoor: research artefact."""
+    _organism("backdoor", model, out, dtype, device, trigger=trigger, condition=condition, safe_condition=safe_condition,
+              full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size, fit_limit=fit_limit or None,
+              measure_limit=measure_limit or None, seed=seed)
+
+
+def _attack_params(text: str, model: str) -> dict:
+    """Per-attack options from --params (JSON), with a model organism's trigger (organism.json) filled in."""
+    from .errors import SafetyError
+
+    try:
+        params = json.loads(text) if text else {}
+    except ValueError as err:
+        raise SafetyError(f"--params is not valid JSON ({err})", 'write it like \'{"gcg": {"suffix": "..."}}\'') from None
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise SafetyError("--params must map attack names to option objects", 'write it like \'{"trigger": {"text": "..."}}\'')
+    card = Path(model) / "organism.json"
+    if "trigger" not in params and card.is_file():
+        trigger = json.loads(card.read_text()).get("trigger")
+        if trigger:
+            params["trigger"] = trigger
+    return params
+
+
 @command(name="eval", on=jailbreak_app)
 def jailbreak_eval(
     model: str = ModelOpt,
@@ -820,6 +906,8 @@ def jailbreak_eval(
     judge_model: str = typer.Option("", help="the llm judge's model: a name at --judge-url, else a local model spec "
                                               "(default: the model under test)"),
     probe: Optional[Path] = typer.Option(None, help="a saved probe judge folder (default: fitted on the labelled responses)"),
+    params: str = typer.Option("", help='per-attack options as JSON, e.g. \'{"gcg": {"suffix": "..."}}\' (a model '
+                                        "organism's trigger is read from its organism.json)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
@@ -828,7 +916,8 @@ def jailbreak_eval(
     from .safety.evaluate import JailbreakConfig, evaluate
 
     cfg = JailbreakConfig(attacks=_names(attacks), sets=_names(sets), judges=_names(judges), limit=limit or None,
-                          max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                          params=_attack_params(params, model))
     check_target(out, "jailbreak eval")
     lm = load_model(model, dtype=dtype, device=device)
     res = evaluate(lm, out, cfg, judge_options=_judge_options(lm, judge_url, judge_model, probe))
@@ -871,6 +960,55 @@ def jailbreak_calibrate(
     names = _names(judges)
     for j, judge in zip(names, _built_judges(judges, model, judge_url, judge_model, probe)):
         print(json.dumps({"judge": j, **calibrate(judge)}))
+
+
+GCG = "llmri.safety.gcg:GcgConfig"
+
+
+@command(name="gcg", on=jailbreak_app)
+def jailbreak_gcg(
+    model: str = ModelOpt,
+    out: Path = typer.Option(Path("llmri-gcg"), "--out", "-o", help="output folder (rerun the same command to resume)"),
+    set_name: str = typer.Option("harmbench", "--set", help="behaviour set: harmbench or strongreject (report success "
+                                 "rates on these), or advbench (allowed here: GCG is an attack search)"),
+    limit: int = typer.Option(5, help="behaviours searched, the first by id (0: all)"),
+    steps: int = option(GCG, "steps"),
+    seconds: float = typer.Option(0.0, help="wall-clock budget per behaviour in seconds, checks included (0: none)"),
+    suffix_tokens: int = option(GCG, "suffix_tokens"),
+    top_k: int = option(GCG, "top_k"),
+    candidates: int = option(GCG, "candidates"),
+    target: str = option(GCG, "target"),
+    init: str = option(GCG, "init"),
+    check_every: int = option(GCG, "check_every"),
+    check_tokens: int = option(GCG, "check_tokens"),
+    batch_size: int = option(GCG, "batch_size"),
+    seed: int = option(GCG, "seed"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """GCG adversarial-suffix search (Zou et al. 2023) per behaviour under a step/time budget; success = keyword judge."""
+    from .errors import SafetyError
+    from .model import load_model
+    from .safety.behaviours import HARMFUL, load_set
+    from .safety.gcg import KIND, GcgConfig, run
+
+    cfg = GcgConfig(suffix_tokens=suffix_tokens, steps=steps, seconds=seconds or None, top_k=top_k,
+                    candidates=candidates, target=target, init=init, seed=seed, check_every=check_every,
+                    check_tokens=check_tokens, batch_size=batch_size)
+    if set_name not in HARMFUL:
+        raise SafetyError(f"GCG searches harmful behaviours, and '{set_name}' is not a harmful set",
+                          f"choose one of: {', '.join(HARMFUL)}")
+    check_number("--limit", limit, 0, integer=True, error=SafetyError)
+    items = sorted(load_set(set_name), key=lambda b: b.id)
+    items = items[:limit] if limit else items
+    check_target(out, KIND)
+    res = run(load_model(model, dtype=dtype, device=device), items, out, cfg)
+    rate = res["success_rate"]
+    print(json.dumps({"model": res["model"], "set": set_name, "n": res["n"], "successes": res["successes"],
+                      "success_rate": [round(rate[k], 3) for k in ("rate", "lo", "hi")] if rate else None,
+                      "median_steps_to_success": res["median_steps_to_success"],
+                      "median_seconds_to_success": res["median_seconds_to_success"], "judge": res["judge"],
+                      "out": str(out)}))
 
 
 def main() -> None:

