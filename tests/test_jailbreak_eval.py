@@ -119,3 +119,29 @@ def test_two_torchrun_processes_give_the_rows_of_one(tiny_dir, tmp_path):
     one, two = torchrun(1, tmp_path / "one"), torchrun(2, tmp_path / "two")
     assert len(one) == 12 and same_rows(two, one)
     assert not list((tmp_path / "two").glob("rows.part*"))
+
+
+def test_cli_eval_stops_on_a_failing_judge_endpoint_and_resumes(tiny_dir, tmp_path):
+    """The endpoint answers the first chunk's rows, then fails for good: one line naming what is saved, exit 2;
+    the rerun against a working endpoint answers only the rest."""
+    from clirun import assert_clean_error, run
+    from test_judges import CANNED, Endpoint, ok
+
+    out = tmp_path / "ev"
+    args = ("jailbreak", "eval", "--model", tiny_dir(), "--out", out, "--attacks", "none,prefill", "--sets", "harmbench",
+            "--limit", "3", "--judges", "keyword,llm", "--max-new-tokens", "3", "--batch-size", "1")
+    flaky = Endpoint([ok(CANNED)] * 4 + [(500, "down")])
+    try:
+        err = assert_clean_error(run(*args, "--judge-url", flaky.url), "HTTP 500", "4 of 6 answers are saved", "rerun")
+    finally:
+        flaky.close()
+    assert len((out / "rows.part0.jsonl").read_text().splitlines()) == 4 and not (out / "results.json").exists()
+    assert "Traceback" not in err
+    good = Endpoint([ok(CANNED)])
+    try:
+        assert run(*args, "--judge-url", good.url).exit_code == 0
+    finally:
+        good.close()
+    assert len(good.requests) == 2
+    rows = (out / "rows.jsonl").read_text().splitlines()
+    assert len(rows) == 6 and all(json.loads(r)["verdicts"]["llm"] == "partial" for r in rows)

@@ -40,7 +40,7 @@ from ..progress import say
 from ..validate import bounded, check
 from .attacks import compose
 from .behaviours import EVALUATION, SETS, Behaviour, load_set
-from .judges import make_judge
+from .judges import JudgeError, make_judge
 from .metrics import bootstrap_mean, wilson
 
 KIND = "jailbreak eval"
@@ -121,7 +121,12 @@ def evaluate(model, out: str | Path, cfg: JailbreakConfig | None = None, *, judg
         _drop_cut_line(part)
         for s in range(0, len(mine), 4 * cfg.batch_size):
             chunk = mine[s : s + 4 * cfg.batch_size]
-            rows = answer(model, chunk, cfg, judges)
+            try:
+                rows = answer(model, chunk, cfg, judges)
+            except JudgeError as err:  # an endpoint that keeps failing: what is done stays, a rerun resumes
+                saved = len(done) + s
+                raise JudgeError(f"{err.problem}; {saved:,} of {len(jobs):,} answers are saved in {out}",
+                                 "rerun the same command to resume once the judge answers again") from None
             with open(part, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         _barrier(world)
