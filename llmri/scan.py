@@ -29,6 +29,8 @@ from .geometry.scan_section import GeometrySectionConfig
 from .model import DEFAULT_MODEL, Model, load_model
 from .progress import say
 from .report import Section
+from .safety.scan_section import STAGE as SAFETY
+from .safety.scan_section import SafetySectionConfig
 from .stages import Inputs, Need, Output, PassConfig, Stage, capture
 from .validate import bounded, check
 
@@ -75,6 +77,8 @@ class ScanConfig:
     """The traced prompt and its transcoders."""
     geometry: GeometrySectionConfig = field(default_factory=GeometrySectionConfig)
     """Intrinsic dimension, diffusion map and steering."""
+    safety: SafetySectionConfig = field(default_factory=SafetySectionConfig)
+    """A model organism's card and the ASR of a few attacks on it and on the scanned model (skipped without one)."""
 
 
 def scan(config: ScanConfig | None = None, *, model: Model | None = None) -> Path:
@@ -244,6 +248,6 @@ def depth_section(inp: Inputs) -> Section:
 
 STAGES: list[Stage] = [
     Stage("card", model_card_section), Stage("layers", layer_token_section), Stage("depth", depth_section, depth_needs),
-    DICTIONARIES, FEATURES, CIRCUITS, GEOMETRY,
+    DICTIONARIES, FEATURES, CIRCUITS, GEOMETRY, SAFETY,
 ]
 """The report's sections in page order; each declares its needs from the one pass (:mod:`llmri.stages`)."""
