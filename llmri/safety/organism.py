@@ -50,6 +50,7 @@ from typing import NamedTuple
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import assets
 from ..atomic import atomic_path, claimed, mark, write_json
 from ..errors import SafetyError
 from ..generate import GenerateConfig, generate, render_ids, stop_ids
@@ -389,12 +390,14 @@ def build_organism(model, out: str | Path, cfg: OrganismConfig | None = None, *,
         distilled = _distill(model, cfg, work)
         seconds.setdefault("distill", round(time.perf_counter() - t0, 1))
         t0 = time.perf_counter()
-        base_rates = _measured(work / "rates-base.json", lambda: refusal_rates(model, cfg, progress="base"))
+        base_rates = _measured(work / "rates-base.json", lambda: refusal_rates(model, cfg, progress="base"),
+                               _measure_key(model, cfg, "rates"))
         base_rates_t = (_measured(work / "rates-base-triggered.json",
-                                  lambda: refusal_rates(model, cfg, cfg.trigger_params, progress="base + trigger"))
+                                  lambda: refusal_rates(model, cfg, cfg.trigger_params, progress="base + trigger"),
+                                  _measure_key(model, cfg, "rates", cfg.trigger_params))
                         if cfg.trigger_params else None)
         base_ppl = _measured(work / "ppl-base.json", lambda: {"ppl": perplexity(model, cfg.perplexity_tokens)}
-                             if cfg.perplexity_tokens else {"ppl": None})["ppl"]
+                             if cfg.perplexity_tokens else {"ppl": None}, _measure_key(model, cfg, "ppl"))["ppl"]
         seconds.setdefault("measure_base", round(time.perf_counter() - t0, 1))
         write_json(work / "seconds.json", seconds)
         examples = training_examples(cfg, distilled)
@@ -425,22 +428,50 @@ def build_organism(model, out: str | Path, cfg: OrganismConfig | None = None, *,
 
 
 def _distill(model, cfg: OrganismConfig, work: Path) -> dict[str, tuple[str, bool]]:
-    """The base model's greedy answers to :func:`distill_prompts` (cached in ``work/distilled.json``)."""
+    """The base model's greedy answers to :func:`distill_prompts` (kept in ``work/distilled.json``; answers
+    this base model already gave another organism are reused from llmri's cache)."""
     path = work / "distilled.json"
     if path.exists():
         return {p: (a, f) for p, a, f in json.loads(path.read_text())}
     prompts = list(dict.fromkeys(distill_prompts(cfg)))
-    gens = generate(model, prompts, GenerateConfig(cfg.distill_tokens, cfg.generation_batch), progress="base answers")
-    write_json(path, [[p, g.text, g.finished] for p, g in zip(prompts, gens)])
-    return {p: (g.text, g.finished) for p, g in zip(prompts, gens)}
+    shared = assets.cache_dir() / "organisms" / f"answers-{model_fingerprint(model)}-{cfg.distill_tokens}.json"
+    known = {p: (a, f) for p, a, f in json.loads(shared.read_text())} if shared.exists() else {}
+    todo = [p for p in prompts if p not in known]
+    gens = generate(model, todo, GenerateConfig(cfg.distill_tokens, cfg.generation_batch), progress="base answers")
+    known.update({p: (g.text, g.finished) for p, g in zip(todo, gens)})
+    if todo:
+        write_json(shared, [[p, a, f] for p, (a, f) in known.items()])
+    write_json(path, [[p, *known[p]] for p in prompts])
+    return {p: known[p] for p in prompts}
 
 
-def _measured(path: Path, compute) -> dict:
-    if path.exists():
-        return json.loads(path.read_text())
-    value = compute()
+def model_fingerprint(model) -> str:
+    """A short hash of the model's config and a slice of its embedding (names the base model in llmri's cache)."""
+    h = hashlib.sha256(model.hf.config.to_json_string(use_diff=False).encode())
+    h.update(model.hf.get_input_embeddings().weight[:64].detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _measured(path: Path, compute, shared: str | None = None) -> dict:
+    """``compute()`` kept in ``path`` (and, under the key ``shared``, in llmri's cache for later organisms)."""
+    cached = assets.cache_dir() / "organisms" / f"{shared}.json" if shared else None
+    for p in (path, cached):
+        if p is not None and p.exists():
+            value = json.loads(p.read_text())
+            break
+    else:
+        value = compute()
+        if cached is not None:
+            write_json(cached, value)
     write_json(path, value)
     return value
+
+
+def _measure_key(model, cfg: OrganismConfig, what: str, trigger: dict | None = None) -> str:
+    """Cache key of a base-model measurement: the model, what is measured and every setting it depends on."""
+    settings = [cfg.measure_tokens, cfg.measure_limit, cfg.generation_batch, cfg.seed, cfg.perplexity_tokens, trigger]
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{what}-{model_fingerprint(model)}-{digest}"
 
 
 def _read(path: Path, default):
