@@ -71,9 +71,10 @@ def _copy_model(tiny_dir):
     return llmri.load_model(str(tiny_dir()))
 
 
-def test_lora_training_lowers_the_loss_and_merges_exactly(tiny_dir, tmp_path):
+@pytest.mark.parametrize("full", [False, True])
+def test_lora_training_lowers_the_loss_and_merges_exactly(tiny_dir, tmp_path, full):
     model = _copy_model(tiny_dir)
-    cfg = O.OrganismConfig("refusal", **{**FAST, "epochs": 12, "lr": 1e-2})
+    cfg = O.OrganismConfig("refusal", **{**FAST, "epochs": 12, "lr": 1e-2, "full": full})
     examples = [O.Example([{"role": "user", "content": f"the cat {i}"}], "it was in the", True, "refuse")
                 for i in range(8)]
     rows = [O.encode(model, e, 64) for e in examples]
