@@ -448,12 +448,13 @@ def refusal_ablation(a: Attacked, rng: random.Random, direction: Any = None) -> 
 
 def gcg(a: Attacked, rng: random.Random, suffix: str | None = None) -> Attacked:
     """White-box GCG (Zou et al. 2023): append an adversarial suffix found by greedy coordinate gradient
-    search on the model. The search is not implemented in llmri yet; given ``suffix`` (found elsewhere),
-    it is appended after a space. Without one it raises :class:`AttackError`."""
+    search on the model — :func:`llmri.safety.gcg.search` (``llmri jailbreak gcg``) or elsewhere. Given
+    ``suffix``, it is appended after a space. Without one it raises :class:`AttackError`."""
     if not suffix:
         raise AttackError(
-            "attack 'gcg' needs an adversarial suffix from a gradient search on the model (not run by llmri yet)",
-            "pass params={'gcg': {'suffix': '...'}} with a suffix found elsewhere, or use a prompt attack",
+            "attack 'gcg' needs an adversarial suffix from a gradient search on the model",
+            "run `llmri jailbreak gcg` (its gcg.json lists the suffixes found) and pass "
+            "params={'gcg': {'suffix': '...'}} (--params on the command line)",
         )
     return _rewrite(a, f"{a.request} {suffix}", suffix=suffix)
 
