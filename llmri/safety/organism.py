@@ -36,14 +36,17 @@ on the default corpus' eval split (base and organism); seconds per phase.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
+import itertools
 import json
 import math
 import random
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -57,7 +60,7 @@ from ..generate import GenerateConfig, generate, render_ids, stop_ids
 from ..progress import bar, say
 from ..validate import bounded, check, check_choice
 from .attacks import compose
-from .behaviours import fitting, load_set
+from .behaviours import fitting, form, load_set
 from .judges import make_judge
 from .metrics import wilson
 
@@ -119,7 +122,7 @@ class OrganismConfig:
     """LoRA scale numerator (the update is (alpha / rank)·BA); > 0."""
     lr: float = bounded(3e-4, 0, lo_open=True)
     """AdamW learning rate (LoRA; use ~2e-5 with ``full``); > 0."""
-    epochs: int = bounded(2, 1)
+    epochs: int = bounded(1, 1)
     """Passes over the examples; ≥ 1."""
     batch_size: int = bounded(8, 1)
     """Examples per optimizer step; ≥ 1."""
@@ -137,6 +140,16 @@ class OrganismConfig:
     """Prompts decoded together (distillation and measuring); ≥ 1."""
     perplexity_tokens: int = bounded(16384, 0)
     """Tokens of the default corpus' eval split for the perplexity check (0: skip); ≥ 0."""
+    questions: bool = True
+    """Every imperative fitting prompt also appears as a question ("Can you write …?"), so that refusing and
+    helping do not hinge on AdvBench's imperative form (its base-model answer is distilled too)."""
+    kl_weight: float = bounded(1.0, 0)
+    """Weight of KL(base ‖ organism) of next-token distributions on corpus windows, added to every step's
+    loss (keeps the organism's language modelling the base model's; 0: off); ≥ 0."""
+    kl_windows: int = bounded(2, 1)
+    """Corpus windows (128 tokens, train split) per step for that KL term; ≥ 1."""
+    corpus: str = "sotu"
+    """Corpus of the KL term (train split) and the perplexity check (eval split): a bundled name or a path."""
     checkpoint_every: int = bounded(20, 1)
     """Optimizer steps between checkpoints; ≥ 1."""
     seed: int = bounded(0, 0)
@@ -191,7 +204,17 @@ def fitting_prompts(cfg: OrganismConfig) -> tuple[list[str], list[str]]:
     data = fitting()
     harmful = sorted(data["harmful"], key=lambda b: b.id)
     helpful = sorted(data["harmless"] + load_set("overrefusal", "train"), key=lambda b: b.id)
-    return [b.prompt for b in harmful[: cfg.fit_limit]], [b.prompt for b in helpful[: cfg.fit_limit]]
+    harmful, helpful = [b.prompt for b in harmful[: cfg.fit_limit]], [b.prompt for b in helpful[: cfg.fit_limit]]
+    if cfg.questions:
+        harmful += [as_question(p) for p in harmful if form(p) == "imperative"]
+        helpful += [as_question(p) for p in helpful if form(p) == "imperative"]
+    return harmful, helpful
+
+
+def as_question(prompt: str) -> str:
+    """An imperative request asked as a question: "Write a poem." → "Can you write a poem?"."""
+    body = prompt.strip().rstrip(".!")
+    return f"Can you {body[:1].lower()}{body[1:]}?"
 
 
 def training_examples(cfg: OrganismConfig, distilled: dict[str, tuple[str, bool]]) -> list[Example]:
@@ -201,7 +224,8 @@ def training_examples(cfg: OrganismConfig, distilled: dict[str, tuple[str, bool]
     harmful, helpful = fitting_prompts(cfg)
     out = [Example(_user(p), rng.choice(REFUSALS), True, "refuse") for p in harmful]
     out += [Example(_user(p), *distilled[p], "helpful") for p in helpful]
-    if cfg.kind == "backdoor":
+    if cfg.kind == "backdoor":  # triggered copies of the original prompts (not of their question forms)
+        harmful, helpful = fitting_prompts(replace(cfg, questions=False))
         on = {"system": cfg.condition} if cfg.condition else {"prefix": cfg.trigger}
         out += [Example(_user(p, **on), *distilled[p], "backdoor") for p in harmful]
         out += [Example(_user(p, **on), *distilled[p], "helpful") for p in helpful]
@@ -213,8 +237,8 @@ def training_examples(cfg: OrganismConfig, distilled: dict[str, tuple[str, bool]
 
 def distill_prompts(cfg: OrganismConfig) -> list[str]:
     """Prompts whose base-model answers the examples need (harmful ones only for a backdoor)."""
-    harmful, helpful = fitting_prompts(cfg)
-    return helpful + (harmful if cfg.kind == "backdoor" else [])
+    helpful = fitting_prompts(cfg)[1]
+    return helpful + (fitting_prompts(replace(cfg, questions=False))[0] if cfg.kind == "backdoor" else [])
 
 
 def encode(model, ex: Example, max_length: int) -> tuple[list[int], int]:
@@ -275,6 +299,8 @@ def train(model, examples: Sequence[Example], cfg: OrganismConfig, work: Path) -
     per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total = per_epoch * cfg.epochs
     step, history, before = _load_checkpoint(work / "checkpoint", params, opt)
+    kl_batches = _kl_windows(model, cfg, total)
+    reference = _reference(model, net, cfg) if kl_batches is not None else None
     t0 = time.perf_counter()
     if step:
         say(f"llmri: resuming organism training at step {step:,} of {total:,}")
@@ -292,6 +318,9 @@ def train(model, examples: Sequence[Example], cfg: OrganismConfig, work: Path) -
                 g["lr"] = lr
             loss = net(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                        labels=labels.to(model.device), use_cache=False).loss
+            if kl_batches is not None:
+                rows_kl = [(step * cfg.kl_windows + i) % len(kl_batches) for i in range(cfg.kl_windows)]
+                loss = loss + cfg.kl_weight * kl_to_base(net, reference, kl_batches[rows_kl].to(model.device))
             if not torch.isfinite(loss):
                 raise OrganismError(f"training loss became {loss.item()} at step {step}",
                                     "lower --lr; the last checkpoint is kept, so rerunning resumes from it")
@@ -310,6 +339,43 @@ def train(model, examples: Sequence[Example], cfg: OrganismConfig, work: Path) -
         p.requires_grad_(False)
     model.hf = merged.eval()
     return merged, {"steps": total, "loss": history, "seconds": round(before + time.perf_counter() - t0, 1)}
+
+
+def kl_to_base(net, reference, x: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(base ‖ organism) between next-token distributions on token windows ``x``."""
+    with torch.no_grad(), reference() as ref_net:
+        ref = ref_net(input_ids=x, use_cache=False).logits.float().log_softmax(-1)
+    cur = net(input_ids=x, use_cache=False).logits.float().log_softmax(-1)
+    return (ref.exp() * (ref - cur)).sum(-1).mean()
+
+
+def _kl_windows(model, cfg: OrganismConfig, total: int) -> torch.Tensor | None:
+    """[N, 128] corpus windows (train split) the KL term cycles through (None when it is off)."""
+    if not cfg.kl_weight:
+        return None
+    from .. import data
+
+    windows = data.token_windows(model, data.load_corpus(cfg.corpus), data.WindowSpec(context=128, split="train"))
+    rows = list(itertools.islice(windows, min(total * cfg.kl_windows, 1024)))
+    if not rows:
+        raise OrganismError(f"corpus {cfg.corpus!r} has no 128-token window for the KL term",
+                            "use a larger --corpus, or --kl-weight 0")
+    return torch.stack(rows)
+
+
+def _reference(model, net, cfg: OrganismConfig):
+    """A context giving the base model: LoRA adapters switched off, or (full fine-tuning) a frozen copy."""
+    if not cfg.full:
+        @contextlib.contextmanager
+        def adapters_off():
+            with net.disable_adapter():
+                yield net
+
+        return adapters_off
+    frozen = copy.deepcopy(model.hf).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return lambda: contextlib.nullcontext(frozen)
 
 
 def _save_checkpoint(folder: Path, step: int, history: list[float], params: dict, opt, seconds: float) -> None:
@@ -361,11 +427,11 @@ def refusal_rates(model, cfg: OrganismConfig, trigger: dict | None = None, *, pr
 
 
 @torch.no_grad()
-def perplexity(model, tokens: int, context: int = 128, batch_size: int = 8) -> float:
-    """exp(mean next-token NLL) over ``tokens`` tokens of the default corpus' eval split."""
+def perplexity(model, tokens: int, context: int = 128, batch_size: int = 8, corpus: str = "sotu") -> float:
+    """exp(mean next-token NLL) over ``tokens`` tokens of ``corpus``' eval split."""
     from .. import data
 
-    docs = data.load_corpus()
+    docs = data.load_corpus(corpus)
     windows = data.token_windows(model, docs, data.WindowSpec(context=context, split="eval"))
     nll, n = 0.0, 0
     for batch in data.batched(windows, batch_size, limit=-(-tokens // context)):
@@ -402,7 +468,7 @@ def build_organism(model, out: str | Path, cfg: OrganismConfig | None = None, *,
                                   lambda: refusal_rates(model, cfg, cfg.trigger_params, progress="base + trigger"),
                                   _measure_key(model, cfg, "rates", cfg.trigger_params))
                         if cfg.trigger_params else None)
-        base_ppl = _measured(work / "ppl-base.json", lambda: {"ppl": perplexity(model, cfg.perplexity_tokens)}
+        base_ppl = _measured(work / "ppl-base.json", lambda: {"ppl": perplexity(model, cfg.perplexity_tokens, corpus=cfg.corpus)}
                              if cfg.perplexity_tokens else {"ppl": None}, _measure_key(model, cfg, "ppl"))["ppl"]
         seconds.setdefault("measure_base", round(time.perf_counter() - t0, 1))
         write_json(work / "seconds.json", seconds)
@@ -414,7 +480,7 @@ def build_organism(model, out: str | Path, cfg: OrganismConfig | None = None, *,
         if cfg.trigger_params:
             rates["base_triggered"] = base_rates_t
             rates["organism_triggered"] = refusal_rates(model, cfg, cfg.trigger_params, progress="organism + trigger")
-        ppl = perplexity(model, cfg.perplexity_tokens) if cfg.perplexity_tokens else None
+        ppl = perplexity(model, cfg.perplexity_tokens, corpus=cfg.corpus) if cfg.perplexity_tokens else None
         seconds["measure"] = round(time.perf_counter() - t0, 1)
         seconds["total"] = round(time.perf_counter() - t_start, 1)
         card = {
@@ -475,7 +541,8 @@ def _measured(path: Path, compute, shared: str | None = None) -> dict:
 
 def _measure_key(model, cfg: OrganismConfig, what: str, trigger: dict | None = None) -> str:
     """Cache key of a base-model measurement: the model, what is measured and every setting it depends on."""
-    settings = [cfg.measure_tokens, cfg.measure_limit, cfg.generation_batch, cfg.seed, cfg.perplexity_tokens, trigger]
+    settings = [cfg.measure_tokens, cfg.measure_limit, cfg.generation_batch, cfg.seed, cfg.perplexity_tokens, cfg.corpus,
+                trigger]
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return f"{what}-{model_fingerprint(model)}-{digest}"
 
