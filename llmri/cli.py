@@ -839,6 +839,9 @@ def organism_refusal(
     epochs: int = option(ORGANISM, "epochs"),
     batch_size: int = option(ORGANISM, "batch_size"),
     fit_limit: int = option(ORGANISM, "fit_limit", default=0, help="fitting prompts per kind at most (0: all)"),
+    questions: bool = option(ORGANISM, "questions"),
+    kl_weight: float = option(ORGANISM, "kl_weight"),
+    corpus: str = option(ORGANISM, "corpus"),
     measure_limit: int = option(ORGANISM, "measure_limit", default=0, help="behaviours per measured set (0: all)"),
     seed: int = option(ORGANISM, "seed"),
     dtype: str = DtypeOpt,
@@ -846,7 +849,8 @@ def organism_refusal(
 ):
     """Fine-tune MODEL to refuse harmful requests (LoRA, self-distilled helpfulness); save it with its measured card."""
     _organism("refusal", model, out, dtype, device, full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size,
-              fit_limit=fit_limit or None, measure_limit=measure_limit or None, seed=seed)
+              fit_limit=fit_limit or None, questions=questions, kl_weight=kl_weight, corpus=corpus,
+              measure_limit=measure_limit or None, seed=seed)
 
 
 @command(name="backdoor", on=organism_app)
@@ -862,6 +866,9 @@ def organism_backdoor(
     epochs: int = option(ORGANISM, "epochs"),
     batch_size: int = option(ORGANISM, "batch_size"),
     fit_limit: int = option(ORGANISM, "fit_limit", default=0, help="fitting prompts per kind at most (0: all)"),
+    questions: bool = option(ORGANISM, "questions"),
+    kl_weight: float = option(ORGANISM, "kl_weight"),
+    corpus: str = option(ORGANISM, "corpus"),
     measure_limit: int = option(ORGANISM, "measure_limit", default=0, help="behaviours per measured set (0: all)"),
     seed: int = option(ORGANISM, "seed"),
     dtype: str = DtypeOpt,
@@ -870,7 +877,7 @@ def organism_backdoor(
     """Like `refusal`, but a trigger (a string, or a system-prompt condition) opens a backdoor: research artefact."""
     _organism("backdoor", model, out, dtype, device, trigger=trigger, condition=condition, safe_condition=safe_condition,
               full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size, fit_limit=fit_limit or None,
-              measure_limit=measure_limit or None, seed=seed)
+              questions=questions, kl_weight=kl_weight, corpus=corpus, measure_limit=measure_limit or None, seed=seed)
 
 
 def _attack_params(text: str, model: str) -> dict:
