@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import json
 from pathlib import Path
 
 from common import emit, machine
@@ -37,9 +38,10 @@ def cell(r: dict) -> str:
 
 
 def model_table(cards: dict[str, dict], qwen: dict | None) -> list[dict]:
-    first = next(iter(cards.values()))
-    rows = [{"model": f"base ({first['base']})", "rates": first["rates"]["base"], "perplexity": first["perplexity"]["base"],
-             "train_s": None}]
+    rows = []
+    for name, card in list(cards.items())[:1]:
+        rows.append({"model": f"base ({card['base']})", "rates": card["rates"]["base"],
+                     "perplexity": card["perplexity"]["base"], "train_s": None})
     for name, card in cards.items():
         rows.append({"model": name, "rates": card["rates"]["organism"], "perplexity": card["perplexity"]["organism"],
                      "train_s": card["seconds"]["train"], "total_s": card["seconds"]["total"]})
@@ -56,7 +58,8 @@ def model_table(cards: dict[str, dict], qwen: dict | None) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--organisms", nargs="+", type=Path, required=True)
+    ap.add_argument("--organisms", nargs="*", type=Path, default=[])
+    ap.add_argument("--base", default="smollm2-135m-instruct", help="the organisms' base model")
     ap.add_argument("--qwen", action="store_true", help="add qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--qwen-limit", type=int, default=100, help="behaviours per set for Qwen's refusal rates")
     ap.add_argument("--limit", type=int, default=25, help="behaviours per harmful set in the attack table")
@@ -69,19 +72,21 @@ def main() -> None:
     cards = {p.name: read_card(p) for p in args.organisms}
     report = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
 
-    qwen_row, models = None, {"base": lambda: llmri.load_model(next(iter(cards.values()))["base"])}
+    qwen_row, models = None, {"base": lambda: llmri.load_model(args.base)}
     models.update({name: (lambda p=p: llmri.load_model(str(p))) for name, p in zip(cards, args.organisms)})
     if args.qwen:
         models["qwen"] = lambda: llmri.load_model("qwen2.5-coder-0.5b-instruct")
     results = []
     for name, load in models.items():
         model = load()
-        if name == "qwen":
-            t0 = time.perf_counter()
-            rates = refusal_rates(model, OrganismConfig(measure_limit=args.qwen_limit), progress="qwen")
-            ppl = perplexity(model, 16384)
-            qwen_row = {"model": "qwen2.5-coder-0.5b-instruct", "rates": rates, "perplexity": ppl, "train_s": None,
-                        "measure_s": round(time.perf_counter() - t0, 1)}
+        if name == "qwen":  # measured once, kept in OUT/qwen-rates.json (reruns re-read it)
+            kept = args.out / f"qwen-rates-{args.qwen_limit}.json"
+            if not kept.exists():
+                t0 = time.perf_counter()
+                rates = refusal_rates(model, OrganismConfig(measure_limit=args.qwen_limit), progress="qwen")
+                write_json(kept, {"model": "qwen2.5-coder-0.5b-instruct", "rates": rates, "perplexity": perplexity(model, 16384),
+                                  "train_s": None, "measure_s": round(time.perf_counter() - t0, 1)})
+            qwen_row = json.loads(kept.read_text())
         card = cards.get(name)
         trigger = card and card.get("trigger")
         cfg = JailbreakConfig(attacks=tuple(args.attacks.split(",")) + (("trigger",) if trigger else ()),
