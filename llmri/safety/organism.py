@@ -200,15 +200,20 @@ def _user(prompt: str, system: str = "", prefix: str = "") -> list[dict[str, str
 
 
 def fitting_prompts(cfg: OrganismConfig) -> tuple[list[str], list[str]]:
-    """(harmful, helpful) fitting prompts: AdvBench; harmless-train and over-refusal-train (by id, ``fit_limit``)."""
+    """(harmful, helpful) fitting prompts: AdvBench; harmless-train and over-refusal-train — in a fixed order by a
+    hash of their ids, so that ``fit_limit`` keeps a sample of both helpful sets."""
     data = fitting()
-    harmful = sorted(data["harmful"], key=lambda b: b.id)
-    helpful = sorted(data["harmless"] + load_set("overrefusal", "train"), key=lambda b: b.id)
+    harmful = sorted(data["harmful"], key=_hashed)
+    helpful = sorted(data["harmless"] + load_set("overrefusal", "train"), key=_hashed)
     harmful, helpful = [b.prompt for b in harmful[: cfg.fit_limit]], [b.prompt for b in helpful[: cfg.fit_limit]]
     if cfg.questions:
         harmful += [as_question(p) for p in harmful if form(p) == "imperative"]
         helpful += [as_question(p) for p in helpful if form(p) == "imperative"]
     return harmful, helpful
+
+
+def _hashed(b) -> str:
+    return hashlib.sha256(b.id.encode()).hexdigest()
 
 
 def as_question(prompt: str) -> str:
