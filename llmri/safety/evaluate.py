@@ -141,7 +141,8 @@ def evaluate(model, out: str | Path, cfg: JailbreakConfig | None = None, *, judg
 
 def answer(model, jobs: Sequence[tuple[Behaviour, str]], cfg: JailbreakConfig, judges: dict) -> list[dict]:
     """Attack, generate, judge and score ``jobs`` ((behaviour, attack) pairs) → rows."""
-    attacked = [cfg.attack(a)(b.prompt, cfg.seed) for b, a in jobs]
+    attacks = {a: cfg.attack(a) for a in dict.fromkeys(a for _, a in jobs)}  # composed and checked once per spec
+    attacked = [attacks[a](b.prompt, cfg.seed) for b, a in jobs]
     gens = generate(model, attacked, GenerateConfig(cfg.max_new_tokens, cfg.batch_size), progress="answers")
     scores = refusal_scores(model, attacked, cfg.batch_size)
     verdicts = {j: judge.judge([(b.prompt, g.text) for (b, _), g in zip(jobs, gens)]) for j, judge in judges.items()}
