@@ -82,7 +82,13 @@ def cat(parts: list[Sparse]) -> Sparse:
 
 
 def transpose_matmul(s: Sparse, weights: Tensor, x: Tensor) -> Tensor:
-    """``Sᵀ @ x`` where S[rows[j], idx[j]] = weights[j]: a [n_latents, d] result (sparse weight gradients)."""
+    """``Sᵀ @ x`` where S[rows[j], idx[j]] = weights[j]: a [n_latents, d] result (sparse weight gradients),
+    accumulated and returned in fp32 for a bf16/fp16 ``x`` (fp64 stays fp64)."""
+    with torch.profiler.record_function("sparse products"):  # named for benchmarks/sae_training.py
+        return _transpose_matmul(s, weights, x)
+
+
+def _transpose_matmul(s: Sparse, weights: Tensor, x: Tensor) -> Tensor:
     if s.idx.numel() == 0:
         return torch.zeros(s.n_latents, x.shape[1], dtype=x.dtype, device=x.device)
     if x.device.type == "cpu":
@@ -98,9 +104,11 @@ def transpose_matmul(s: Sparse, weights: Tensor, x: Tensor) -> Tensor:
             mat = torch.sparse_csr_tensor(crow, s.rows[order], weights[order].to(xf.dtype), (s.n_latents, s.n_rows),
                                           check_invariants=False)
         return mat @ xf
-    # GPU: scatter-add of the weighted rows (atomic adds are fast there)
-    out = torch.zeros(s.n_latents, x.shape[1], dtype=x.dtype, device=x.device)
-    return out.index_add_(0, s.idx, x[s.rows] * weights.to(x.dtype)[:, None])
+    # GPU: scatter-add of the weighted rows (atomic adds are fast there), accumulated in fp32 or fp64 like the
+    # CPU path (a bf16 x gives an fp32 result)
+    acc = x.dtype if x.dtype == torch.float64 else torch.float32
+    out = torch.zeros(s.n_latents, x.shape[1], dtype=acc, device=x.device)
+    return out.index_add_(0, s.idx, x[s.rows].to(acc) * weights.to(acc)[:, None])
 
 
 # ---------------------------------------------------------------- encoder with selection

@@ -195,11 +195,12 @@ class Trainer:
             out = wrapped(x, y, dead, aux_k, self.cfg.aux_coeff, self.cfg.aux_fraction, self.compute_dtype)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
-            d.remove_parallel_grad()
-            for g in opt.param_groups:
-                g["lr"] = self.cfg.learning_rate(d.cfg) * factor * g["lr_scale"]
-            opt.step()
-            d.normalize_decoder()
+            with torch.profiler.record_function("optimizer"):  # named for benchmarks/sae_training.py's time split
+                d.remove_parallel_grad()
+                for g in opt.param_groups:
+                    g["lr"] = self.cfg.learning_rate(d.cfg) * factor * g["lr_scale"]
+                opt.step()
+                d.normalize_decoder()
             fired = torch.zeros(d.n_latents, dtype=torch.bool, device=self.device)
             fired[out.fired] = True
             if self.world > 1 and self.cfg.distribute == "data":
