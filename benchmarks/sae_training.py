@@ -224,8 +224,9 @@ def category(e, batch: int, d_in: int, n: int) -> str:
     return "everything else"
 
 
-def time_split(run: Run, xs: Iterator[Tensor], args, n_latents: int, steps: int) -> dict[str, float]:
-    """Share of the step's self time per category (device time on CUDA) over ``steps`` profiled steps."""
+def time_split(run: Run, xs: Iterator[Tensor], args, n_latents: int, steps: int):
+    """Share of the step's self time per category (device time on CUDA) over ``steps`` profiled steps, and
+    the largest ops of "everything else" with their shares."""
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(2):
@@ -238,6 +239,7 @@ def time_split(run: Run, xs: Iterator[Tensor], args, n_latents: int, steps: int)
         sync(args.device)
     cuda = args.device == "cuda"
     totals: dict[str, float] = {}
+    other: dict[str, float] = {}
     for e in prof.events():
         if e.device_type != torch.autograd.DeviceType.CPU:
             continue
@@ -245,10 +247,12 @@ def time_split(run: Run, xs: Iterator[Tensor], args, n_latents: int, steps: int)
         if t > 0:
             c = category(e, args.batch, args.d_in, n_latents)
             totals[c] = totals.get(c, 0.0) + t
-            if os.environ.get("SPLIT_DEBUG") and c == "everything else":
-                log(f"  other: {e.name} {t:.0f} us {e.input_shapes}")
+            if c == "everything else":
+                other[e.name] = other.get(e.name, 0.0) + t
     whole = sum(totals.values()) or 1.0
-    return {c: round(v / whole, 3) for c, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    split = {c: round(v / whole, 3) for c, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    top = sorted(other.items(), key=lambda kv: -kv[1])[:5]
+    return split, {name: round(v / whole, 3) for name, v in top}
 
 
 # ---------------------------------------------------------------- one measured run
@@ -269,7 +273,7 @@ def measure(args, variant: str, dtype: str, n_latents: int, steps: int, sp) -> d
             return sparsify_run(args, n_latents, sp)
         return plain_run(args, n_latents)
 
-    split = time_split(fresh(), batches(make_source(args, args.train, args.device, seed=1), args.device), args,
+    split, other = time_split(fresh(), batches(make_source(args, args.train, args.device, seed=1), args.device), args,
                        n_latents, args.profile_steps)
     run = fresh()
     xs = batches(make_source(args, args.train, args.device), args.device)
@@ -286,6 +290,7 @@ def measure(args, variant: str, dtype: str, n_latents: int, steps: int, sp) -> d
     memory = (torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else rss_mb("VmHWM"))
     return {"tok_per_s": round((steps - 1) * args.batch / seconds), "seconds": round(seconds, 2),
             "peak_memory_mb": round(memory), "time_split": split,
+            "everything_else_top": other,
             **evaluate(run.sae(), args.evals, args.point, args.eval_tokens, args.device)}
 
 

@@ -192,7 +192,7 @@ class CrossLayerTranscoder(Dictionary):
             scale = min(dead.numel() / aux_k, 1.0) * x.shape[0] / aux_rows
             aux = aux_coeff * scale * (aux_recon + err[:aux_rows].detach()).pow(2).sum() / denom
         penalty = sum(sparsity_penalty(e, cfg, lambda l=l: self.decoder_norms(l), x.shape[0]) for l, e in enumerate(encs))
-        fired = torch.cat([e.fired + l * n for l, e in enumerate(encs)])
+        fired = torch.cat([e.fired for e in encs])  # layer-major, like the latents
         l0 = torch.stack([e.l0 for e in encs]).sum()
         mse = sq / denom
         return TrainOut(mse + aux + penalty, mse, penalty, aux, fired, l0, sq.detach())

@@ -100,6 +100,7 @@ class Encoded(NamedTuple):
     """Dense pre-activations (JumpReLU's L0 penalty needs them)."""
     theta: Tensor | None
     fired: Tensor
+    """[n_latents] bool: latents with a positive activation in this batch (a mask, so no device sync)."""
     l0: Tensor
 
 
@@ -122,9 +123,8 @@ def encode_train(x: Tensor, W_enc: Tensor, b_enc: Tensor, cfg: DictConfig, *, ce
                 lowest = acts.vals[positive].min()  # activation: the inference threshold
                 threshold.lerp_(lowest, max(0.01, 1.0 / (int(updates) + 1)))
                 updates += 1
-        fired = acts.idx[positive]
-        return Encoded(acts, picks[1] if use_aux else None, None, None, fired,
-                       torch.tensor(fired.numel() / x.shape[0], device=x.device))
+        fired = torch.zeros(W_enc.shape[0], dtype=torch.int32, device=x.device).index_add_(0, acts.idx, positive.int()) > 0
+        return Encoded(acts, picks[1] if use_aux else None, None, None, fired, positive.sum() / x.shape[0])
     xc = x if center is None else x - center
     pre = F.linear(xc.to(compute_dtype), W_enc.to(compute_dtype), b_enc.to(compute_dtype)).float()
     if cfg.arch == "relu":
@@ -133,7 +133,7 @@ def encode_train(x: Tensor, W_enc: Tensor, b_enc: Tensor, cfg: DictConfig, *, ce
         theta = log_threshold.exp()
         f = _JumpReLU.apply(pre, theta, cfg.jumprelu_bandwidth)
     active = f.detach() > 0
-    return Encoded(f, None, pre, theta, active.nonzero()[:, 1], active.sum(1).float().mean())
+    return Encoded(f, None, pre, theta, active.any(0), active.sum(1).float().mean())
 
 
 def sparsity_penalty(enc: Encoded, cfg: DictConfig, decoder_norms: Callable[[], Tensor], n_tokens: int) -> Tensor:

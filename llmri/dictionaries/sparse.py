@@ -5,7 +5,7 @@ k selected latents per token, so:
 
 * decoding is an ``embedding_bag`` (gather-and-sum of k decoder rows per token),
 * the decoder and encoder weight gradients are sparse-times-dense products ``Sᵀ·X`` with S the [tokens ×
-  latents] selection pattern (a CSR product on CPU, a scatter-add on GPU),
+  latents] selection pattern (a CSR product: MKL on CPU, cuSPARSE on CUDA),
 * the gradient of the selected values is a per-entry dot product (``embedding_bag``'s own backward).
 
 The big pre-activation matrix is written into a reused buffer (fresh 75 MB tensors cost page faults on
@@ -89,26 +89,19 @@ def transpose_matmul(s: Sparse, weights: Tensor, x: Tensor) -> Tensor:
 
 
 def _transpose_matmul(s: Sparse, weights: Tensor, x: Tensor) -> Tensor:
+    acc = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     if s.idx.numel() == 0:
-        return torch.zeros(s.n_latents, x.shape[1], dtype=x.dtype, device=x.device)
-    if x.device.type == "cpu":
-        # a CSR product (MKL). On SAE training data it beats ATen's embedding_bag weight-gradient kernel,
-        # whose per-latent segments are unbalanced when a few latents fire often. float32/64 only: bf16 is upcast.
-        order = torch.argsort(s.idx)
-        counts = torch.bincount(s.idx, minlength=s.n_latents)
-        crow = torch.zeros(s.n_latents + 1, dtype=torch.long, device=x.device)
-        torch.cumsum(counts, 0, out=crow[1:])
-        xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore")
-            mat = torch.sparse_csr_tensor(crow, s.rows[order], weights[order].to(xf.dtype), (s.n_latents, s.n_rows),
-                                          check_invariants=False)
-        return mat @ xf
-    # GPU: scatter-add of the weighted rows (atomic adds are fast there), accumulated in fp32 or fp64 like the
-    # CPU path (a bf16 x gives an fp32 result)
-    acc = x.dtype if x.dtype == torch.float64 else torch.float32
-    out = torch.zeros(s.n_latents, x.shape[1], dtype=acc, device=x.device)
-    return out.index_add_(0, s.idx, x[s.rows].to(acc) * weights.to(acc)[:, None])
+        return torch.zeros(s.n_latents, x.shape[1], dtype=acc, device=x.device)
+    # Sᵀ as CSR (entries sorted by latent), times x: MKL on CPU, cuSPARSE on CUDA. On SAE training data it beats
+    # ATen's embedding_bag weight-gradient kernel (per-latent segments are unbalanced when a few latents fire
+    # often) and, on GPU, the scatter-add of weighted rows (atomics, and a [entries × d] temporary).
+    order = torch.argsort(s.idx)
+    crow = torch.searchsorted(s.idx[order], torch.arange(s.n_latents + 1, device=x.device))  # no sync, unlike bincount
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore")
+        mat = torch.sparse_csr_tensor(crow, s.rows[order], weights[order].to(acc), (s.n_latents, s.n_rows),
+                                      check_invariants=False)
+    return mat @ x.to(acc)
 
 
 # ---------------------------------------------------------------- encoder with selection
@@ -210,13 +203,14 @@ def decode(s: Sparse, W: Tensor) -> Tensor:
 
 
 def row_topk(pre: Tensor, k: int, groups: int = 8) -> tuple[Tensor, Tensor]:
-    """Per-row top-k (values, indices; unsorted), exact. On CPU in two stages, ~1.2× faster than one topk:
-    split the columns into n/groups strided groups {j, j + n/groups, …}, keep the k groups with the largest
-    maxima, and take the top-k among their members. Exact because a top-k entry's group has a maximum at
-    least as large as the entry, so fewer than k groups can beat it."""
+    """Per-row top-k (values, indices; unsorted), exact, in two stages (faster than one topk over the whole
+    row: ~1.2× on CPU; see benchmarks/sae_kernels.py): split the columns into n/groups strided groups
+    {j, j + n/groups, …}, keep the k groups with the largest maxima, and take the top-k among their members.
+    Exact because a top-k entry's group has a maximum at least as large as the entry, so fewer than k groups
+    can beat it."""
     r, n = pre.shape
     g = n // groups
-    if pre.device.type != "cpu" or n % groups or g < 4 * k:
+    if n % groups or g < 4 * k:
         return pre.topk(k, dim=1, sorted=False)
     best = pre.view(r, groups, g).amax(1).topk(k, dim=1, sorted=False).indices  # [r, k] group ids
     cols = (best[:, :, None] + torch.arange(0, n, g, device=pre.device)).reshape(r, k * groups)

@@ -201,14 +201,13 @@ class Trainer:
                     g["lr"] = self.cfg.learning_rate(d.cfg) * factor * g["lr_scale"]
                 opt.step()
                 d.normalize_decoder()
-            fired = torch.zeros(d.n_latents, dtype=torch.bool, device=self.device)
-            fired[out.fired] = True
+            fired = out.fired
             if self.world > 1 and self.cfg.distribute == "data":
                 f = fired.to(torch.uint8)
                 dist.all_reduce(f, op=dist.ReduceOp.MAX)
                 fired = f.bool()
             self.since_fired[i] += n_global
-            self.since_fired[i][fired] = 0
+            self.since_fired[i].masked_fill_(fired, 0)
             s = self.stats[i]  # tensors until the next log line (no device sync per step)
             yf = y.reshape(y.shape[0], -1).detach()
             s.sq_err += out.sq_err
