@@ -218,3 +218,25 @@ def test_transcoder_and_clt_splices_replace_mlp_outputs(tiny):
         with spliced(model, d, keep, zero=True):
             zeroed = model.capture(ids, ["mlp_out.1"])["mlp_out.1"]
         assert zeroed[:, 1:].abs().max() == 0 and zeroed[:, 0].abs().max() > 0
+
+
+def test_decoder_and_encoder_gradients_share_one_by_latent_index():
+    """The decoder's backward builds Sᵀ's CSR index of the selection; the encoder's backward reuses it."""
+    torch.manual_seed(0)
+    B, d, n, k = 32, 8, 40, 4
+    x, W, W_dec = torch.randn(B, d), torch.randn(n, d, requires_grad=True), torch.randn(n, d, requires_grad=True)
+    (s,) = sp.encode_select(x, W, torch.zeros(n), [sp.topk_selector(k)])
+    sp.decode(s, W_dec).pow(2).sum().backward()
+    t = s.memo["by_latent"]
+    counts = torch.bincount(s.idx, minlength=n)
+    assert t.crow.tolist() == [0] + torch.cumsum(counts, 0).tolist()
+    assert torch.equal(s.idx[t.order], torch.sort(s.idx).values) and torch.equal(t.rows, s.rows[t.order])
+    calls = []
+    orig = sp.by_latent
+    sp.by_latent = lambda q: calls.append("by_latent" in q.memo) or orig(q)
+    try:
+        (s2,) = sp.encode_select(x, W, torch.zeros(n), [sp.topk_selector(k)])
+        sp.decode(s2, W_dec).pow(2).sum().backward()
+    finally:
+        sp.by_latent = orig
+    assert calls == [False, True]  # the decoder's product builds the index, the encoder's finds it

@@ -27,7 +27,9 @@ class Sparse(NamedTuple):
     """Latent activations of ``n_rows`` tokens over ``n_latents`` latents, stored by row.
 
     Entries of row ``r`` are ``idx[offsets[r]:offsets[r+1]]`` (``offsets`` has ``n_rows`` entries, as
-    ``embedding_bag`` wants); ``rows[j]`` is the row of entry ``j``.
+    ``embedding_bag`` wants); ``rows[j]`` is the row of entry ``j``. ``memo`` (a dict shared by the copies
+    ``_replace`` makes, so by the forward and backward of one training step) caches the by-latent index of
+    the pattern: the decoder's and the encoder's weight gradients sort the same entries once.
     """
 
     vals: Tensor
@@ -36,6 +38,7 @@ class Sparse(NamedTuple):
     offsets: Tensor
     n_rows: int
     n_latents: int
+    memo: dict | None = None
 
     def dense(self) -> Tensor:
         out = torch.zeros(self.n_rows, self.n_latents, dtype=self.vals.dtype, device=self.vals.device)
@@ -81,6 +84,29 @@ def cat(parts: list[Sparse]) -> Sparse:
 # ---------------------------------------------------------------- Sᵀ·X
 
 
+class ByLatent(NamedTuple):
+    """The entries of a pattern sorted by latent: Sᵀ's CSR structure."""
+
+    order: Tensor
+    """Permutation of the entries that sorts them by latent."""
+    crow: Tensor
+    """[n_latents + 1] CSR row pointers of Sᵀ."""
+    rows: Tensor
+    """The entries' rows (S's row = Sᵀ's column), in that order."""
+
+
+def by_latent(s: Sparse) -> ByLatent:
+    """Sᵀ's CSR structure, computed once per pattern (cached in ``s.memo`` when it has one)."""
+    if s.memo is not None and "by_latent" in s.memo:
+        return s.memo["by_latent"]
+    keys, order = torch.sort(s.idx.to(torch.int32))  # 32-bit keys sort ~2x faster than 64-bit
+    crow = torch.searchsorted(keys, torch.arange(s.n_latents + 1, dtype=torch.int32, device=keys.device))  # no sync
+    out = ByLatent(order, crow, s.rows[order])
+    if s.memo is not None:
+        s.memo["by_latent"] = out
+    return out
+
+
 def transpose_matmul(s: Sparse, weights: Tensor, x: Tensor) -> Tensor:
     """``Sᵀ @ x`` where S[rows[j], idx[j]] = weights[j]: a [n_latents, d] result (sparse weight gradients),
     accumulated and returned in fp32 for a bf16/fp16 ``x`` (fp64 stays fp64)."""
@@ -95,11 +121,10 @@ def _transpose_matmul(s: Sparse, weights: Tensor, x: Tensor) -> Tensor:
     # Sᵀ as CSR (entries sorted by latent), times x: MKL on CPU, cuSPARSE on CUDA. On SAE training data it beats
     # ATen's embedding_bag weight-gradient kernel (per-latent segments are unbalanced when a few latents fire
     # often) and, on GPU, the scatter-add of weighted rows (atomics, and a [entries × d] temporary).
-    order = torch.argsort(s.idx)
-    crow = torch.searchsorted(s.idx[order], torch.arange(s.n_latents + 1, device=x.device))  # no sync, unlike bincount
+    t = by_latent(s)
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore")
-        mat = torch.sparse_csr_tensor(crow, s.rows[order], weights[order].to(acc), (s.n_latents, s.n_rows),
+        mat = torch.sparse_csr_tensor(t.crow, t.rows, weights[t.order].to(acc), (s.n_latents, s.n_rows),
                                       check_invariants=False)
     return mat @ x.to(acc)
 
@@ -129,11 +154,12 @@ class _EncodeSelect(torch.autograd.Function):
     −(Σ_rows ∂pre)·W, a [n]×[n, d] product, instead of a per-token gradient of x."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, W: Tensor, b: Tensor, center: Tensor | None, selectors: tuple[Selector, ...]):
+    def forward(ctx, x: Tensor, W: Tensor, b: Tensor, center: Tensor | None, selectors: tuple[Selector, ...],
+                memos: tuple[dict, ...]):
         xc = x if center is None else x - center.to(x.dtype)
         pre = _buffer((x.shape[0], W.shape[0]), x.dtype, x.device)
         torch.addmm(b.to(x.dtype), xc, W.t().to(x.dtype), out=pre)
-        picks = [sel(pre) for sel in selectors]
+        picks = [sel(pre)._replace(memo=m) for sel, m in zip(selectors, memos, strict=True)]
         ctx.picks = [p._replace(vals=p.vals > 0) for p in picks]  # ReLU'd entries get no gradient
         ctx.save_for_backward(xc, W)
         outs = []
@@ -145,28 +171,33 @@ class _EncodeSelect(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         xc, W = ctx.saved_tensors
-        g_vals = [(g * p.vals) if g is not None else torch.zeros(p.idx.shape, dtype=xc.dtype, device=xc.device)
-                  for g, p in zip(grads[0::4], ctx.picks, strict=True)]
-        s = (cat([p._replace(vals=g) for p, g in zip(ctx.picks, g_vals, strict=True)]) if len(ctx.picks) > 1
-             else ctx.picks[0]._replace(vals=g_vals[0]))
-        g = s.vals.to(xc.dtype)
+        # one product per selection (each reuses the by-latent index its decoder's backward already built)
+        picks = [p._replace(vals=(g * p.vals).to(xc.dtype)) for g, p in zip(grads[0::4], ctx.picks, strict=True)
+                 if g is not None]
         grad_x = grad_W = grad_b = grad_c = None
+        if not picks:
+            return grad_x, grad_W, grad_b, grad_c, None, None
         if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(s.idx, W.to(xc.dtype), s.offsets, per_sample_weights=g, mode="sum")
+            grad_x = sum(F.embedding_bag(p.idx, W.to(xc.dtype), p.offsets, per_sample_weights=p.vals, mode="sum")
+                         for p in picks)
         if ctx.needs_input_grad[1]:
-            grad_W = transpose_matmul(s, g, xc).to(W.dtype)
+            grad_W = sum(transpose_matmul(p, p.vals, xc) for p in picks).to(W.dtype)
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            per_latent = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device).index_add_(0, s.idx, g.to(W.dtype))
+            per_latent = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device)
+            for p in picks:
+                per_latent.index_add_(0, p.idx, p.vals.to(W.dtype))
             grad_b = per_latent if ctx.needs_input_grad[2] else None
             grad_c = -(per_latent @ W) if ctx.needs_input_grad[3] else None
-        return grad_x, grad_W, grad_b, grad_c, None
+        return grad_x, grad_W, grad_b, grad_c, None, None
 
 
 def encode_select(x: Tensor, W: Tensor, b: Tensor, selectors: list[Selector], center: Tensor | None = None) -> list[Sparse]:
     """Select entries of ``(x − center) @ W.T + b`` [rows, n_latents] with each selector, differentiably in
     the selected values only (gradients to x, W, b and center are computed sparsely)."""
-    out = _EncodeSelect.apply(x, W, b, center, tuple(selectors))
-    return [Sparse(out[i], out[i + 1], out[i + 2], out[i + 3], x.shape[0], W.shape[0]) for i in range(0, len(out), 4)]
+    memos = tuple({} for _ in selectors)
+    out = _EncodeSelect.apply(x, W, b, center, tuple(selectors), memos)
+    return [Sparse(out[i], out[i + 1], out[i + 2], out[i + 3], x.shape[0], W.shape[0], memos[i // 4])
+            for i in range(0, len(out), 4)]
 
 
 # ---------------------------------------------------------------- decoder
@@ -174,9 +205,10 @@ def encode_select(x: Tensor, W: Tensor, b: Tensor, selectors: list[Selector], ce
 
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, vals: Tensor, W: Tensor, idx: Tensor, rows: Tensor, offsets: Tensor, n_rows: int):
+    def forward(ctx, vals: Tensor, W: Tensor, idx: Tensor, rows: Tensor, offsets: Tensor, n_rows: int,
+                memo: dict | None):
         ctx.save_for_backward(vals, W, idx, rows, offsets)
-        ctx.n_rows = n_rows
+        ctx.n_rows, ctx.memo = n_rows, memo
         return F.embedding_bag(idx, W.to(vals.dtype), offsets, per_sample_weights=vals, mode="sum")
 
     @staticmethod
@@ -187,16 +219,16 @@ class _SparseDecode(torch.autograd.Function):
             grad_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
                 grad_out.to(vals.dtype), W.detach().to(vals.dtype), idx, offsets, rows, 0, -1)
         if ctx.needs_input_grad[1]:
-            s = Sparse(vals, idx, rows, offsets, ctx.n_rows, W.shape[0])
+            s = Sparse(vals, idx, rows, offsets, ctx.n_rows, W.shape[0], ctx.memo)
             grad_W = transpose_matmul(s, vals, grad_out.to(vals.dtype)).to(W.dtype)
-        return grad_vals, grad_W, None, None, None, None
+        return grad_vals, grad_W, None, None, None, None, None
 
 
 def decode(s: Sparse, W: Tensor) -> Tensor:
     """``S @ W`` ([rows, n] sparse times [n, d] dense), differentiable in the values and in W."""
     if s.idx.numel() == 0:
         return torch.zeros(s.n_rows, W.shape[1], dtype=W.dtype, device=W.device) + 0 * W.sum()
-    return _SparseDecode.apply(s.vals, W, s.idx, s.rows, s.offsets, s.n_rows)
+    return _SparseDecode.apply(s.vals, W, s.idx, s.rows, s.offsets, s.n_rows, s.memo)
 
 
 # ---------------------------------------------------------------- selections
