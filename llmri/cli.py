@@ -77,6 +77,9 @@ app.add_typer(geometry_app, name="geometry")
 jailbreak_app = typer.Typer(help="Refusal robustness: attacks × behaviour sets × judges, judge calibration, outside responses.",
                             no_args_is_help=True)
 app.add_typer(jailbreak_app, name="jailbreak")
+refusal_app = typer.Typer(help="The refusal direction (Arditi et al. 2024): extract and select it, measure ablating and adding "
+                               "it on held-out sets, fold the ablation into the weights.", no_args_is_help=True)
+app.add_typer(refusal_app, name="refusal")
 organism_app = typer.Typer(help="Model organisms (research artefacts): fine-tune a model to refuse, or to refuse except under a "
                                 "backdoor trigger, and measure it.", no_args_is_help=True)
 app.add_typer(organism_app, name="organism")
@@ -967,6 +970,98 @@ def jailbreak_calibrate(
     names = _names(judges)
     for j, judge in zip(names, _built_judges(judges, model, judge_url, judge_model, probe)):
         print(json.dumps({"judge": j, **calibrate(judge)}))
+
+
+REFUSAL = "llmri.safety.refusal:RefusalConfig"
+EFFECTS = "llmri.safety.refusal:EffectsConfig"
+
+
+@command(name="extract", on=refusal_app)
+def refusal_extract(
+    model: str = ModelOpt,
+    out: Path = typer.Option(Path("llmri-refusal"), "--out", "-o", help="folder for direction.safetensors, refusal.json, candidates.png"),
+    n_train: int = option(REFUSAL, "n_train"),
+    n_val: int = option(REFUSAL, "n_val"),
+    drop_last: float = option(REFUSAL, "drop_last"),
+    kl_max: float = option(REFUSAL, "kl_max"),
+    batch_size: int = option(REFUSAL, "batch_size"),
+    seed: int = option(REFUSAL, "seed"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Difference-of-means candidates at every layer × post-instruction position, scored and selected as in the paper."""
+    from .model import load_model
+    from .safety.refusal import RefusalConfig, extract
+
+    cfg = RefusalConfig(n_train=n_train, n_val=n_val, drop_last=drop_last, kl_max=kl_max, batch_size=batch_size, seed=seed)
+    check_target(out, "refusal direction")
+    d = extract(load_model(model, dtype=dtype, device=device), out, cfg)
+    print(json.dumps({"layer": d.layer, "position": d.position, **{k: round(v, 4) for k, v in d.scores.items()},
+                      "out": str(out)}))
+
+
+def _effects_config(limit: int, max_new_tokens: int, batch_size: int, **extra):
+    from .safety.refusal import EffectsConfig
+
+    return EffectsConfig(limit=limit or None, max_new_tokens=max_new_tokens, batch_size=batch_size, **extra)
+
+
+@command(name="ablate", on=refusal_app)
+def refusal_ablate(
+    direction: Path = typer.Option(..., "--direction", "-d", help="the folder written by `llmri refusal extract`"),
+    model: str = ModelOpt,
+    out: Path = typer.Option(Path("llmri-refusal-ablate"), "--out", "-o", help="output folder (eval/ rows, ablation.json)"),
+    limit: int = option(EFFECTS, "limit", default=100, help="behaviours per evaluation set (0: all)"),
+    max_new_tokens: int = option(EFFECTS, "max_new_tokens"),
+    batch_size: int = option(EFFECTS, "batch_size"),
+    perplexity_tokens: int = option(EFFECTS, "perplexity_tokens"),
+    weights: Optional[Path] = typer.Option(None, help="also write the weight-orthogonalised model here (an HF folder)"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Refusal rate and ASR with and without ablating the direction everywhere; KL and perplexity on harmless text."""
+    from .model import load_model
+    from .safety.refusal import ablation_effects, load_direction, orthogonalize
+
+    cfg = _effects_config(limit, max_new_tokens, batch_size, perplexity_tokens=perplexity_tokens)
+    check_target(out, "refusal direction effects")
+    if weights is not None:
+        check_target(weights, "refusal-ablated model")
+    lm = load_model(model, dtype=dtype, device=device)
+    d = load_direction(direction, lm)
+    if weights is not None:
+        print(json.dumps({"weights": str(weights), **orthogonalize(lm, d.vector, weights)}))
+    res = ablation_effects(lm, d, out, cfg)
+    for e in res["rates"]:
+        rate = e["asr"] if e["harmful"] else e["refusal"]
+        print(json.dumps({"set": e["set"], "attack": e["attack"], "n": e["n"],
+                          ("asr" if e["harmful"] else "refusal_rate"): [round(rate[k], 3) for k in ("rate", "lo", "hi")]}))
+    print(json.dumps({"kl_harmless": res["kl_harmless"], "perplexity": res["perplexity"]}))
+
+
+@command(name="add", on=refusal_app)
+def refusal_add(
+    direction: Path = typer.Option(..., "--direction", "-d", help="the folder written by `llmri refusal extract`"),
+    model: str = ModelOpt,
+    out: Path = typer.Option(Path("llmri-refusal-add"), "--out", "-o", help="output folder (addition.json, addition.jsonl)"),
+    scale: float = option(EFFECTS, "scale"),
+    limit: int = option(EFFECTS, "limit", default=100, help="prompts per set (0: all)"),
+    max_new_tokens: int = option(EFFECTS, "max_new_tokens"),
+    batch_size: int = option(EFFECTS, "batch_size"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Induced refusal: harmless and over-refusal test prompts answered with and without adding the direction."""
+    from .model import load_model
+    from .safety.refusal import addition_effects, load_direction
+
+    cfg = _effects_config(limit, max_new_tokens, batch_size, scale=scale)
+    check_target(out, "refusal direction effects")
+    lm = load_model(model, dtype=dtype, device=device)
+    res = addition_effects(lm, load_direction(direction, lm), out, cfg)
+    for e in res["rates"]:
+        print(json.dumps({"set": e["set"], "edit": e["edit"], "n": e["n"],
+                          "refusal_rate": [round(e["refusal"][k], 3) for k in ("rate", "lo", "hi")]}))
 
 
 GCG = "llmri.safety.gcg:GcgConfig"
