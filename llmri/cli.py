@@ -982,6 +982,7 @@ def refusal_extract(
     out: Path = typer.Option(Path("llmri-refusal"), "--out", "-o", help="folder for direction.safetensors, refusal.json, candidates.png"),
     n_train: int = option(REFUSAL, "n_train"),
     n_val: int = option(REFUSAL, "n_val"),
+    positions: int = option(REFUSAL, "positions"),
     drop_last: float = option(REFUSAL, "drop_last"),
     kl_max: float = option(REFUSAL, "kl_max"),
     batch_size: int = option(REFUSAL, "batch_size"),
@@ -993,7 +994,8 @@ def refusal_extract(
     from .model import load_model
     from .safety.refusal import RefusalConfig, extract
 
-    cfg = RefusalConfig(n_train=n_train, n_val=n_val, drop_last=drop_last, kl_max=kl_max, batch_size=batch_size, seed=seed)
+    cfg = RefusalConfig(n_train=n_train, n_val=n_val, positions=positions, drop_last=drop_last, kl_max=kl_max,
+                        batch_size=batch_size, seed=seed)
     check_target(out, "refusal direction")
     d = extract(load_model(model, dtype=dtype, device=device), out, cfg)
     print(json.dumps({"layer": d.layer, "position": d.position, **{k: round(v, 4) for k, v in d.scores.items()},

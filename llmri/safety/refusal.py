@@ -67,6 +67,8 @@ class RefusalConfig:
     """Harmful and harmless fitting prompts (each) whose mean activations give the candidates; ≥ 2."""
     n_val: int = bounded(32, 1)
     """Further fitting prompts (each set) on which candidates are scored; ≥ 1."""
+    positions: int = bounded(0, 0)
+    """Post-instruction positions scored, the last ones (0: all, as in the paper; 1: the last token only)."""
     drop_last: float = bounded(0.2, 0, 1, hi_open=True)
     """Fraction of the last layers never selected (their directions write the output, not a concept); [0, 1)."""
     kl_max: float = bounded(0.1, 0, lo_open=True)
@@ -183,13 +185,9 @@ def addition_edits(layer: int, direction: Tensor, scale: float = 1.0) -> dict:
 @torch.no_grad()
 def last_logprobs(model, prompts: Sequence, batch_size: int = 16, edits: dict | None = None) -> Tensor:
     """[n, vocab] float32 log-probabilities of the first answer token of each chat prompt (under ``edits``)."""
-    out = []
     ctx = model.intervene(edits) if edits else _nothing()
     with ctx:
-        for ids, mask in _batches(model, prompts, batch_size):
-            logits = model.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, -1].float()
-            out.append(logits.log_softmax(-1).cpu())
-    return torch.cat(out)
+        return _logprobs_of(model, model.hf, prompts, batch_size)
 
 
 def refusal_score_of(model, logprobs: Tensor) -> Tensor:
@@ -212,10 +210,14 @@ def score_candidates(model, cands: Tensor, prompts: dict[str, list[str]], cfg: R
     base_harmless = last_logprobs(model, harmless, cfg.batch_size)
     last_allowed = math.ceil((1 - cfg.drop_last) * L) - 1
     records = []
-    with bar("refusal candidates", total=n_post * (last_allowed + 1), unit="candidates") as b:
+    scored_positions = min(cfg.positions or n_post, n_post)
+    with bar("refusal candidates", total=scored_positions * (last_allowed + 1), unit="candidates") as b:
         for l in range(L):
             for i in range(n_post):
                 rec = {"layer": l, "position": i - n_post, "norm": float(cands[i, l].norm())}
+                if cfg.positions and i < n_post - cfg.positions:
+                    records.append({**rec, "excluded": "position not scored (--positions)"})
+                    continue
                 if l > last_allowed:
                     records.append({**rec, "excluded": f"in the last {cfg.drop_last:.0%} of layers"})
                     continue
@@ -546,10 +548,15 @@ def orthogonalize(model, direction: Tensor, out: str | Path, *, check_prompts: S
     return check
 
 
-def _logprobs_of(model, hf: nn.Module, prompts: Sequence[str]) -> Tensor:
+def _logprobs_of(model, hf: nn.Module, prompts: Sequence, batch_size: int = 16) -> Tensor:
+    """[n, vocab] last-position log-probabilities of ``hf`` (the unembedding of the last position only)."""
+    import inspect
+
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(hf.forward).parameters else {}
     out = []
-    for ids, mask in _batches(model, prompts, 16):
-        out.append(hf(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, -1].float().log_softmax(-1).cpu())
+    for ids, mask in _batches(model, prompts, batch_size):
+        logits = hf(input_ids=ids, attention_mask=mask, use_cache=False, **last).logits[:, -1].float()
+        out.append(logits.log_softmax(-1).cpu())
     return torch.cat(out)
 
 
