@@ -130,16 +130,23 @@ def test_cli_errors_are_one_line(tiny_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_extract_on_the_default_model(real_model, tmp_path):
-    """The paper's pipeline end to end on SmolLM2 (a few prompts): a selected direction that lowers refusal when
-    ablated, raises it when added, keeps harmless KL ≤ 0.1, and files that load back."""
-    cfg = R.RefusalConfig(n_train=16, n_val=8, batch_size=16)
-    d = R.extract(real_model, tmp_path / "dir", cfg)
-    meta = json.loads((tmp_path / "dir" / "refusal.json").read_text())
-    assert d.layer < 0.8 * real_model.n_layers and d.scores["kl"] <= 0.1 and d.scores["steering_score"] > 0
-    assert d.scores["ablation_score"] < meta["baseline"]["harmful_refusal_score"]
-    scored = [r for r in meta["candidates"] if "kl" in r]
-    assert len(scored) == R.post_instruction_tokens(real_model) * round(0.8 * real_model.n_layers)
-    assert (tmp_path / "dir" / "candidates.png").stat().st_size > 10_000
-    back = R.load_direction(tmp_path / "dir", real_model)
-    assert torch.equal(back.vector, d.vector) and (back.layer, back.position) == (d.layer, d.position)
+def test_the_default_model_separates_harm_but_has_no_admissible_direction(real_model, tmp_path):
+    """Known answers on SmolLM2 (complies with ~96% of HarmBench). (1) The difference of means at the last
+    post-instruction token separates held-out harmful from harmless prompts (projection AUROC); (2) by the
+    paper's criteria it has no refusal direction: adding a candidate never makes a refusal opening likely
+    (steering score ≤ 0; the full protocol, 144 candidates, found none admissible), and nothing is written."""
+    from sklearn.metrics import roc_auc_score
+
+    cfg = R.RefusalConfig(n_train=16, n_val=8, positions=1)
+    prompts = R.fitting_prompts(cfg)
+    cands = R.candidates(real_model, prompts["harmful_train"], prompts["harmless_train"])
+    layer = real_model.n_layers // 2
+    r = cands[-1, layer]
+    n_post = cands.shape[0]
+    val = prompts["harmful_val"] + prompts["harmless_val"]
+    acts = R.mean_resid_pre  # per prompt: the mean over one prompt is its own activation
+    proj = [float(acts(real_model, [p], n_post, 1)[-1, layer].float() @ r) for p in val]
+    assert roc_auc_score([1] * 8 + [0] * 8, proj) > 0.9
+    with pytest.raises(SafetyError, match=r"of 24 scored, \d+ change harmless answers too much \(KL\) and 24 do not"):
+        R.extract(real_model, tmp_path / "dir", R.RefusalConfig(n_train=16, n_val=4, positions=1))
+    assert not (tmp_path / "dir").exists()
