@@ -134,7 +134,7 @@ def test_the_default_model_separates_harm_but_has_no_admissible_direction(real_m
     """Known answers on SmolLM2 (complies with ~96% of HarmBench). (1) The difference of means at the last
     post-instruction token separates held-out harmful from harmless prompts (projection AUROC); (2) by the
     paper's criteria it has no refusal direction: adding a candidate never makes a refusal opening likely
-    (steering score ≤ 0; the full protocol, 144 candidates, found none admissible), and nothing is written."""
+    (steering score ≤ 0; the full protocol, 144 candidates, found none admissible); the scores are kept."""
     from sklearn.metrics import roc_auc_score
 
     cfg = R.RefusalConfig(n_train=16, n_val=8, positions=1)
@@ -149,4 +149,8 @@ def test_the_default_model_separates_harm_but_has_no_admissible_direction(real_m
     assert roc_auc_score([1] * 8 + [0] * 8, proj) > 0.9
     with pytest.raises(SafetyError, match=r"of 24 scored, \d+ change harmless answers too much \(KL\) and 24 do not"):
         R.extract(real_model, tmp_path / "dir", R.RefusalConfig(n_train=16, n_val=4, positions=1))
-    assert not (tmp_path / "dir").exists()
+    meta = json.loads((tmp_path / "dir" / "refusal.json").read_text())  # the scores that say why are kept
+    assert meta["layer"] is None and sum("kl" in r for r in meta["candidates"]) == 24
+    assert not (tmp_path / "dir" / "direction.safetensors").exists()
+    with pytest.raises(SafetyError, match="no direction"):
+        R.load_direction(tmp_path / "dir")

@@ -253,7 +253,8 @@ def select(records: Sequence[dict]) -> dict:
 def extract(model, out: str | Path, cfg: RefusalConfig | None = None) -> Direction:
     """Candidates, scores and the selected direction of ``model``, written to ``out`` (a folder llmri owns):
     ``direction.safetensors`` (``direction`` [d] and ``candidates`` [n_post, L, d]), ``refusal.json``,
-    ``candidates.png``."""
+    ``candidates.png``. When no candidate is admissible, the scores and the figure are still written (no
+    direction) and :class:`SafetyError` says so."""
     cfg = cfg or RefusalConfig()
     out = Path(out)
     check_target(out, KIND)
@@ -264,28 +265,46 @@ def extract(model, out: str | Path, cfg: RefusalConfig | None = None) -> Directi
     cands = candidates(model, prompts["harmful_train"], prompts["harmless_train"], cfg.batch_size)
     t_cands = time.perf_counter() - t0
     records = score_candidates(model, cands, prompts, cfg)
-    best = select(records)
-    n_post = cands.shape[0]
-    vector = cands[best["position"] + n_post, best["layer"]].contiguous()
-    chosen = {k: best[k] for k in ("ablation_score", "steering_score", "kl", "norm")}
-    base = last_logprobs(model, prompts["harmful_val"] + prompts["harmless_val"], cfg.batch_size)
-    meta = {"kind": KIND, "version": 1, "model": model.name, "d_model": model.d_model, "n_layers": model.n_layers,
-            "layer": best["layer"], "position": best["position"], "scores": chosen,
-            "baseline": {"harmful_refusal_score": float(refusal_score_of(model, base[: cfg.n_val]).mean()),
-                         "harmless_refusal_score": float(refusal_score_of(model, base[cfg.n_val:]).mean())},
-            "config": asdict(cfg), "post_instruction_tokens": n_post, "candidates": records,
-            "seconds": {"candidates": round(t_cands, 1), "total": round(time.perf_counter() - t0, 1)}}
-    with claimed(out, KIND) as folder:
-        mark(folder, KIND, "direction.safetensors", "refusal.json", "candidates.png")
-        with atomic_path(folder / "direction.safetensors") as tmp:
-            save_file({"direction": vector, "candidates": cands.contiguous()}, str(tmp),
-                      metadata={"model": model.name, "layer": str(best["layer"]), "position": str(best["position"])})
-        write_figure(folder / "candidates.png", plot_candidates(records, n_post, model.n_layers, best))
-        write_json(folder / "refusal.json", meta)  # last: its presence means the folder is complete
+    try:
+        best = select(records)
+    except SafetyError as err:  # no direction, but the scores that say why are worth keeping
+        _write_extract(out, model, cfg, cands, records, None, prompts, t0, t_cands)
+        raise SafetyError(f"{err.problem}; every candidate's scores are in {out / 'refusal.json'} and "
+                          f"{out / 'candidates.png'}", err.fix) from None
+    meta = _write_extract(out, model, cfg, cands, records, best, prompts, t0, t_cands)
+    chosen = meta["scores"]
     say(f"llmri: selected layer {best['layer']}, position {best['position']}: ablation refusal score "
         f"{chosen['ablation_score']:.2f} (baseline {meta['baseline']['harmful_refusal_score']:.2f}), steering "
         f"{chosen['steering_score']:.2f}, KL {chosen['kl']:.3f} → {out}")
+    vector = cands[best["position"] + cands.shape[0], best["layer"]].contiguous()
     return Direction(vector, best["layer"], best["position"], chosen, model.name)
+
+
+def _write_extract(out: Path, model, cfg: RefusalConfig, cands: Tensor, records: list[dict], best: dict | None,
+                   prompts: dict, t0: float, t_cands: float) -> dict:
+    """``refusal.json`` (every candidate's scores; ``layer`` None when none is admissible), ``candidates.png``
+    and, with a selection, ``direction.safetensors``."""
+    n_post = cands.shape[0]
+    base = last_logprobs(model, prompts["harmful_val"] + prompts["harmless_val"], cfg.batch_size)
+    n_val = len(prompts["harmful_val"])
+    meta = {"kind": KIND, "version": 1, "model": model.name, "d_model": model.d_model, "n_layers": model.n_layers,
+            "layer": best and best["layer"], "position": best and best["position"],
+            "scores": best and {k: best[k] for k in ("ablation_score", "steering_score", "kl", "norm")},
+            "baseline": {"harmful_refusal_score": float(refusal_score_of(model, base[:n_val]).mean()),
+                         "harmless_refusal_score": float(refusal_score_of(model, base[n_val:]).mean())},
+            "config": asdict(cfg), "post_instruction_tokens": n_post, "candidates": records,
+            "seconds": {"candidates": round(t_cands, 1), "total": round(time.perf_counter() - t0, 1)}}
+    files = ["refusal.json", "candidates.png"] + (["direction.safetensors"] if best else [])
+    with claimed(out, KIND) as folder:
+        mark(folder, KIND, *files)
+        if best:
+            vector = cands[best["position"] + n_post, best["layer"]].contiguous()
+            with atomic_path(folder / "direction.safetensors") as tmp:
+                save_file({"direction": vector, "candidates": cands.contiguous()}, str(tmp),
+                          metadata={"model": model.name, "layer": str(best["layer"]), "position": str(best["position"])})
+        write_figure(folder / "candidates.png", plot_candidates(records, n_post, model.n_layers, best))
+        write_json(folder / "refusal.json", meta)  # last: its presence means the folder is complete
+    return meta
 
 
 def load_direction(path: str | Path, model=None) -> Direction:
@@ -293,12 +312,19 @@ def load_direction(path: str | Path, model=None) -> Direction:
     path = Path(path)
     try:
         meta = json.loads((path / "refusal.json").read_text())
-        vector = load_file(str(path / "direction.safetensors"))["direction"]
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError) as err:
         raise SafetyError(f"{path} is not a readable refusal direction ({type(err).__name__}: {err})",
                           "give the folder written by `llmri refusal extract`") from None
     if meta.get("kind") != KIND:
         raise SafetyError(f"{path} is not a refusal direction", "give the folder written by `llmri refusal extract`")
+    if meta.get("layer") is None:
+        raise SafetyError(f"{path} holds candidate scores but no direction: none passed the selection filters",
+                          "see its refusal.json / candidates.png; extract again with other filters or another model")
+    try:
+        vector = load_file(str(path / "direction.safetensors"))["direction"]
+    except (OSError, ValueError, KeyError) as err:
+        raise SafetyError(f"{path} is not a readable refusal direction ({type(err).__name__}: {err})",
+                          "give the folder written by `llmri refusal extract`") from None
     if model is not None and vector.shape != (model.d_model,):
         raise SafetyError(f"the direction in {path} has {vector.shape[0]} dimensions, {model.name} has {model.d_model}",
                           f"extract a direction for {model.name} (`llmri refusal extract --model ...`)")
@@ -316,7 +342,7 @@ def as_direction(value, model) -> Tensor:
     return vector
 
 
-def plot_candidates(records: Sequence[dict], n_post: int, n_layers: int, best: dict):
+def plot_candidates(records: Sequence[dict], n_post: int, n_layers: int, best: dict | None):
     """Layer × position heatmaps of the three scores; excluded candidates are greyed, the selected one boxed."""
     import matplotlib
 
@@ -338,14 +364,15 @@ def plot_candidates(records: Sequence[dict], n_post: int, n_layers: int, best: d
             if r["excluded"] and key in r:
                 ax.add_patch(plt.Rectangle((r["layer"] - 0.5, r["position"] + n_post - 0.5), 1, 1, fill=False,
                                            hatch="///", edgecolor="white", linewidth=0))
-        ax.add_patch(plt.Rectangle((best["layer"] - 0.5, best["position"] + n_post - 0.5), 1, 1, fill=False,
-                                   edgecolor="red", linewidth=2))
+        if best:
+            ax.add_patch(plt.Rectangle((best["layer"] - 0.5, best["position"] + n_post - 0.5), 1, 1, fill=False,
+                                       edgecolor="red", linewidth=2))
         ax.set_yticks(range(n_post), [str(p - n_post) for p in range(n_post)])
         ax.set_xlabel("layer (resid_pre)")
         ax.set_ylabel("position (from the end)")
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle("Refusal direction candidates (hatched: excluded; red: selected)")
+    fig.suptitle("Refusal direction candidates (hatched: excluded; " + ("red: selected)" if best else "none admissible)"))
     return fig
 
 
