@@ -985,6 +985,7 @@ def refusal_extract(
     positions: int = option(REFUSAL, "positions"),
     drop_last: float = option(REFUSAL, "drop_last"),
     kl_max: float = option(REFUSAL, "kl_max"),
+    min_steering: float = option(REFUSAL, "min_steering"),
     batch_size: int = option(REFUSAL, "batch_size"),
     seed: int = option(REFUSAL, "seed"),
     dtype: str = DtypeOpt,
@@ -995,7 +996,7 @@ def refusal_extract(
     from .safety.refusal import RefusalConfig, extract
 
     cfg = RefusalConfig(n_train=n_train, n_val=n_val, positions=positions, drop_last=drop_last, kl_max=kl_max,
-                        batch_size=batch_size, seed=seed)
+                        min_steering=min_steering, batch_size=batch_size, seed=seed)
     check_target(out, "refusal direction")
     d = extract(load_model(model, dtype=dtype, device=device), out, cfg)
     print(json.dumps({"layer": d.layer, "position": d.position, **{k: round(v, 4) for k, v in d.scores.items()},

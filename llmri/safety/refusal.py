@@ -21,7 +21,7 @@ of the mean ``resid_pre.l`` activations at p over ``n_train`` harmful (AdvBench)
 - *KL*: the mean KL(base ‖ ablated) of the next-token distribution at the last position on harmless prompts.
 
 **Selection** (the paper's): among candidates with l < (1 − ``drop_last``)·L, KL ≤ ``kl_max`` and steering
-score > 0, the one with the lowest ablation refusal score. Every candidate's scores are kept (``refusal.json``)
+score > ``min_steering`` (0), the one with the lowest ablation refusal score. Every candidate's scores are kept (``refusal.json``)
 and drawn as layer × position heatmaps (``candidates.png``).
 
 **Weight orthogonalisation.** Directional ablation is linear in the residual writes, so it can be folded into
@@ -73,6 +73,9 @@ class RefusalConfig:
     """Fraction of the last layers never selected (their directions write the output, not a concept); [0, 1)."""
     kl_max: float = bounded(0.1, 0, lo_open=True)
     """Largest mean KL(base ‖ ablated) on harmless prompts a selected direction may cause; > 0."""
+    min_steering: float = 0.0
+    """Steering score a selected direction must exceed (the paper: 0, i.e. adding it makes a refusal opening
+    more likely than not on harmless prompts; small models may need a lower bar, recorded in refusal.json)."""
     batch_size: int = bounded(16, 1)
     """Prompts per forward pass; ≥ 1."""
     seed: int = bounded(0, 0)
@@ -221,6 +224,9 @@ def score_candidates(model, cands: Tensor, prompts: dict[str, list[str]], cfg: R
                 if l > last_allowed:
                     records.append({**rec, "excluded": f"in the last {cfg.drop_last:.0%} of layers"})
                     continue
+                if rec["norm"] < 1e-6 * float(cands.norm(dim=-1).max()):  # e.g. embeddings of the same token
+                    records.append({**rec, "excluded": "no difference between the sets here"})
+                    continue
                 r = cands[i, l]
                 ablated = last_logprobs(model, harm + harmless, cfg.batch_size, ablation_edits(model, r))
                 steered = last_logprobs(model, harmless, cfg.batch_size, addition_edits(l, r))
@@ -228,7 +234,7 @@ def score_candidates(model, cands: Tensor, prompts: dict[str, list[str]], cfg: R
                            steering_score=float(refusal_score_of(model, steered).mean()),
                            kl=float(kl(base_harmless, ablated[len(harm):]).mean()))
                 reasons = [f"KL {rec['kl']:.3f} > {cfg.kl_max}"] if rec["kl"] > cfg.kl_max else []
-                reasons += ["steering score ≤ 0"] if rec["steering_score"] <= 0 else []
+                reasons += [f"steering score ≤ {cfg.min_steering:g}"] if rec["steering_score"] <= cfg.min_steering else []
                 records.append({**rec, "excluded": "; ".join(reasons) or None})
                 b.advance()
     return records
@@ -243,7 +249,8 @@ def select(records: Sequence[dict]) -> dict:
         n_steer = sum(r["excluded"] is not None and "steering" in r["excluded"] for r in scored)
         raise SafetyError(f"no candidate direction passes the selection filters: of {len(scored)} scored, {n_kl} change "
                           f"harmless answers too much (KL) and {n_steer} do not induce refusal when added (steering "
-                          f"score ≤ 0)", "raise --kl-max, or use a model that refuses (see `llmri jailbreak eval`)")
+                          f"score too low)", "raise --kl-max or lower --min-steering (small models), or use a model "
+                                             "that refuses (see `llmri jailbreak eval`)")
     return min(ok, key=lambda r: r["ablation_score"])
 
 
