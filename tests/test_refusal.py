@@ -2,6 +2,7 @@
 the white-box attack and the CLI's one-line errors (tiny random models); extraction on the real model (slow)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -94,6 +95,25 @@ def test_select_takes_the_lowest_admissible_ablation_score():
     assert (R.select(records)["layer"], R.select(records)["position"]) == (3, -3)
     with pytest.raises(SafetyError, match="1 change harmless answers too much .KL. and 1 do not induce refusal"):
         R.select(records[:2] + records[4:])
+
+
+def test_extract_writes_a_direction_that_loads_back(tiny, tmp_path):
+    """The whole pipeline on a tiny model with the filters opened (a random model refuses nothing): the files,
+    the selected candidate, and the folder as a direction for `load_direction` and the jailbreak attack."""
+    model = tiny("llama")
+    cfg = R.RefusalConfig(n_train=4, n_val=2, positions=2, kl_max=1e9, min_steering=-1e9, batch_size=4)
+    d = R.extract(model, tmp_path / "dir", cfg)
+    meta = json.loads((tmp_path / "dir" / "refusal.json").read_text())
+    scored = [r for r in meta["candidates"] if "kl" in r]
+    zero = sum(r["excluded"] == "no difference between the sets here" for r in meta["candidates"])
+    assert len(scored) == 2 * math.ceil(0.8 * model.n_layers) - zero  # layers 0…⌈0.8L⌉−1, the last 2 positions
+    best = min((r for r in scored if not r["excluded"]), key=lambda r: r["ablation_score"])
+    assert (d.layer, d.position) == (best["layer"], best["position"]) == (meta["layer"], meta["position"])
+    back = R.load_direction(tmp_path / "dir", model)
+    assert torch.equal(back.vector, d.vector) and torch.equal(R.as_direction(str(tmp_path / "dir"), model), d.vector)
+    n_post = meta["post_instruction_tokens"]
+    cands = R.candidates(model, *[R.fitting_prompts(cfg)[k] for k in ("harmful_train", "harmless_train")], 4)
+    torch.testing.assert_close(d.vector, cands[d.position + n_post, d.layer])
 
 
 def test_the_refusal_ablation_attack_answers_under_ablation(tiny):

@@ -283,7 +283,7 @@ def extract(model, out: str | Path, cfg: RefusalConfig | None = None) -> Directi
     say(f"llmri: selected layer {best['layer']}, position {best['position']}: ablation refusal score "
         f"{chosen['ablation_score']:.2f} (baseline {meta['baseline']['harmful_refusal_score']:.2f}), steering "
         f"{chosen['steering_score']:.2f}, KL {chosen['kl']:.3f} → {out}")
-    vector = cands[best["position"] + cands.shape[0], best["layer"]].contiguous()
+    vector = cands[best["position"] + cands.shape[0], best["layer"]].clone()
     return Direction(vector, best["layer"], best["position"], chosen, model.name)
 
 
@@ -305,7 +305,7 @@ def _write_extract(out: Path, model, cfg: RefusalConfig, cands: Tensor, records:
     with claimed(out, KIND) as folder:
         mark(folder, KIND, *files)
         if best:
-            vector = cands[best["position"] + n_post, best["layer"]].contiguous()
+            vector = cands[best["position"] + n_post, best["layer"]].clone()  # its own storage (safetensors)
             with atomic_path(folder / "direction.safetensors") as tmp:
                 save_file({"direction": vector, "candidates": cands.contiguous()}, str(tmp),
                           metadata={"model": model.name, "layer": str(best["layer"]), "position": str(best["position"])})
