@@ -175,3 +175,22 @@ def test_the_default_model_separates_harm_but_has_no_admissible_direction(real_m
     assert not (tmp_path / "dir" / "direction.safetensors").exists()
     with pytest.raises(SafetyError, match="no direction"):
         R.load_direction(tmp_path / "dir")
+
+
+def test_addition_effects_answer_with_and_without_the_direction(tiny, tmp_path):
+    """`llmri refusal add` on a tiny model: both sets, both edits, rates with intervals over the rows written,
+    and the 'addition' answers equal generation under the addition hook."""
+    model = tiny("llama")
+    r = 5 * torch.randn(model.d_model, generator=torch.Generator().manual_seed(4))
+    d = R.Direction(r, 1, -1, {}, "tiny")
+    res = R.addition_effects(model, d, tmp_path / "add", R.EffectsConfig(limit=3, max_new_tokens=4, batch_size=4))
+    rows = [json.loads(x) for x in (tmp_path / "add" / "addition.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and {(e["set"], e["edit"]) for e in res["rates"]} == {
+        (s, e) for s in ("harmless", "overrefusal") for e in ("none", "addition")}
+    for e in res["rates"]:
+        mine = [x for x in rows if x["set"] == e["set"] and x["edit"] == e["edit"]]
+        assert e["n"] == 3 and e["refusal"]["rate"] == sum(x["verdict"] == "refusal" for x in mine) / 3
+    added = [x for x in rows if x["set"] == "harmless" and x["edit"] == "addition"]
+    with model.intervene(R.addition_edits(1, r)):
+        again = generate(model, [x["prompt"] for x in added], GenerateConfig(4, 4))
+    assert [x["response"] for x in added] == [g.text for g in again]
