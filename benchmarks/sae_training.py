@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common import emit, log, machine, rss_mb
+from common import emit, gemm_rate, log, machine, rss_mb
 
 from llmri.dictionaries import DictConfig, StoreSource, TrainConfig, Trainer, build
 from llmri.dictionaries.evaluate import reconstruction_metrics
@@ -53,23 +53,6 @@ from llmri.store import ActivationStore
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def gemm_rate(dtype: torch.dtype, device: str, rows: int, d_in: int, n: int, repeat: int = 7) -> float:
-    """FLOP/s of the encoder-shaped GEMM [rows × d_in] @ [d_in × n] into a reused output (best of ``repeat``)."""
-    a = torch.randn(rows, d_in, dtype=dtype, device=device)
-    w = torch.randn(n, d_in, dtype=dtype, device=device)
-    out = torch.empty(rows, n, dtype=dtype, device=device)
-    torch.mm(a, w.t(), out=out)
-    best = float("inf")
-    for _ in range(repeat):
-        sync(device)
-        t = time.perf_counter()
-        for _ in range(5 if device == "cuda" else 1):
-            torch.mm(a, w.t(), out=out)
-        sync(device)
-        best = min(best, (time.perf_counter() - t) / (5 if device == "cuda" else 1))
-    return 2 * rows * d_in * n / best
 
 
 def cpu_flags() -> list[str]:
@@ -342,8 +325,8 @@ def main() -> None:
             "excluded": "position 0, special tokens, norm > 20x median", "machine": machine(), "cpu_flags": cpu_flags(),
             "sparsify": sp.version if sp else None}
     for n in (int(v) for v in args.latents.split(",")):
-        r32 = gemm_rate(torch.float32, args.device, args.batch, args.d_in, n)
-        r16 = gemm_rate(torch.bfloat16, args.device, args.batch, args.d_in, n)
+        r32 = gemm_rate(torch.float32, rows=args.batch, d_in=args.d_in, n=n, device=args.device)
+        r16 = gemm_rate(torch.bfloat16, rows=args.batch, d_in=args.d_in, n=n, device=args.device)
         log(f"{n} latents: GEMM fp32 {r32 / 1e9:,.0f} GFLOP/s, bf16 {r16 / 1e9:,.0f} GFLOP/s")
         runs = [(v, dt) for v in variants for dt in (args.dtypes.split(",") if v == "llmri" else ["default"])]
         for variant, dtype in runs:
@@ -360,8 +343,8 @@ def main() -> None:
                     continue
                 bf16_gemm = dtype == "bfloat16" or (variant == "sparsify" and args.device == "cuda")
                 rate = r16 if bf16_gemm else r32
-                rate_after = gemm_rate(torch.bfloat16 if bf16_gemm else torch.float32, args.device, args.batch,
-                                       args.d_in, n)
+                rate_after = gemm_rate(torch.bfloat16 if bf16_gemm else torch.float32, rows=args.batch,
+                                       d_in=args.d_in, n=n, device=args.device)
                 ceiling = max(rate, rate_after) / (2 * args.d_in * n)  # the machine drifts: the higher ceiling
                 emit({**base, "variant": variant, "dtype": dtype, "n_latents": n, "tokens": steps * args.batch,
                       "gemm_gflops_fp32": round(r32 / 1e9, 1), "gemm_gflops_bf16": round(r16 / 1e9, 1),

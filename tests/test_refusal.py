@@ -194,3 +194,37 @@ def test_addition_effects_answer_with_and_without_the_direction(tiny, tmp_path):
     with model.intervene(R.addition_edits(1, r)):
         again = generate(model, [x["prompt"] for x in added], GenerateConfig(4, 4))
     assert [x["response"] for x in added] == [g.text for g in again]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["extract", "--n-train", "1"], "n_train"),
+    (["extract", "--drop-last", "1"], "drop_last"),
+    (["extract", "--positions", "-1"], "positions"),
+    (["extract", "--min-steering", "nan"], "min_steering"),
+    (["ablate", "--limit", "-3"], "limit"),
+    (["ablate", "--perplexity-tokens", "5"], "perplexity_tokens"),
+    (["add", "--batch-size", "0"], "batch_size"),
+    (["add", "--scale", "inf"], "scale"),
+])
+def test_bad_refusal_options_are_one_line(tmp_path, args, needle):
+    from clirun import assert_clean_error, run
+
+    extra = [] if args[0] == "extract" else ["--direction", str(tmp_path / "d")]
+    assert_clean_error(run("refusal", *args, *extra, "--out", tmp_path / "o"), needle)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["extract", "ablate", "add"])
+def test_refusal_out_never_touches_a_folder_llmri_did_not_write(tmp_path, command):
+    from clirun import assert_clean_error, run
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    extra = [] if command == "extract" else ["--direction", str(tmp_path / "d")]
+    assert_clean_error(run("refusal", command, *extra, "--out", mine))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    if command == "ablate":  # --weights is an output too
+        res = run("refusal", "ablate", *extra, "--out", tmp_path / "o", "--weights", mine)
+        assert_clean_error(res)
+        assert [p.name for p in mine.iterdir()] == ["notes.txt"] and not (tmp_path / "o").exists()

@@ -70,17 +70,6 @@ def from_dense(dense: Tensor) -> Sparse:
     return from_mask(dense, dense != 0)
 
 
-def cat(parts: list[Sparse]) -> Sparse:
-    """Merge sparse matrices of the same shape row by row (entries are summed where they coincide, e.g. the
-    gradients of the main and the aux-k selections)."""
-    rows = torch.cat([p.rows for p in parts])
-    order = torch.argsort(rows, stable=True)
-    rows = rows[order]
-    counts = torch.bincount(rows, minlength=parts[0].n_rows)
-    return Sparse(torch.cat([p.vals for p in parts])[order], torch.cat([p.idx for p in parts])[order], rows,
-                  torch.cumsum(counts, 0) - counts, parts[0].n_rows, parts[0].n_latents)
-
-
 # ---------------------------------------------------------------- Sᵀ·X
 
 

@@ -33,6 +33,7 @@ ablation on the original.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -73,7 +74,7 @@ class RefusalConfig:
     """Fraction of the last layers never selected (their directions write the output, not a concept); [0, 1)."""
     kl_max: float = bounded(0.1, 0, lo_open=True)
     """Largest mean KL(base ‖ ablated) on harmless prompts a selected direction may cause; > 0."""
-    min_steering: float = 0.0
+    min_steering: float = bounded(0.0)
     """Steering score a selected direction must exceed (the paper: 0, i.e. adding it makes a refusal opening
     more likely than not on harmless prompts; small models may need a lower bar, recorded in refusal.json)."""
     batch_size: int = bounded(16, 1)
@@ -172,8 +173,7 @@ def residual_writes(model) -> list[str]:
 
 def ablation_edits(model, direction: Tensor) -> dict:
     """Directional ablation of ``direction`` from every residual write (``model.intervene`` edits)."""
-    u = direction.detach().float().to(model.device)
-    edit = Clamp(u / u.norm(), 0.0)
+    edit = Clamp(direction.detach().float().to(model.device), 0.0)  # Clamp uses the unit direction
     return {p: edit for p in residual_writes(model)}
 
 
@@ -188,8 +188,7 @@ def addition_edits(layer: int, direction: Tensor, scale: float = 1.0) -> dict:
 @torch.no_grad()
 def last_logprobs(model, prompts: Sequence, batch_size: int = 16, edits: dict | None = None) -> Tensor:
     """[n, vocab] float32 log-probabilities of the first answer token of each chat prompt (under ``edits``)."""
-    ctx = model.intervene(edits) if edits else _nothing()
-    with ctx:
+    with model.intervene(edits) if edits else contextlib.nullcontext():
         return _logprobs_of(model, model.hf, prompts, batch_size)
 
 
@@ -206,11 +205,14 @@ def kl(base: Tensor, other: Tensor) -> Tensor:
     return (base.exp() * (base - other)).sum(-1)
 
 
-def score_candidates(model, cands: Tensor, prompts: dict[str, list[str]], cfg: RefusalConfig) -> list[dict]:
-    """One record per (layer, position): ablation refusal score, steering score, KL, and why it is excluded."""
+def score_candidates(model, cands: Tensor, prompts: dict[str, list[str]], cfg: RefusalConfig,
+                     base_harmless: Tensor | None = None) -> list[dict]:
+    """One record per (layer, position): ablation refusal score, steering score, KL, and why it is excluded
+    (``base_harmless``: the unedited log-probabilities of the harmless validation prompts, if already computed)."""
     n_post, L = cands.shape[:2]
     harm, harmless = prompts["harmful_val"], prompts["harmless_val"]
-    base_harmless = last_logprobs(model, harmless, cfg.batch_size)
+    if base_harmless is None:
+        base_harmless = last_logprobs(model, harmless, cfg.batch_size)
     last_allowed = math.ceil((1 - cfg.drop_last) * L) - 1
     records = []
     scored_positions = min(cfg.positions or n_post, n_post)
@@ -271,14 +273,15 @@ def extract(model, out: str | Path, cfg: RefusalConfig | None = None) -> Directi
         f"{cfg.n_val} + {cfg.n_val} to score them")
     cands = candidates(model, prompts["harmful_train"], prompts["harmless_train"], cfg.batch_size)
     t_cands = time.perf_counter() - t0
-    records = score_candidates(model, cands, prompts, cfg)
+    base = last_logprobs(model, prompts["harmful_val"] + prompts["harmless_val"], cfg.batch_size)  # unedited
+    records = score_candidates(model, cands, prompts, cfg, base[len(prompts["harmful_val"]):])
     try:
         best = select(records)
     except SafetyError as err:  # no direction, but the scores that say why are worth keeping
-        _write_extract(out, model, cfg, cands, records, None, prompts, t0, t_cands)
+        _write_extract(out, model, cfg, cands, records, None, base, prompts, t0, t_cands)
         raise SafetyError(f"{err.problem}; every candidate's scores are in {out / 'refusal.json'} and "
                           f"{out / 'candidates.png'}", err.fix) from None
-    meta = _write_extract(out, model, cfg, cands, records, best, prompts, t0, t_cands)
+    meta = _write_extract(out, model, cfg, cands, records, best, base, prompts, t0, t_cands)
     chosen = meta["scores"]
     say(f"llmri: selected layer {best['layer']}, position {best['position']}: ablation refusal score "
         f"{chosen['ablation_score']:.2f} (baseline {meta['baseline']['harmful_refusal_score']:.2f}), steering "
@@ -288,11 +291,10 @@ def extract(model, out: str | Path, cfg: RefusalConfig | None = None) -> Directi
 
 
 def _write_extract(out: Path, model, cfg: RefusalConfig, cands: Tensor, records: list[dict], best: dict | None,
-                   prompts: dict, t0: float, t_cands: float) -> dict:
+                   base: Tensor, prompts: dict, t0: float, t_cands: float) -> dict:
     """``refusal.json`` (every candidate's scores; ``layer`` None when none is admissible), ``candidates.png``
     and, with a selection, ``direction.safetensors``."""
     n_post = cands.shape[0]
-    base = last_logprobs(model, prompts["harmful_val"] + prompts["harmless_val"], cfg.batch_size)
     n_val = len(prompts["harmful_val"])
     meta = {"kind": KIND, "version": 1, "model": model.name, "d_model": model.d_model, "n_layers": model.n_layers,
             "layer": best and best["layer"], "position": best and best["position"],
@@ -400,8 +402,8 @@ class EffectsConfig:
     """Prompts per forward pass; ≥ 1."""
     perplexity_tokens: int = bounded(8192, 128)
     """Tokens of the default corpus' eval split for the perplexity with and without ablation; ≥ 128."""
-    scale: float = 1.0
-    """Activation addition adds scale·r (the paper: 1)."""
+    scale: float = bounded(1.0)
+    """Activation addition adds scale·r (the paper: 1); a finite number."""
 
     def __post_init__(self):
         check(self, SafetyError)
@@ -558,7 +560,8 @@ def orthogonalize(model, direction: Tensor, out: str | Path, *, check_prompts: S
     out = Path(out)
     check_target(out, ABLATED_KIND)
     hf = orthogonalized(model, direction)
-    prompts = list(check_prompts) or [b.prompt for b in fitting()["harmful"][:2] + fitting()["harmless"][:2]]
+    sets = fitting()
+    prompts = list(check_prompts) or [b.prompt for b in sets["harmful"][:2] + sets["harmless"][:2]]
     hooked = last_logprobs(model, prompts, edits=ablation_edits(model, direction))
     folded = _logprobs_of(model, hf, prompts)
     err = float((hooked - folded).abs().max())
@@ -592,11 +595,3 @@ def _logprobs_of(model, hf: nn.Module, prompts: Sequence, batch_size: int = 16) 
         logits = hf(input_ids=ids, attention_mask=mask, use_cache=False, **last).logits[:, -1].float()
         out.append(logits.log_softmax(-1).cpu())
     return torch.cat(out)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
