@@ -83,6 +83,9 @@ app.add_typer(refusal_app, name="refusal")
 organism_app = typer.Typer(help="Model organisms (research artefacts): fine-tune a model to refuse, or to refuse except under a "
                                 "backdoor trigger, and measure it.", no_args_is_help=True)
 app.add_typer(organism_app, name="organism")
+safety_app = typer.Typer(help="Reading refusal, jailbreaks and backdoors from the inside: detectors on activations "
+                              "across depth (harmful, jailbreak-wrapped, triggered, poisoned).", no_args_is_help=True)
+app.add_typer(safety_app, name="safety")
 
 
 def _error(message: str) -> None:
@@ -1065,6 +1068,56 @@ def refusal_add(
     for e in res["rates"]:
         print(json.dumps({"set": e["set"], "edit": e["edit"], "n": e["n"],
                           "refusal_rate": [round(e["refusal"][k], 3) for k in ("rate", "lo", "hi")]}))
+
+
+PROBE = "llmri.safety.detect:ProbeConfig"
+
+
+@command(name="probe", on=safety_app)
+def safety_probe(
+    model: str = ModelOpt,
+    out: Path = typer.Option(Path("llmri-probe"), "--out", "-o", help="folder for detect.json, auroc.png, roc.png, answers.jsonl"),
+    n_train: int = option(PROBE, "n_train"),
+    limit: int = option(PROBE, "limit", default=100, help="behaviours per evaluation set (0: all)"),
+    attacks: str = option(PROBE, "attacks", convert=joined, help="comma-separated jailbreak wrappers (compose with +; '' for none)"),
+    direction: Optional[Path] = typer.Option(None, "--direction", "-d", help="a refusal direction folder (`llmri refusal "
+                                                                           "extract`) for the refusal-projection detector"),
+    trigger: str = typer.Option("", help="a backdoor trigger string put before the request (default: the organism card's)"),
+    trigger_system: str = typer.Option("", help="a backdoor condition given as the system message instead"),
+    organism: Optional[Path] = typer.Option(None, help="a backdoor organism whose fine-tuning set the unsupervised "
+                                                       "spectral task reads (default: --model, if it is one)"),
+    match_length: bool = typer.Option(True, "--match-length/--no-match-length",
+                                      help="draw the harmless training prompts to match the harmful ones' word counts"),
+    judge: bool = typer.Option(True, "--judge/--no-judge", help="also answer every test prompt and score the keyword judge"),
+    max_new_tokens: int = option(PROBE, "max_new_tokens"),
+    c: float = option(PROBE, "c", "--c"),
+    folds: int = option(PROBE, "folds"),
+    poison_fraction: float = option(PROBE, "poison_fraction", help="share of poisoned examples in the spectral set (0: as trained)"),
+    pca: int = option(PROBE, "pca"),
+    n_boot: int = option(PROBE, "n_boot"),
+    batch_size: int = option(PROBE, "batch_size"),
+    seed: int = option(PROBE, "seed"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Probe, mean-difference and refusal-projection detectors at every depth: AUROC with intervals, vs the keyword judge."""
+    from .model import load_model
+    from .safety.detect import ProbeConfig, detect
+
+    trig = {k: v for k, v in (("text", trigger), ("system", trigger_system)) if v} or None
+    cfg = ProbeConfig(n_train=n_train, limit=limit or None, attacks=_names(attacks),
+                      direction=str(direction) if direction else None, trigger=trig,
+                      organism=str(organism) if organism else None, match_length=match_length, judge=judge, max_new_tokens=max_new_tokens, c=c,
+                      folds=folds, poison_fraction=poison_fraction or None, pca=pca, n_boot=n_boot,
+                      batch_size=batch_size, seed=seed)
+    if organism is not None:
+        from .safety.organism import read_card
+
+        read_card(organism)
+    check_target(out, "activation detectors")
+    res = detect(load_model(model, dtype=dtype, device=device), out, cfg)
+    for row in res["table"]:
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
 
 
 GCG = "llmri.safety.gcg:GcgConfig"

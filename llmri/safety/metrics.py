@@ -12,6 +12,11 @@ seeded bootstrap intervals. Pure Python and NumPy; definitions as in DESIGN.md �
   times from ``numpy.random.default_rng(seed)``, recompute the statistic, take the (1−level)/2 and
   (1+level)/2 quantiles; resamples whose statistic is NaN are skipped. :func:`bootstrap_mean` and
   :func:`bootstrap_kappa` are the two uses.
+- :func:`auroc` — the area under the ROC curve as the Mann–Whitney statistic: the probability that a random
+  positive scores above a random negative, ties counting one half, (R₊ − n₊(n₊+1)/2) / (n₊n₀) with R₊ the sum
+  of the positives' mid-ranks among all scores; equal to ``sklearn.metrics.roc_auc_score``.
+  :func:`auroc_interval` adds a *stratified* percentile bootstrap (positives and negatives resampled apart, so
+  every resample has both classes; all resamples ranked at once).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
+from scipy.stats import rankdata
 
 from ..errors import SafetyError
 
@@ -123,3 +129,43 @@ def bootstrap_kappa(a: Sequence[str], b: Sequence[str], labels: Sequence[str] | 
         return _kappa(m)
 
     return bootstrap(len(ia), stat, n_boot=n_boot, seed=seed, level=level)
+
+
+def _auroc_rows(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUROC of each row pair: ``pos`` [B, n₊] and ``neg`` [B, n₀] scores (module docstring)."""
+    n1, n0 = pos.shape[1], neg.shape[1]
+    ranks = rankdata(np.concatenate([pos, neg], axis=1), axis=1)  # mid-ranks: ties count one half
+    return (ranks[:, :n1].sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def _split(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 1:
+        raise SafetyError(f"labels and scores must be two lists of one length (got {y.shape} and {s.shape})",
+                          "give one score per labelled item")
+    if y.all() or not y.any():
+        raise SafetyError(f"an AUROC needs positives and negatives, got {int(y.sum())} positive(s) of {len(y)}",
+                          "score items of both classes")
+    if not np.isfinite(s).all():
+        raise SafetyError("an AUROC got a score that is NaN or infinite", "check the detector's inputs")
+    return s[y], s[~y]
+
+
+def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """The area under the ROC curve of ``scores`` for binary ``labels`` (1 = positive; module docstring)."""
+    pos, neg = _split(labels, scores)
+    return float(_auroc_rows(pos[None], neg[None])[0])
+
+
+def auroc_interval(labels: Sequence[int], scores: Sequence[float], *, n_boot: int = 1000, seed: int = 0,
+                   level: float = 0.95) -> Interval:
+    """The AUROC with its stratified percentile-bootstrap interval (module docstring)."""
+    pos, neg = _split(labels, scores)
+    if n_boot < 1 or not 0 < level < 1:
+        raise SafetyError(f"bootstrap needs n_boot ≥ 1 and 0 < level < 1 (got {n_boot}, {level})", "use the defaults")
+    rng = np.random.default_rng(seed)
+    draws = _auroc_rows(pos[rng.integers(0, len(pos), (n_boot, len(pos)))],
+                        neg[rng.integers(0, len(neg), (n_boot, len(neg)))])
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(float(_auroc_rows(pos[None], neg[None])[0]), float(lo), float(hi))
