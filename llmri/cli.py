@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - older typer on click
 from . import data
 from .atomic import check_target, user_os_error
 from .dictionaries.formats import check_fits
-from .errors import LlmriError, OutputError
+from .errors import LlmriError, OutputError, SafetyError
 from .options import count, joined, option
 from .progress import console
 from .validate import check_number
@@ -888,7 +888,6 @@ def organism_backdoor(
 
 def _attack_params(text: str, model: str) -> dict:
     """Per-attack options from --params (JSON), with a model organism's trigger (organism.json) filled in."""
-    from .errors import SafetyError
 
     try:
         params = json.loads(text) if text else {}
@@ -1118,6 +1117,52 @@ def safety_probe(
     res = detect(load_model(model, dtype=dtype, device=device), out, cfg)
     for row in res["table"]:
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
+
+
+DIFF = "llmri.safety.diff:DiffConfig"
+
+
+@command(name="diff", on=safety_app)
+def safety_diff(
+    organism: Path = typer.Option(..., "--organism", help="the fine-tuned model: an organism folder (`llmri organism`) or any HF folder"),
+    base: str = typer.Option("", "--base", "-b", help="the model it was fine-tuned from (default: the organism card's base)"),
+    out: Path = typer.Option(Path("llmri-diff"), "--out", "-o", help="folder for diff.json, relative_norms.png, latents.html, crosscoder/"),
+    layer: int = option(DIFF, "layer", default=-1, help="layer of the resid_post point (-1: two thirds of the depth)"),
+    corpus: str = option(DIFF, "corpus"),
+    corpus_tokens: int = option(DIFF, "corpus_tokens"),
+    chat_prompts: int = option(DIFF, "chat_prompts"),
+    n_latents: int = option(DIFF, "n_latents"),
+    k: int = option(DIFF, "k", "-k"),
+    train_tokens: int = option(DIFF, "train_tokens"),
+    batch_size: int = option(DIFF, "batch_size"),
+    exclusive: float = option(DIFF, "exclusive"),
+    limit: int = option(DIFF, "limit", default=100, help="held-out behaviours per evaluation set (0: all)"),
+    examples: int = option(DIFF, "examples"),
+    seed: int = option(DIFF, "seed"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Crosscoder on base and organism activations (same tokens): organism-only latents and what they respond to."""
+    from .model import load_model
+    from .safety.diff import DiffConfig, diff
+
+    cfg = DiffConfig(layer=None if layer == -1 else layer, corpus=corpus, corpus_tokens=corpus_tokens,
+                     chat_prompts=chat_prompts, n_latents=n_latents, k=k, train_tokens=train_tokens,
+                     batch_size=batch_size, exclusive=exclusive, limit=limit or None, examples=examples, seed=seed)
+    card = None
+    if (organism / "organism.json").is_file():
+        from .safety.organism import read_card
+
+        card = read_card(organism)
+    elif not organism.is_dir():
+        raise SafetyError(f"--organism {organism} is not a folder", "give the fine-tuned model's HF folder (or an organism folder)")
+    base = base or (card or {}).get("base") or "smollm2-135m-instruct"
+    check_target(out, "model diff")
+    res = diff(load_model(base, dtype=dtype, device=device), load_model(str(organism), dtype=dtype, device=device), out, cfg,
+               trigger=(card or {}).get("trigger"))
+    print(json.dumps({"point": res["point"], **res["counts"], "fvu": res["fvu"], "out": str(out)}))
+    for r in res["latents"][:10]:
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items() if k != "top"}))
 
 
 GCG = "llmri.safety.gcg:GcgConfig"
