@@ -351,19 +351,25 @@ def _organism_card(cfg: ProbeConfig, model) -> dict | None:
     return read_card(path) if path is not None else None
 
 
-def _keyword(model, task: Task, cfg: ProbeConfig) -> tuple[dict, list[dict]]:
-    """The keyword judge as a detector of ``task`` (rates, AUROC) and the answers it read (local records)."""
-    from ..generate import GenerateConfig, generate
+def _keyword(model, task: Task, cfg: ProbeConfig, answered: dict) -> tuple[dict, list[dict]]:
+    """The keyword judge as a detector of ``task`` (rates, AUROC) and the answers it read (local records);
+    ``answered`` caches answers by prompt across tasks (plain and over-refusal share their harmful prompts)."""
+    from ..generate import GenerateConfig, generate, messages_of
     from .judges import make_judge
 
     prompts = task.positives + task.negatives
-    answers = generate(model, prompts, GenerateConfig(cfg.max_new_tokens, cfg.batch_size), progress=f"answers, {task.name}")
-    verdicts = make_judge("keyword").judge([(_text(p), a.text) for p, a in zip(prompts, answers)])
+    keys = [json.dumps(messages_of(p)) for p in prompts]
+    todo = {k: p for k, p in zip(keys, prompts) if k not in answered}
+    gens = generate(model, list(todo.values()), GenerateConfig(cfg.max_new_tokens, cfg.batch_size),
+                    progress=f"answers, {task.name}")
+    answered.update({k: g.text for k, g in zip(todo, gens)})
+    answers = [answered[k] for k in keys]
+    verdicts = make_judge("keyword").judge([(_text(p), a) for p, a in zip(prompts, answers)])
     flags = np.array([v.label == task.flags for v in verdicts], dtype=int)
     y = np.r_[np.ones(len(task.positives)), np.zeros(len(task.negatives))].astype(int)
     res = {"flags": task.flags, "tpr": float(flags[y == 1].mean()), "fpr": float(flags[y == 0].mean()),
            **_interval(y, flags.astype(float), cfg)}
-    rows = [{"task": task.name, "label": int(t), "prompt": _text(p), "response": a.text, "verdict": v.label}
+    rows = [{"task": task.name, "label": int(t), "prompt": _text(p), "response": a, "verdict": v.label}
             for p, a, v, t in zip(prompts, answers, verdicts, y)]
     return res, rows
 
@@ -391,7 +397,7 @@ def detect(model, out: str | Path, cfg: ProbeConfig | None = None) -> dict:
     prompt_lists = {id(x): x for t in todo for x in t[1:5]}  # one forward pass per distinct list
     say(f"llmri: detectors on {model.name}: {len(todo)} task(s), {sum(map(len, prompt_lists.values())):,} prompts")
     states = {k: last_token_states(model, v, cfg.batch_size, progress=f"states ({len(v)})") for k, v in prompt_lists.items()}
-    results, answers = {}, []
+    results, answers, answered = {}, [], {}
     for task in todo:
         lengths = [words(p) for p in task.positives + task.negatives]
         y = [1] * len(task.positives) + [0] * len(task.negatives)
@@ -399,7 +405,7 @@ def detect(model, out: str | Path, cfg: ProbeConfig | None = None) -> dict:
                               "detectors": evaluate_task(states, task, cfg, direction),
                               "length": _interval(y, lengths, cfg) if len(set(lengths)) > 1 else None}
         if cfg.judge:
-            results[task.name]["keyword"], rows = _keyword(model, task, cfg)
+            results[task.name]["keyword"], rows = _keyword(model, task, cfg, answered)
             answers += rows
     if spectral:
         prompts, poisoned = poisoned_set(card, cfg)
