@@ -1165,6 +1165,53 @@ def safety_diff(
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items() if k != "top"}))
 
 
+EXPLAIN = "llmri.safety.explain:ExplainConfig"
+
+
+@command(name="explain", on=safety_app)
+def safety_explain(
+    model: str = ModelOpt,
+    out: Path = typer.Option(Path("llmri-explain"), "--out", "-o", help="folder for explain.json, case-N.png, graphs/, answers.jsonl"),
+    attacks: str = option(EXPLAIN, "attacks", convert=joined, help="comma-separated prompt-only attacks (acronym: the hidden-word case)"),
+    cases: int = option(EXPLAIN, "cases"),
+    candidates: int = option(EXPLAIN, "candidates"),
+    max_new_tokens: int = option(EXPLAIN, "max_new_tokens"),
+    response_tokens: int = option(EXPLAIN, "response_tokens"),
+    direction: Optional[Path] = typer.Option(None, "--direction", "-d", help="a refusal direction folder (`llmri refusal "
+                                                                           "extract`); default: the difference of means at --layer"),
+    layer: int = option(EXPLAIN, "layer", default=-1, help="layer of the difference-of-means direction (-1: two thirds of the depth)"),
+    n_train: int = option(EXPLAIN, "n_train"),
+    trace: bool = typer.Option(True, "--trace/--no-trace", help="also build the attribution graphs of the first answer token"),
+    transcoders: Optional[Path] = typer.Option(None, "--transcoders", "-t", help="transcoders for the graphs (default: the "
+                                                                                  "model's default set, trained once)"),
+    aligned: float = option(EXPLAIN, "aligned"),
+    max_feature_nodes: int = option(EXPLAIN, "max_feature_nodes"),
+    batch_size: int = option(EXPLAIN, "batch_size"),
+    seed: int = option(EXPLAIN, "seed"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Successful jailbreaks token by token along the refusal direction, and their first answer token's graphs."""
+    from .model import load_model
+    from .safety.explain import ExplainConfig, explain
+
+    cfg = ExplainConfig(attacks=_names(attacks), cases=cases, candidates=candidates, max_new_tokens=max_new_tokens,
+                        response_tokens=response_tokens, direction=str(direction) if direction else None,
+                        layer=None if layer == -1 else layer, n_train=n_train, trace=trace,
+                        transcoders=str(transcoders) if transcoders else None, aligned=aligned,
+                        max_feature_nodes=max_feature_nodes, batch_size=batch_size, seed=seed)
+    check_target(out, "explained jailbreaks")
+    res = explain(load_model(model, dtype=dtype, device=device), out, cfg)
+    print(json.dumps({"attacks": res["attacks"], "direction": res["direction"], "out": str(out)}))
+    for c in res["cases"]:
+        row = {"attack": c["attack"], "id": c["id"], "succeeded": c["succeeded"],
+               **{f"{k}_first_on": c[k]["first_on"]["where"] for k in ("plain", "attacked")},
+               **{f"{k}_refusal_score": round(c[k]["refusal_score_at_answer"], 3) for k in ("plain", "attacked")}}
+        if "graphs" in c:
+            row.update({f"{k}_refusal_influence": round(c["graphs"][k]["refusal_influence"], 4) for k in ("plain", "attacked")})
+        print(json.dumps(row))
+
+
 GCG = "llmri.safety.gcg:GcgConfig"
 
 

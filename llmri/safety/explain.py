@@ -1,0 +1,355 @@
+"""A jailbreak under the microscope: where an attack breaks the path from "harmful request" to "refusal".
+
+    res = explain(model, "runs/explain", ExplainConfig(attacks=("prefix_injection", "acronym", "past_tense")))
+
+**Cases.** Among the first ``candidates`` HarmBench behaviours, those the model refuses unattacked (keyword
+judge on a greedy answer of ``max_new_tokens``) and answers under an attack; up to ``cases`` of them, one per
+attack in the order given before a second of any. The hidden-word attack (``acronym``, Anthropic 2025, "On the
+Biology of a Large Language Model") is always explained when it is asked for, successful or not.
+
+**The direction.** r̂: the refusal direction of ``direction`` (``llmri refusal extract``), else the difference of
+mean ``resid_pre.layer`` activations at the last prompt token on ``n_train`` harmful and as many length-matched
+harmless fitting prompts (Arditi et al.'s candidate at that layer; matched as in :mod:`llmri.safety.detect`). Its threshold τ is the midpoint of the two classes' mean cosine with r̂
+there: a state is "on the refusal direction" when cos(x, r̂) > τ.
+
+**Token by token** (for the unattacked and the attacked prompt, each followed by the model's own first
+``response_tokens`` answer tokens): cos(``resid_pre.l``, r̂) at every layer and position (a layer × token map, like
+the MRI's), and the refusal score at every position, log p(R) − log(1 − p(R)) of the next token (R: the refusal
+openings of :data:`llmri.safety.evaluate.REFUSAL_STARTS`; at the first answer position it is the evaluation's
+refusal score, elsewhere it says how likely a refusal would start there). ``first_on``: the first position after
+the user's message starts where the state at the direction's layer crosses τ: in the prompt (the request is
+recognised before the answer) or only in the answer (the hidden-word case: the model assembles the word first).
+
+**Attribution graphs** (``trace``): the graph of the first answer token of both prompts with the same transcoders
+(``transcoders``, else the model's default set, :func:`llmri.circuits.default_transcoders`), written as trace
+folders the viewer opens. Each is summarised by the influence (on the output, circuit-tracer's pruning weights)
+of two supernodes: **refusal** — features whose decoder writes along r̂ (cos ≥ ``aligned``) at the
+post-instruction positions, where the answer is decided — and **harmful request** — features writing along r̂
+inside the user's message. An attack that breaks the path leaves the request features in and the refusal ones
+out, or takes both out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..atomic import atomic_path, check_target, claimed, mark, write_figure, write_json
+from ..errors import SafetyError
+from ..generate import GenerateConfig, generate, render_ids
+from ..progress import say
+from ..validate import bounded, check
+
+KIND = "explained jailbreaks"
+
+
+@dataclass
+class ExplainConfig:
+    """Settings of :func:`explain`."""
+
+    attacks: tuple[str, ...] = ("prefix_injection", "acronym", "past_tense", "refusal_suppression", "hypothetical")
+    """Attacks tried (prompt-only; ``acronym`` is the hidden-word case)."""
+    cases: int = bounded(3, 1)
+    """Successful jailbreaks explained at most (the hidden-word case comes on top); ≥ 1."""
+    candidates: int = bounded(40, 1)
+    """HarmBench behaviours searched for refused-unattacked, answered-attacked pairs; ≥ 1."""
+    max_new_tokens: int = bounded(48, 1)
+    """Tokens of each greedy answer the keyword judge reads; ≥ 1."""
+    response_tokens: int = bounded(24, 1)
+    """Answer tokens followed after the prompt in the token-by-token view; ≥ 1."""
+    direction: str | None = None
+    """A refusal direction folder (``llmri refusal extract``); None: the difference of means at ``layer``."""
+    layer: int | None = bounded(None, 0, none=True)
+    """Layer of the difference-of-means direction (None: two thirds of the depth); unused with ``direction``."""
+    n_train: int = bounded(64, 2)
+    """Harmful and harmless fitting prompts (each) for that direction and the threshold τ; ≥ 2."""
+    trace: bool = True
+    """Also build the attribution graphs of the first answer token (needs transcoders: trains the default set once)."""
+    transcoders: str | None = None
+    """Transcoders for the graphs (a folder ``llmri trace --transcoders`` takes); None: the model's default set."""
+    aligned: float = bounded(0.1, 0, 1, lo_open=True)
+    """Cosine between a feature's decoder and r̂ from which it belongs to a supernode; in (0, 1]."""
+    max_feature_nodes: int = bounded(1024, 1)
+    """Features whose rows each graph computes (the most influential first); ≥ 1."""
+    batch_size: int = bounded(16, 1)
+    """Prompts decoded together; ≥ 1."""
+    seed: int = bounded(0, 0)
+    """Seed of the attacks and of the fitting-prompt draw."""
+
+    def __post_init__(self):
+        from .attacks import NEEDS_OPTIONS, compose
+
+        check(self, SafetyError)
+        self.attacks = tuple(self.attacks)
+        if not self.attacks:
+            raise SafetyError("no attack to explain", "give at least one attack, e.g. --attacks acronym,prefix_injection")
+        for spec in self.attacks:
+            needs = [n for n in compose(spec).names if n in NEEDS_OPTIONS]
+            if needs:
+                raise SafetyError(f"attack {needs[0]!r} cannot be explained here (it needs a direction, a searched "
+                                  "suffix or a trigger)", "use prompt-only attacks")
+
+
+# ------------------------------------------------------------------------------------------------ direction
+
+
+def direction_and_threshold(model, cfg: ExplainConfig) -> tuple[Tensor, int, float]:
+    """(unit r̂ [d], its layer, τ) — module docstring."""
+    from .refusal import RefusalConfig, fitting_prompts, load_direction, mean_resid_pre
+
+    from .behaviours import fitting
+    from .detect import length_matched
+
+    fit = fitting_prompts(RefusalConfig(n_train=cfg.n_train, n_val=1, seed=cfg.seed))
+    fit["harmless_train"] = length_matched(fit["harmful_train"], [b.prompt for b in fitting()["harmless"]])
+    if cfg.direction is not None:
+        d = load_direction(cfg.direction, model)
+        r, layer = d.vector, d.layer
+    else:
+        layer = cfg.layer if cfg.layer is not None else (2 * model.n_layers) // 3
+        if layer >= model.n_layers:
+            raise SafetyError(f"layer {layer} is outside {model.name}'s {model.n_layers} layers",
+                              f"use --layer in 0…{model.n_layers - 1}")
+        means = [mean_resid_pre(model, fit[k], 1, cfg.batch_size)[0, layer] for k in ("harmful_train", "harmless_train")]
+        r = (means[0] - means[1]).float()
+    u = r / r.norm()
+    cos = [last_cosines(model, fit[k], layer, u, cfg.batch_size).mean() for k in ("harmful_train", "harmless_train")]
+    return u, layer, float((cos[0] + cos[1]) / 2)
+
+
+@torch.no_grad()
+def last_cosines(model, prompts, layer: int, u: Tensor, batch_size: int) -> Tensor:
+    """cos(``resid_pre.layer``, u) at each prompt's last token."""
+    from .refusal import _batches
+
+    out = []
+    for ids, mask in _batches(model, prompts, batch_size):
+        x = model.capture(ids, [f"resid_pre.{layer}"], attention_mask=mask)[f"resid_pre.{layer}"][:, -1].float().cpu()
+        out.append(torch.nn.functional.cosine_similarity(x, u[None], dim=-1))
+    return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------------ cases
+
+
+def find_cases(model, cfg: ExplainConfig) -> tuple[list[dict], dict]:
+    """The successful jailbreaks to explain (and the hidden-word case) and, per attack, how often it worked."""
+    from .attacks import compose
+    from .behaviours import load_set
+    from .judges import make_judge
+
+    judge = make_judge("keyword")
+    gen = GenerateConfig(cfg.max_new_tokens, cfg.batch_size)
+    items = sorted(load_set("harmbench"), key=lambda b: b.id)[: cfg.candidates]
+    plain = generate(model, [b.prompt for b in items], gen, progress="unattacked answers")
+    refused = [(b, g) for b, g, v in zip(items, plain, judge.judge([(b.prompt, g.text) for b, g in zip(items, plain)]))
+               if v.label == "refusal"]
+    found: dict[str, list[dict]] = {}
+    tried: dict[str, dict] = {}
+    for spec in cfg.attacks:
+        atk = compose(spec)
+        attacked = [atk(b.prompt, cfg.seed) for b, _ in refused]
+        answers = generate(model, attacked, gen, progress=f"answers, {spec}")
+        verdicts = judge.judge([(b.prompt, g.text) for (b, _), g in zip(refused, answers)])
+        found[spec] = [{"attack": spec, "id": b.id, "request": b.prompt, "attacked": a, "plain_answer": p.text,
+                        "attacked_answer": g.text, "succeeded": True}
+                       for (b, p), a, g, v in zip(refused, attacked, answers, verdicts) if v.label != "refusal"]
+        tried[spec] = {"refused_unattacked": len(refused), "answered_attacked": len(found[spec])}
+        if spec == "acronym" and not found[spec] and refused:  # the hidden-word case is shown either way
+            (b, p), a, g = refused[0], attacked[0], answers[0]
+            found[spec] = [{"attack": spec, "id": b.id, "request": b.prompt, "attacked": a, "plain_answer": p.text,
+                            "attacked_answer": g.text, "succeeded": False}]
+    cases, rank = [], 0
+    while len(cases) < cfg.cases and any(rank < len(v) for v in found.values()):
+        cases += [v[rank] for k, v in found.items() if rank < len(v) and k != "acronym"][: cfg.cases - len(cases)]
+        rank += 1
+    cases += found.get("acronym", [])[:1]
+    tried["n_candidates"] = len(items)
+    return cases, tried
+
+
+# ------------------------------------------------------------------------------------------------ token by token
+
+
+@torch.no_grad()
+def trajectory(model, prompt, answer: str, u: Tensor, response_tokens: int) -> dict:
+    """cos(``resid_pre.l``, r̂) [L, T] and the next-token refusal score [T] over the prompt and the first answer
+    tokens; ``start``: where the user's message begins, ``answer_at``: the first answer position."""
+    from .evaluate import refusal_token_ids
+    from .refusal import post_instruction_tokens
+
+    p_ids = render_ids(model, prompt)
+    a_ids = model.tokenizer(answer, add_special_tokens=False)["input_ids"][:response_tokens]
+    ids = torch.tensor([p_ids + a_ids], device=model.device)
+    points = [f"resid_pre.{l}" for l in range(model.n_layers)]
+    acts = model.capture(ids, points)
+    logits = model.hf(input_ids=ids, use_cache=False).logits[0].float().log_softmax(-1).cpu()
+    x = torch.stack([acts[p][0].float().cpu() for p in points])  # [L, T, d]
+    cos = torch.nn.functional.cosine_similarity(x, u[None, None], dim=-1)
+    p_r = logits[:, refusal_token_ids(model)].logsumexp(-1)
+    score = p_r - torch.log1p(-p_r.exp().clamp(max=1 - 1e-7))
+    start = user_start(model, prompt)
+    return {"tokens": [model.tokenizer.decode([t]) for t in p_ids + a_ids], "cos": cos, "refusal_score": score,
+            "start": start, "answer_at": len(p_ids), "post_instruction": post_instruction_tokens(model)}
+
+
+def user_start(model, prompt) -> int:
+    """The position of the first token of the prompt's last user message (its text's start in the rendered
+    template, tokenized up to there)."""
+    from ..generate import messages_of
+
+    tok = model.tokenizer
+    messages, _ = messages_of(prompt)
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    head = text[: text.rfind(messages[-1]["content"])]
+    return len(tok(head, add_special_tokens=False)["input_ids"])
+
+
+def first_on(traj: dict, layer: int, tau: float) -> dict:
+    """Where the state at ``layer`` first crosses τ after the user's message begins (None: never)."""
+    row = traj["cos"][layer].numpy()
+    hits = [t for t in range(traj["start"], len(row)) if row[t] > tau]
+    if not hits:
+        return {"position": None, "token": None, "where": "never", "offset_from_answer": None}
+    t = hits[0]
+    return {"position": t, "token": traj["tokens"][t], "offset_from_answer": t - traj["answer_at"],
+            "where": "prompt" if t < traj["answer_at"] else "answer"}
+
+
+# ------------------------------------------------------------------------------------------------ graphs
+
+
+@torch.no_grad()
+def supernodes(graph, tcs, u: Tensor, aligned: float, user: tuple[int, int], post_from: int) -> dict:
+    """Influence on the output of the r̂-aligned features, split into harmful-request (inside the user's message)
+    and refusal (post-instruction positions) supernodes; and the top features by influence."""
+    from ..circuits.prune import influence, normalized
+
+    infl = influence(normalized(graph.adjacency), graph.logit_weights())[: graph.n_features]
+    total = float(infl.sum()) or 1.0
+    feats = graph.features
+    cos = torch.zeros(graph.n_features)
+    for layer in feats[:, 0].unique().tolist():
+        sel = (feats[:, 0] == layer).nonzero().flatten()
+        dec = tcs.decoder(layer, feats[sel, 2].to(tcs.device)).float().cpu().sum(1)  # summed over written layers
+        cos[sel] = torch.nn.functional.cosine_similarity(dec, u[None].to(dec.dtype), dim=-1)
+    pos = feats[:, 1]
+    request = (cos >= aligned) & (pos >= user[0]) & (pos < user[1])
+    refusal = (cos >= aligned) & (pos >= post_from)
+    top = infl.argsort(descending=True)[:10].tolist()
+    return {"refusal_influence": float(infl[refusal].sum()) / total, "refusal_features": int(refusal.sum()),
+            "request_influence": float(infl[request].sum()) / total, "request_features": int(request.sum()),
+            "top_logits": [[int(t), float(p)] for t, p in zip(graph.logit_tokens.tolist(), graph.logit_probs.tolist())],
+            "top_features": [{"layer": int(feats[i, 0]), "position": int(feats[i, 1]), "token": graph.tokens[int(feats[i, 1])],
+                              "feature": int(feats[i, 2]), "influence": float(infl[i]) / total, "cos_r": float(cos[i])}
+                             for i in top]}
+
+
+def _graphs(model, case: dict, traj_plain: dict, traj_att: dict, u: Tensor, cfg: ExplainConfig, tcs, folder: Path,
+            name: str) -> dict:
+    from ..circuits.attribution import AttributionConfig, attribute
+    from ..circuits.pipeline import TraceConfig, write_trace
+
+    out = {}
+    (folder / "graphs").mkdir(exist_ok=True)
+    for label, prompt, traj in (("plain", case["request"], traj_plain), ("attacked", case["attacked"], traj_att)):
+        ids = torch.tensor(render_ids(model, prompt))
+        graph = attribute(model, tcs, ids, AttributionConfig(max_feature_nodes=cfg.max_feature_nodes))
+        post_from = traj["answer_at"] - traj["post_instruction"]
+        out[label] = supernodes(graph, tcs, u, cfg.aligned, (traj["start"], post_from), post_from)
+        for row in out[label]["top_logits"]:
+            row.insert(1, model.tokenizer.decode([row[0]]))
+        summary = write_trace(model, tcs, graph, folder / "graphs" / f"{name}-{label}", TraceConfig(validate_top=0, feature_tokens=0),
+                              transcoder_path=cfg.transcoders, slug=f"{name}-{label}")
+        out[label]["scores"] = {k: summary[k] for k in ("replacement_score", "completeness_score")}
+        out[label]["viewer"] = f"graphs/{name}-{label}/index.html"
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+def explain(model, out: str | Path, cfg: ExplainConfig | None = None) -> dict:
+    """Find, follow and trace successful jailbreaks of ``model`` into ``out`` (a folder llmri owns):
+    ``explain.json``, one ``case-N.png`` (layer × token maps and refusal scores, unattacked above attacked) per
+    case, ``graphs/`` (trace folders) and ``answers.jsonl`` (local research records)."""
+    cfg = cfg or ExplainConfig()
+    out = Path(out)
+    check_target(out, KIND)
+    t0 = time.perf_counter()
+    u, layer, tau = direction_and_threshold(model, cfg)
+    cases, tried = find_cases(model, cfg)
+    say(f"llmri: {len(cases)} case(s) to explain on {model.name} (direction at layer {layer}, τ = {tau:.3f})")
+    tcs = None
+    if cfg.trace and cases:
+        from ..circuits import default_transcoders, load_transcoders
+
+        tcs = load_transcoders(cfg.transcoders or default_transcoders(model), model.n_layers, device=model.device)
+    with claimed(out, KIND) as folder:
+        mark(folder, KIND, "explain.json", "answers.jsonl", "graphs", *(f"case-{i}.png" for i in range(len(cases))))
+        records = []
+        for i, case in enumerate(cases):
+            tp = trajectory(model, case["request"], case["plain_answer"], u, cfg.response_tokens)
+            ta = trajectory(model, case["attacked"], case["attacked_answer"], u, cfg.response_tokens)
+            rec = {"case": i, "attack": case["attack"], "id": case["id"], "succeeded": case["succeeded"],
+                   "plain": view(tp, layer, tau), "attacked": view(ta, layer, tau)}
+            if tcs is not None:
+                rec["graphs"] = _graphs(model, case, tp, ta, u, cfg, tcs, folder, f"case-{i}")
+            write_figure(folder / f"case-{i}.png", plot_case(tp, ta, layer, tau, case))
+            records.append(rec)
+        with atomic_path(folder / "answers.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps({k: (v if k != "attacked" else _messages(v)) for k, v in c.items()}) + "\n"
+                                   for c in cases))
+        summary = {"kind": KIND, "model": model.name, "direction": {"from": cfg.direction or "difference of means",
+                   "layer": layer, "threshold": tau}, "attacks": tried, "cases": records, "config": asdict(cfg),
+                   "judge": "keyword", "seconds": round(time.perf_counter() - t0, 1)}
+        write_json(folder / "explain.json", summary)
+    return summary
+
+
+def _messages(attacked) -> dict:
+    return {"messages": attacked.messages, "prefill": attacked.prefill}
+
+
+def view(traj: dict, layer: int, tau: float) -> dict:
+    """What ``explain.json`` keeps of a trajectory: the answer-position refusal score, the first crossing, the
+    cosine at the direction's layer per token (rounded) and where the answer starts."""
+    return {"refusal_score_at_answer": float(traj["refusal_score"][traj["answer_at"] - 1]),
+            "first_on": first_on(traj, layer, tau), "answer_at": traj["answer_at"], "start": traj["start"],
+            "cos_at_layer": [round(float(c), 4) for c in traj["cos"][layer]],
+            "max_refusal_score_in_answer": float(traj["refusal_score"][traj["answer_at"] - 1 :].max())}
+
+
+def plot_case(tp: dict, ta: dict, layer: int, tau: float, case: dict):
+    """Layer × token cos(x, r̂) maps and the refusal score per token, unattacked (top) and attacked (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(4, 1, figsize=(max(10, 0.16 * max(len(tp["tokens"]), len(ta["tokens"]))), 11),
+                             gridspec_kw={"height_ratios": [3, 1, 3, 1]}, constrained_layout=True)
+    lim = float(max(tp["cos"].abs().max(), ta["cos"].abs().max()))
+    for (ax, ax2), traj, label in ((axes[:2], tp, "unattacked"), (axes[2:], ta, f"attacked: {case['attack']}")):
+        cos = traj["cos"].numpy()
+        im = ax.imshow(cos, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.axvline(traj["answer_at"] - 0.5, color="black", linewidth=1)
+        ax.axhline(layer, color="grey", linewidth=0.5, linestyle=":")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{label}: cos(resid_pre, r̂) (black line: the answer starts; dotted: the direction's layer)", fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        t = np.arange(len(traj["tokens"]))
+        ax2.plot(t, traj["refusal_score"].numpy(), color="tab:red", label="refusal score (next token)")
+        ax2.plot(t, cos[layer] * 10, color="tab:blue", linewidth=0.8, label=f"10·cos at layer {layer}")
+        ax2.axhline(10 * tau, color="tab:blue", linestyle=":", linewidth=0.8)
+        ax2.axvline(traj["answer_at"] - 0.5, color="black", linewidth=1)
+        ax2.set_xlim(-0.5, len(t) - 0.5)
+        ax2.set_xticks(t, [s.replace("\n", "⏎")[:10] for s in traj["tokens"]], rotation=90, fontsize=6)
+        ax2.legend(fontsize=7, loc="upper left")
+    return fig
