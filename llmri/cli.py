@@ -194,6 +194,8 @@ def scan(
     organism: Optional[Path] = typer.Option(None, "--organism", help="a model organism folder from `llmri organism`; its "
                                             "refusal table and the ASR of a few attacks appear in the report (skipped "
                                             "without it)"),
+    readings: str = typer.Option("", "--safety-readings", help="comma-separated folders of `llmri refusal extract` / "
+                                                               "`llmri safety probe|diff|explain` shown in the report"),
     dtype: str = option(SCAN, "dtype", help=DtypeOpt.help),
     device: str = option(SCAN, "device", help=DeviceOpt.help),
 ):
@@ -208,7 +210,8 @@ def scan(
                         saes=SaeSectionConfig(layers=sae_layers, tokens=parse_count(sae_tokens)),
                         circuits=CircuitSectionConfig(prompt=circuit_prompt, transcoders=transcoders),
                         geometry=GeometrySectionConfig(points=parse_count(geometry_points)),
-                        safety=SafetySectionConfig(organism=None if organism is None else str(organism))))
+                        safety=SafetySectionConfig(organism=None if organism is None else str(organism),
+                                                   readings=_names(readings))))
 
 
 @command

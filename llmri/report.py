@@ -71,6 +71,12 @@ def figure(fig, alt: str) -> Markup:
     return Markup('<img class="fig" alt="{}" src="data:image/png;base64,{}">').format(alt, data)
 
 
+def image(path: str | Path, alt: str) -> Markup:
+    """A PNG file (an artefact's figure) as an embedded image."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return Markup('<img class="fig" alt="{}" src="data:image/png;base64,{}">').format(alt, data)
+
+
 def table(rows: Sequence[Sequence], header: Sequence[str] | None = None, cls: str = "kv") -> Markup:
     """A plain table; every cell is escaped unless it is already Markup."""
     head = Markup("").join(Markup("<th>{}</th>").format(h) for h in header) if header else Markup("")

@@ -29,6 +29,7 @@ from .geometry.scan_section import GeometrySectionConfig
 from .model import DEFAULT_MODEL, Model, load_model
 from .progress import say
 from .report import Section
+from .safety.scan_section import INSIDE as SAFETY_INSIDE
 from .safety.scan_section import STAGE as SAFETY
 from .safety.scan_section import SafetySectionConfig
 from .stages import Inputs, Need, Output, PassConfig, Stage, capture
@@ -248,6 +249,6 @@ def depth_section(inp: Inputs) -> Section:
 
 STAGES: list[Stage] = [
     Stage("card", model_card_section), Stage("layers", layer_token_section), Stage("depth", depth_section, depth_needs),
-    DICTIONARIES, FEATURES, CIRCUITS, GEOMETRY, SAFETY,
+    DICTIONARIES, FEATURES, CIRCUITS, GEOMETRY, SAFETY, SAFETY_INSIDE,
 ]
 """The report's sections in page order; each declares its needs from the one pass (:mod:`llmri.stages`)."""

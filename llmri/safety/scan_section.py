@@ -47,9 +47,15 @@ class SafetySectionConfig:
     """Prompts decoded together; ≥ 1."""
     judges: tuple[str, ...] = ("keyword",)
     """Judges of the answers (keyword, llm, probe); the tables use ``keyword`` when it is one of them, else the first."""
+    readings: tuple[str, ...] = ()
+    """Folders of ``llmri refusal extract`` and ``llmri safety probe|diff|explain`` shown in the section "Reading
+    refusal from the inside" (read, never recomputed: the scan trains none)."""
 
     def __post_init__(self):
         check(self, SafetyError)
+        self.readings = tuple(self.readings)
+        for folder in self.readings:
+            reading_kind(folder)
         if not self.judges:
             raise SafetyError("SafetySectionConfig.judges is empty", "name at least one judge, e.g. keyword")
         for j in self.judges:
@@ -229,3 +235,91 @@ def section(inp: Inputs) -> report.Section | None:
 
 
 STAGE = Stage("safety", section, needs)
+
+
+# ---------------------------------------------------------------- reading refusal from the inside
+
+READINGS = {"refusal.json": "refusal direction", "detect.json": "detectors", "diff.json": "model diff",
+            "explain.json": "explained jailbreaks"}
+"""The summary file of each artefact the inside section reads, and what it is."""
+
+
+def reading_kind(folder: str) -> str:
+    """The summary file name of artefact folder ``folder`` (one line naming the fix when it is none of them)."""
+    path = Path(folder).expanduser()
+    found = [name for name in READINGS if (path / name).is_file()]
+    if not found:
+        raise SafetyError(f"{folder} holds none of {', '.join(READINGS)}",
+                          "give folders written by `llmri refusal extract` or `llmri safety probe|diff|explain`")
+    return found[0]
+
+
+def _reading(folder: Path, name: str) -> tuple[Markup, dict]:
+    import json
+
+    s = json.loads((folder / name).read_text())
+    if name == "refusal.json":
+        chosen = (f"layer {s['layer']}, position {s['position']}: ablation refusal score "
+                  f"{s['scores']['ablation_score']:.2f}, steering {s['scores']['steering_score']:.2f}, KL {s['scores']['kl']:.3f}"
+                  if s.get("layer") is not None else "none passes the selection filters")
+        html = report.paragraph(f"Refusal direction of {s['model']} (Arditi et al. 2024; kl_max {s['config']['kl_max']}, "
+                                f"min_steering {s['config']['min_steering']}): {chosen}. Baseline refusal score "
+                                f"{s['baseline']['harmful_refusal_score']:.2f} harmful / "
+                                f"{s['baseline']['harmless_refusal_score']:.2f} harmless.")
+        html += report.image(folder / "candidates.png", "refusal direction candidates, layer × position")
+        return html, {"layer": s.get("layer"), "position": s.get("position"), "scores": s.get("scores")}
+    if name == "detect.json":
+        rows = [(r["task"], r["detector"], "—" if r["depth"] is None else r["depth"],
+                 f"{r['auroc']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]") for r in s["table"]]
+        html = report.paragraph(f"Detectors on {s['model']}: test AUROC (stratified bootstrap 95% interval) at the depth "
+                                "each chose on training data (spectral: the oracle depth); keyword = the judge on the "
+                                "model's answers; length = the request's word count alone.")
+        html += report.table(rows, ["task", "detector", "depth", "AUROC"], cls="data")
+        html += report.image(folder / "auroc.png", "detector AUROC across depth")
+        return html, {"table": s["table"]}
+    if name == "diff.json":
+        c = s["counts"]
+        html = report.paragraph(f"Crosscoder at {s['point']}, {s['organism']} vs {s['base']}: {c['organism_only']} "
+                                f"organism-only, {c['base_only']} base-only, {c['shared']} shared, {c['dead']} dead latents "
+                                f"(FVU {s['fvu']['base']:.3f} / {s['fvu']['organism']:.3f}).")
+        rows = [(r["latent"], r["class"], f"{r['rho']:.3f}", f"{r.get('harm_auroc', float('nan')):.2f}",
+                 f"{r.get('trigger_auroc', float('nan')):.2f}",
+                 " | ".join(f"{t['before'][-30:]}[{t['token']}]{t['after']}" for t in r["top"][:2]))
+                for r in s["latents"][:8]]
+        html += report.table(rows, ["latent", "class", "ρ", "harm AUROC", "trigger AUROC", "top contexts"], cls="data")
+        html += report.image(folder / "relative_norms.png", "relative decoder norms")
+        return html, {"counts": c, "point": s["point"]}
+    rows = [(c["attack"], c["id"], c["succeeded"], c["plain"]["first_on"]["where"], c["attacked"]["first_on"]["where"],
+             f"{c['plain']['refusal_score_at_answer']:+.2f} → {c['attacked']['refusal_score_at_answer']:+.2f}")
+            for c in s["cases"]]
+    html = report.paragraph(f"Explained jailbreaks of {s['model']}: direction at layer {s['direction']['layer']} "
+                            f"(τ = {s['direction']['threshold']:.3f}); first crossing of τ unattacked / attacked, and the "
+                            "refusal score at the answer position.")
+    html += report.table(rows, ["attack", "behaviour", "jailbroken", "unattacked: first on", "attacked: first on",
+                                "refusal score"], cls="data")
+    if (folder / "case-0.png").is_file():
+        html += report.image(folder / "case-0.png", "the first explained jailbreak, token by token")
+    return html, {"cases": len(s["cases"])}
+
+
+def inside_section(inp: Inputs) -> report.Section | None:
+    folders = inp.config.safety.readings
+    if not folders:
+        return None
+    html, data = Markup(""), {}
+    for folder in folders:
+        name = reading_kind(folder)
+        part, part_data = _reading(Path(folder).expanduser(), name)
+        html += Markup("<h3>{}: {}</h3>").format(READINGS[name], Path(folder).name) + part
+        data[str(folder)] = {"kind": READINGS[name], **part_data}
+    return report.Section("safety-inside", "Safety: reading refusal from the inside", html, data)
+
+
+def inside_needs(config, model) -> None:
+    """Nothing from the pass; the folders are checked again before it."""
+    for folder in config.safety.readings:
+        reading_kind(folder)
+    return None
+
+
+INSIDE = Stage("safety_inside", inside_section, inside_needs)
