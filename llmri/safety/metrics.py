@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
-from scipy.stats import rankdata
 
 from ..errors import SafetyError
 
@@ -133,6 +132,8 @@ def bootstrap_kappa(a: Sequence[str], b: Sequence[str], labels: Sequence[str] | 
 
 def _auroc_rows(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """AUROC of each row pair: ``pos`` [B, n₊] and ``neg`` [B, n₀] scores (module docstring)."""
+    from scipy.stats import rankdata  # not at import: the CLI starts without scipy
+
     n1, n0 = pos.shape[1], neg.shape[1]
     ranks = rankdata(np.concatenate([pos, neg], axis=1), axis=1)  # mid-ranks: ties count one half
     return (ranks[:, :n1].sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0)
