@@ -9,11 +9,14 @@ Biology of a Large Language Model") is always explained when it is asked for, su
 
 **The direction.** r̂: the refusal direction of ``direction`` (``llmri refusal extract``), else the difference of
 mean ``resid_pre.layer`` activations at the last prompt token on ``n_train`` harmful and as many length-matched
-harmless fitting prompts (Arditi et al.'s candidate at that layer; matched as in :mod:`llmri.safety.detect`). Its threshold τ is the midpoint of the two classes' mean cosine with r̂
-there: a state is "on the refusal direction" when cos(x, r̂) > τ.
+harmless fitting prompts (Arditi et al.'s candidate at that layer; matched as in :mod:`llmri.safety.detect`). Every state is read
+*centred*: cos(x − μ_l, r̂), μ_l the mean ``resid_pre.l`` over all kept tokens of those prompts (the raw cosine is
+positive almost everywhere, since the difference of means shares the stream's common offset). τ is the midpoint
+of the two classes' mean centred cosine at the last token at r̂'s layer: a state is "on the refusal direction"
+when its centred cosine there exceeds τ.
 
 **Token by token** (for the unattacked and the attacked prompt, each followed by the model's own first
-``response_tokens`` answer tokens): cos(``resid_pre.l``, r̂) at every layer and position (a layer × token map, like
+``response_tokens`` answer tokens): cos(``resid_pre.l`` − μ_l, r̂) at every layer and position (a layer × token map, like
 the MRI's), and the refusal score at every position, log p(R) − log(1 − p(R)) of the next token (R: the refusal
 openings of :data:`llmri.safety.evaluate.REFUSAL_STARTS`; at the first answer position it is the evaluation's
 refusal score, elsewhere it says how likely a refusal would start there). ``first_on``: the first position after
@@ -35,6 +38,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -99,12 +103,23 @@ class ExplainConfig:
 # ------------------------------------------------------------------------------------------------ direction
 
 
-def direction_and_threshold(model, cfg: ExplainConfig) -> tuple[Tensor, int, float]:
-    """(unit r̂ [d], its layer, τ) — module docstring."""
-    from .refusal import RefusalConfig, fitting_prompts, load_direction, mean_resid_pre
+class Direction(NamedTuple):
+    """The direction the trajectories are read along."""
 
+    u: Tensor
+    """r̂, [d] unit."""
+    layer: int
+    tau: float
+    """Threshold on the centred cosine at ``layer``."""
+    mean: Tensor
+    """[L, d] the mean ``resid_pre.l`` over every kept token of the fitting prompts (subtracted before the cosine)."""
+
+
+def direction_and_threshold(model, cfg: ExplainConfig) -> Direction:
+    """r̂, its layer, the per-layer token mean and τ (module docstring)."""
     from .behaviours import fitting
     from .detect import length_matched
+    from .refusal import RefusalConfig, fitting_prompts, load_direction, mean_resid_pre
 
     fit = fitting_prompts(RefusalConfig(n_train=cfg.n_train, n_val=1, seed=cfg.seed))
     fit["harmless_train"] = length_matched(fit["harmful_train"], [b.prompt for b in fitting()["harmless"]])
@@ -119,19 +134,43 @@ def direction_and_threshold(model, cfg: ExplainConfig) -> tuple[Tensor, int, flo
         means = [mean_resid_pre(model, fit[k], 1, cfg.batch_size)[0, layer] for k in ("harmful_train", "harmless_train")]
         r = (means[0] - means[1]).float()
     u = r / r.norm()
-    cos = [last_cosines(model, fit[k], layer, u, cfg.batch_size).mean() for k in ("harmful_train", "harmless_train")]
-    return u, layer, float((cos[0] + cos[1]) / 2)
+    mean = token_means(model, fit["harmful_train"] + fit["harmless_train"], cfg.batch_size)
+    cos = [last_cosines(model, fit[k], layer, u, mean[layer], cfg.batch_size).mean()
+           for k in ("harmful_train", "harmless_train")]
+    return Direction(u, layer, float((cos[0] + cos[1]) / 2), mean)
 
 
 @torch.no_grad()
-def last_cosines(model, prompts, layer: int, u: Tensor, batch_size: int) -> Tensor:
-    """cos(``resid_pre.layer``, u) at each prompt's last token."""
+def token_means(model, prompts, batch_size: int) -> Tensor:
+    """[L, d] mean ``resid_pre.l`` over the prompts' tokens that are neither padding nor special."""
+    from .refusal import _batches
+
+    points = [f"resid_pre.{l}" for l in range(model.n_layers)]
+    total, count = torch.zeros(model.n_layers, model.d_model, dtype=torch.float64), 0
+    special = torch.tensor(sorted(model.special_ids))
+    for ids, mask in _batches(model, prompts, batch_size):
+        keep = (mask.bool() & ~torch.isin(ids, special.to(ids.device))).cpu()
+        acts = model.capture(ids, points, attention_mask=mask)
+        for l, p in enumerate(points):
+            total[l] += acts[p].float().cpu()[keep].double().sum(0)
+        count += int(keep.sum())
+    return (total / max(count, 1)).float()
+
+
+def centred_cos(x: Tensor, mean: Tensor, u: Tensor) -> Tensor:
+    """cos(x − mean, u) along the last axis (``mean`` broadcast)."""
+    return torch.nn.functional.cosine_similarity(x - mean, u.expand_as(x), dim=-1)
+
+
+@torch.no_grad()
+def last_cosines(model, prompts, layer: int, u: Tensor, mean: Tensor, batch_size: int) -> Tensor:
+    """cos(``resid_pre.layer`` − mean, u) at each prompt's last token."""
     from .refusal import _batches
 
     out = []
     for ids, mask in _batches(model, prompts, batch_size):
         x = model.capture(ids, [f"resid_pre.{layer}"], attention_mask=mask)[f"resid_pre.{layer}"][:, -1].float().cpu()
-        out.append(torch.nn.functional.cosine_similarity(x, u[None], dim=-1))
+        out.append(centred_cos(x, mean[None], u[None]))
     return torch.cat(out)
 
 
@@ -178,8 +217,8 @@ def find_cases(model, cfg: ExplainConfig) -> tuple[list[dict], dict]:
 
 
 @torch.no_grad()
-def trajectory(model, prompt, answer: str, u: Tensor, response_tokens: int) -> dict:
-    """cos(``resid_pre.l``, r̂) [L, T] and the next-token refusal score [T] over the prompt and the first answer
+def trajectory(model, prompt, answer: str, d: Direction, response_tokens: int) -> dict:
+    """cos(``resid_pre.l`` − mean_l, r̂) [L, T] and the next-token refusal score [T] over the prompt and the first answer
     tokens; ``start``: where the user's message begins, ``answer_at``: the first answer position."""
     from .evaluate import refusal_token_ids
     from .refusal import post_instruction_tokens
@@ -191,7 +230,7 @@ def trajectory(model, prompt, answer: str, u: Tensor, response_tokens: int) -> d
     acts = model.capture(ids, points)
     logits = model.hf(input_ids=ids, use_cache=False).logits[0].float().log_softmax(-1).cpu()
     x = torch.stack([acts[p][0].float().cpu() for p in points])  # [L, T, d]
-    cos = torch.nn.functional.cosine_similarity(x, u[None, None], dim=-1)
+    cos = centred_cos(x, d.mean[:, None], d.u[None, None])
     p_r = logits[:, refusal_token_ids(model)].logsumexp(-1)
     score = p_r - torch.log1p(-p_r.exp().clamp(max=1 - 1e-7))
     start = user_start(model, prompt)
@@ -283,7 +322,8 @@ def explain(model, out: str | Path, cfg: ExplainConfig | None = None) -> dict:
     out = Path(out)
     check_target(out, KIND)
     t0 = time.perf_counter()
-    u, layer, tau = direction_and_threshold(model, cfg)
+    d = direction_and_threshold(model, cfg)
+    u, layer, tau = d.u, d.layer, d.tau
     cases, tried = find_cases(model, cfg)
     say(f"llmri: {len(cases)} case(s) to explain on {model.name} (direction at layer {layer}, τ = {tau:.3f})")
     tcs = None
@@ -295,8 +335,8 @@ def explain(model, out: str | Path, cfg: ExplainConfig | None = None) -> dict:
         mark(folder, KIND, "explain.json", "answers.jsonl", "graphs", *(f"case-{i}.png" for i in range(len(cases))))
         records = []
         for i, case in enumerate(cases):
-            tp = trajectory(model, case["request"], case["plain_answer"], u, cfg.response_tokens)
-            ta = trajectory(model, case["attacked"], case["attacked_answer"], u, cfg.response_tokens)
+            tp = trajectory(model, case["request"], case["plain_answer"], d, cfg.response_tokens)
+            ta = trajectory(model, case["attacked"], case["attacked_answer"], d, cfg.response_tokens)
             rec = {"case": i, "attack": case["attack"], "id": case["id"], "succeeded": case["succeeded"],
                    "plain": view(tp, layer, tau), "attacked": view(ta, layer, tau)}
             if tcs is not None:
@@ -342,12 +382,15 @@ def plot_case(tp: dict, ta: dict, layer: int, tau: float, case: dict):
         ax.axvline(traj["answer_at"] - 0.5, color="black", linewidth=1)
         ax.axhline(layer, color="grey", linewidth=0.5, linestyle=":")
         ax.set_ylabel("layer")
-        ax.set_title(f"{label}: cos(resid_pre, r̂) (black line: the answer starts; dotted: the direction's layer)", fontsize=9)
+        ax.set_title(f"{label}: cos(resid_pre − μ, r̂) (black line: the answer starts; dotted: the direction's layer)", fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8)
         t = np.arange(len(traj["tokens"]))
         ax2.plot(t, traj["refusal_score"].numpy(), color="tab:red", label="refusal score (next token)")
-        ax2.plot(t, cos[layer] * 10, color="tab:blue", linewidth=0.8, label=f"10·cos at layer {layer}")
-        ax2.axhline(10 * tau, color="tab:blue", linestyle=":", linewidth=0.8)
+        ax2.set_ylabel("refusal score", color="tab:red", fontsize=8)
+        ax3 = ax2.twinx()
+        ax3.plot(t, cos[layer], color="tab:blue", linewidth=0.8)
+        ax3.axhline(tau, color="tab:blue", linestyle=":", linewidth=0.8)
+        ax3.set_ylabel(f"cos at layer {layer} (dotted: τ)", color="tab:blue", fontsize=8)
         ax2.axvline(traj["answer_at"] - 0.5, color="black", linewidth=1)
         ax2.set_xlim(-0.5, len(t) - 0.5)
         ax2.set_xticks(t, [s.replace("\n", "⏎")[:10] for s in traj["tokens"]], rotation=90, fontsize=6)
