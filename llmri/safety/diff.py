@@ -17,10 +17,17 @@ latent it is: ρ ≥ ``exclusive`` → *organism only*, ρ ≤ 1 − ``exclusive
 that never fire on the data are *dead* and in no class. (TopK crosscoders can split one shared concept into
 exclusive halves — Minder et al. 2025 — so every exclusive latent is checked against behaviour below.)
 
-**What the exclusive latents respond to**, on held-out prompts never used for training (the first ``limit``
-of each evaluation set): the per-prompt maximum activation over the prompt's kept tokens on HarmBench +
-StrongREJECT vs harmless-test (AUROC: does the latent read harm?), and, with a trigger, the same prompts with
-vs without it; plus each latent's firing rate and its ``examples`` top-activating training tokens in context.
+**What the latents respond to**, on held-out prompts never used for training (the first ``limit`` of each
+evaluation set): the per-prompt maximum activation over the prompt's kept tokens on HarmBench + StrongREJECT vs
+harmless-test (AUROC: does the latent read harm?), and, with a trigger, the same prompts with vs without it;
+plus each latent's firing rate and its ``examples`` top-activating training tokens in context. Described are
+the exclusive latents, and always also the ``examples`` shared latents leaning most towards the organism (a
+fine-tune that moves no latent past ``exclusive`` still shows where it moved most) and the ``examples`` best
+harm and trigger readers among all live latents (is what the organism does carried by latents both models
+share?). Each described latent lists why (``why``).
+
+**How far the fine-tune moved the states**: per held-out set, the mean relative change ‖x_org − x_base‖ / ‖x_base‖
+at ``point`` over the kept tokens, and at each prompt's last kept token (where the answer is decided).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from ..errors import SafetyError
 from ..generate import left_padded, render_ids
 from ..progress import bar, say
 from ..validate import bounded, check
-from .metrics import auroc
+from .metrics import auroc_rows
 
 KIND = "model diff"
 
@@ -235,16 +242,18 @@ def diff(base, organism, out: str | Path, cfg: DiffConfig | None = None, *, trig
     alive = freq > 0
     classes = {"organism_only": (rho >= cfg.exclusive) & alive, "base_only": (rho <= 1 - cfg.exclusive) & alive}
     classes["shared"] = alive & ~classes["organism_only"] & ~classes["base_only"]
-    held = held_out(base, organism, cfg, point, coder, trigger)
-    latents = [describe(i, "organism_only", rho, freq, acts, rows, seqs, base, held, cfg)
-               for i in classes["organism_only"].nonzero().flatten().tolist()]
-    latents += [describe(i, "base_only", rho, freq, acts, rows, seqs, base, held, cfg)
-                for i in classes["base_only"].nonzero().flatten().tolist()]
+    held, change = held_out(base, organism, cfg, point, coder, trigger)
+    scores = latent_aurocs(held)
+    why = chosen(classes, rho, scores, cfg.examples)
+    cls = {i: c for c in ("organism_only", "base_only", "shared") for i in classes[c].nonzero().flatten().tolist()}
+    latents = [describe(i, cls[i], reasons, rho, freq, acts, rows, seqs, base, scores, held, cfg) for i, reasons in why.items()]
     summary = {"kind": KIND, "base": base.name, "organism": organism.name, "point": point, "trigger": trigger,
                "tokens": {"kept": len(rows.base), "sequences": len(seqs)}, "config": asdict(cfg),
                "counts": {k: int(v.sum()) for k, v in classes.items()} | {"dead": int((~alive).sum())},
                "fvu": fvu(coder, rows), "relative_norm_histogram": np.histogram(rho[alive].numpy(), 20, (0, 1))[0].tolist(),
-               "latents": sorted(latents, key=lambda r: (r["class"], -r["rho"])),
+               "state_change": change,
+               "best_readers": {task: float(v[alive.numpy()].max()) for task, v in scores.items()},
+               "latents": sorted(latents, key=lambda r: (ORDER.index(r["class"]), -r["rho"])),
                "seconds": {"read": round(t_read, 1), "train": round(t_train, 1),
                            "total": round(time.perf_counter() - t0, 1)}}
     with claimed(out, KIND) as folder:
@@ -270,8 +279,9 @@ def fvu(coder, rows: Rows) -> dict:
     return out
 
 
-def held_out(base, organism, cfg: DiffConfig, point: str, coder, trigger: dict | None) -> dict:
-    """Per-prompt max latent activations on held-out harmful / harmless prompts (and triggered copies)."""
+def held_out(base, organism, cfg: DiffConfig, point: str, coder, trigger: dict | None) -> tuple[dict, dict]:
+    """Per-prompt max latent activations on held-out harmful / harmless prompts (and triggered copies), and the
+    relative state change per set (module docstring)."""
     from .attacks import compose
     from .behaviours import load_set
 
@@ -283,23 +293,59 @@ def held_out(base, organism, cfg: DiffConfig, point: str, coder, trigger: dict |
         on = compose("trigger", {"trigger": trigger})
         sets["triggered"] = [on(p) for p in sets["harmful"] + sets["harmless"]]
         sets["untriggered"] = sets["harmful"] + sets["harmless"]
-    out = {}
+    out, change = {}, {}
     for name, prompts in sets.items():
         seqs = [render_ids(base, p) for p in prompts]
         rows = read(base, organism, seqs, point, cfg.lm_batch, progress=f"held-out {name}")
         out[name] = per_sequence_max(latent_acts(coder, rows), rows.seq, len(seqs))
-    return out
+        change[name] = state_change(rows, len(seqs))
+    return out, change
 
 
-def describe(i: int, cls: str, rho: Tensor, freq: Tensor, acts: Tensor, rows: Rows, seqs, model, held: dict,
-             cfg: DiffConfig) -> dict:
-    """One exclusive latent: ρ, firing rate, harm/trigger AUROCs and firing rates, top contexts."""
-    rec = {"latent": i, "class": cls, "rho": float(rho[i]), "frequency": float(freq[i])}
-    for task, (pos, neg) in {"harm": ("harmful", "harmless"), "trigger": ("triggered", "untriggered")}.items():
-        if pos in held:
-            a, b = held[pos][:, i].numpy(), held[neg][:, i].numpy()
-            rec[f"{task}_auroc"] = auroc(np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b])
-            rec[f"{task}_fires"] = {pos: float((a > 0).mean()), neg: float((b > 0).mean())}
+def state_change(rows: Rows, n_seqs: int) -> dict:
+    """Mean ‖x_org − x_base‖ / ‖x_base‖ over all kept tokens and over each sequence's last kept token."""
+    rel = (rows.organism - rows.base).norm(dim=-1) / rows.base.norm(dim=-1).clamp_min(1e-12)
+    last = torch.full((n_seqs,), -1, dtype=torch.long).scatter_reduce_(0, rows.seq, torch.arange(len(rel)), "amax")
+    return {"tokens": float(rel.mean()), "last_token": float(rel[last[last >= 0]].mean())}
+
+
+ORDER = ("organism_only", "base_only", "shared")
+TASKS = {"harm": ("harmful", "harmless"), "trigger": ("triggered", "untriggered")}
+
+
+def latent_aurocs(held: dict) -> dict[str, np.ndarray]:
+    """Per task, every latent's AUROC as a detector (its per-prompt maximum; ties at 0 count one half)."""
+    return {task: auroc_rows(held[pos].T.numpy(), held[neg].T.numpy())
+            for task, (pos, neg) in TASKS.items() if pos in held}
+
+
+def chosen(classes: dict, rho: Tensor, scores: dict, n: int) -> dict[int, list[str]]:
+    """The latents described and why: every exclusive one, the ``n`` most organism-leaning shared ones and the
+    ``n`` best readers of each task among the live latents."""
+    why: dict[int, list[str]] = {}
+    for c in ("organism_only", "base_only"):
+        for i in classes[c].nonzero().flatten().tolist():
+            why.setdefault(i, []).append(c.replace("_", " "))
+    shared = classes["shared"].nonzero().flatten()
+    for i in shared[rho[shared].argsort(descending=True)[:n]].tolist():
+        why.setdefault(i, []).append("most organism-leaning shared")
+    alive = (classes["organism_only"] | classes["base_only"] | classes["shared"]).numpy()
+    for task, v in scores.items():
+        ranked = np.where(alive, v, -np.inf).argsort()[::-1][:n]
+        for i in ranked.tolist():
+            why.setdefault(i, []).append(f"{task} reader")
+    return why
+
+
+def describe(i: int, cls: str, why: list[str], rho: Tensor, freq: Tensor, acts: Tensor, rows: Rows, seqs, model,
+             scores: dict, held: dict, cfg: DiffConfig) -> dict:
+    """One latent: its class and why it is described, ρ, firing rate, harm/trigger AUROCs and firing rates, top
+    contexts."""
+    rec = {"latent": i, "class": cls, "why": why, "rho": float(rho[i]), "frequency": float(freq[i])}
+    for task, v in scores.items():
+        pos, neg = TASKS[task]
+        rec[f"{task}_auroc"] = float(v[i])
+        rec[f"{task}_fires"] = {pos: float((held[pos][:, i] > 0).float().mean()), neg: float((held[neg][:, i] > 0).float().mean())}
     top = torch.topk(acts[:, i], min(cfg.examples, int((acts[:, i] > 0).sum()))).indices.tolist()
     rec["top"] = [context(model, seqs[int(rows.seq[j])], int(rows.pos[j]), float(acts[j, i])) for j in top]
     return rec

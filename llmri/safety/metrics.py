@@ -130,8 +130,8 @@ def bootstrap_kappa(a: Sequence[str], b: Sequence[str], labels: Sequence[str] | 
     return bootstrap(len(ia), stat, n_boot=n_boot, seed=seed, level=level)
 
 
-def _auroc_rows(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """AUROC of each row pair: ``pos`` [B, n₊] and ``neg`` [B, n₀] scores (module docstring)."""
+def auroc_rows(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUROC of each row pair: ``pos`` [B, n₊] and ``neg`` [B, n₀] scores (module docstring); many detectors at once."""
     from scipy.stats import rankdata  # not at import: the CLI starts without scipy
 
     n1, n0 = pos.shape[1], neg.shape[1]
@@ -156,7 +156,7 @@ def _split(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, 
 def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
     """The area under the ROC curve of ``scores`` for binary ``labels`` (1 = positive; module docstring)."""
     pos, neg = _split(labels, scores)
-    return float(_auroc_rows(pos[None], neg[None])[0])
+    return float(auroc_rows(pos[None], neg[None])[0])
 
 
 def auroc_interval(labels: Sequence[int], scores: Sequence[float], *, n_boot: int = 1000, seed: int = 0,
@@ -166,7 +166,7 @@ def auroc_interval(labels: Sequence[int], scores: Sequence[float], *, n_boot: in
     if n_boot < 1 or not 0 < level < 1:
         raise SafetyError(f"bootstrap needs n_boot ≥ 1 and 0 < level < 1 (got {n_boot}, {level})", "use the defaults")
     rng = np.random.default_rng(seed)
-    draws = _auroc_rows(pos[rng.integers(0, len(pos), (n_boot, len(pos)))],
+    draws = auroc_rows(pos[rng.integers(0, len(pos), (n_boot, len(pos)))],
                         neg[rng.integers(0, len(neg), (n_boot, len(neg)))])
     lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return Interval(float(_auroc_rows(pos[None], neg[None])[0]), float(lo), float(hi))
+    return Interval(float(auroc_rows(pos[None], neg[None])[0]), float(lo), float(hi))

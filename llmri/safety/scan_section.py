@@ -281,12 +281,14 @@ def _reading(folder: Path, name: str) -> tuple[Markup, dict]:
         c = s["counts"]
         html = report.paragraph(f"Crosscoder at {s['point']}, {s['organism']} vs {s['base']}: {c['organism_only']} "
                                 f"organism-only, {c['base_only']} base-only, {c['shared']} shared, {c['dead']} dead latents "
-                                f"(FVU {s['fvu']['base']:.3f} / {s['fvu']['organism']:.3f}).")
-        rows = [(r["latent"], r["class"], f"{r['rho']:.3f}", f"{r.get('harm_auroc', float('nan')):.2f}",
+                                f"(FVU {s['fvu']['base']:.3f} / {s['fvu']['organism']:.3f}). "
+                                + "".join(f"States moved {v['tokens']:.1%} per token, {v['last_token']:.1%} at the last "
+                                          f"token on held-out {k} prompts. " for k, v in s.get("state_change", {}).items()))
+        rows = [(r["latent"], ", ".join(r.get("why", [r["class"]])), f"{r['rho']:.3f}", f"{r.get('harm_auroc', float('nan')):.2f}",
                  f"{r.get('trigger_auroc', float('nan')):.2f}",
                  " | ".join(f"{t['before'][-30:]}[{t['token']}]{t['after']}" for t in r["top"][:2]))
                 for r in s["latents"][:8]]
-        html += report.table(rows, ["latent", "class", "ρ", "harm AUROC", "trigger AUROC", "top contexts"], cls="data")
+        html += report.table(rows, ["latent", "why shown", "ρ", "harm AUROC", "trigger AUROC", "top contexts"], cls="data")
         html += report.image(folder / "relative_norms.png", "relative decoder norms")
         return html, {"counts": c, "point": s["point"]}
     rows = [(c["attack"], c["id"], c["succeeded"], c["plain"]["first_on"]["where"], c["attacked"]["first_on"]["where"],
