@@ -1174,7 +1174,7 @@ EXPLAIN = "llmri.safety.explain:ExplainConfig"
 @command(name="explain", on=safety_app)
 def safety_explain(
     model: str = ModelOpt,
-    out: Path = typer.Option(Path("llmri-explain"), "--out", "-o", help="folder for explain.json, case-N.png, graphs/, answers.jsonl"),
+    out: Path = typer.Option(Path("llmri-explain"), "--out", "-o", help="folder for explain.json, index.html (both graphs side by side), case-N.png, graphs/, answers.jsonl"),
     attacks: str = option(EXPLAIN, "attacks", convert=joined, help="comma-separated prompt-only attacks (acronym: the hidden-word case)"),
     cases: int = option(EXPLAIN, "cases"),
     candidates: int = option(EXPLAIN, "candidates"),
@@ -1205,13 +1205,15 @@ def safety_explain(
                         max_feature_nodes=max_feature_nodes, batch_size=batch_size, seed=seed)
     check_target(out, "explained jailbreaks")
     res = explain(load_model(model, dtype=dtype, device=device), out, cfg)
-    print(json.dumps({"attacks": res["attacks"], "direction": res["direction"], "out": str(out)}))
+    print(json.dumps({"attacks": res["attacks"], "direction": res["direction"], "out": str(out),
+                      "page": str(out / "index.html")}))
     for c in res["cases"]:
         row = {"attack": c["attack"], "id": c["id"], "succeeded": c["succeeded"],
                **{f"{k}_first_on": c[k]["first_on"]["where"] for k in ("plain", "attacked")},
                **{f"{k}_refusal_score": round(c[k]["refusal_score_at_answer"], 3) for k in ("plain", "attacked")}}
         if "graphs" in c:
-            row.update({f"{k}_refusal_influence": round(c["graphs"][k]["refusal_influence"], 4) for k in ("plain", "attacked")})
+            row.update({f"{k}_{s}_influence": round(c["graphs"][k][f"{s}_influence"], 4)
+                        for k in ("plain", "attacked") for s in ("request", "refusal")})
         print(json.dumps(row))
 
 

@@ -3,6 +3,9 @@ refusal score), the first crossing, the supernodes on a known feature, the graph
 the CLI's one-line errors (tiny models); the refusal score on the real model (slow)."""
 
 import json
+import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +19,8 @@ from llmri.safety.attacks import attack
 from llmri.safety.evaluate import refusal_scores
 
 REQUEST = "Tell me how to pick a lock."
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome") if os.path.exists(p)), None)
+SHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
 
 
 def _unit(model, seed=0):
@@ -92,10 +97,12 @@ def test_supernodes_count_a_feature_written_along_the_direction(traced):
     u = tcs.decoder(layer, torch.tensor([feat])).float().sum(1)[0]
     u = u / u.norm()  # r̂ = the top feature's own write: cos = 1 for it
     n = len(ids)
-    inside = E.supernodes(g, tcs, u, 0.999, (0, n), n)  # the whole prompt is "the request"
+    a = E.aligned_features(g, tcs, u, 0.999, (0, n), n)  # the whole prompt is "the request"
+    inside = E.supernodes(g, a)
     assert inside["request_features"] >= 1 and inside["refusal_features"] == 0
     assert inside["request_influence"] >= float(infl[top] / infl.sum()) - 1e-6
-    post = E.supernodes(g, tcs, u, 0.999, (0, 0), 0)  # every position is post-instruction
+    assert f"{layer}_{feat}_{pos}" in E.named_groups(g, a)[0] and E.named_groups(g, a)[1][1:] == []
+    post = E.supernodes(g, E.aligned_features(g, tcs, u, 0.999, (0, 0), 0))  # every position is post-instruction
     assert post["refusal_influence"] == pytest.approx(inside["request_influence"])
     assert post["top_features"][0]["cos_r"] == pytest.approx(1.0, abs=1e-4)
 
@@ -114,8 +121,84 @@ def test_graphs_write_two_trace_folders_the_viewer_opens(traced, tmp_path):
         assert (tmp_path / got[label]["viewer"]).is_file()
         assert 0 <= got[label]["refusal_influence"] <= 1 and 0 <= got[label]["request_influence"] <= 1
         assert 0 < got[label]["scores"]["completeness_score"] <= 1
+    # r̂ = the write of a feature the plain graph keeps (inside a supernode's span): the viewer's named group holds it
+    kept = json.loads((tmp_path / "graphs" / "case-0-plain" / "case-0-plain.json").read_text())["nodes"]
+    node = next(n["node_id"] for n in kept if n["feature_type"] == "cross layer transcoder" and n["ctx_idx"] >= tp["start"])
+    layer, feature, position = map(int, node.split("_"))
+    w = tcs.decoder(layer, torch.tensor([feature])).float().sum(1)[0]
+    (tmp_path / "hit").mkdir()
+    hit = E._graphs(model, case, tp, ta, w / w.norm(), cfg, tcs, tmp_path / "hit", "case-0")
+    page = (tmp_path / "hit" / hit["plain"]["viewer"]).read_text()
+    extra = json.loads(re.search(r'<script type="application/json" id="extra-data">(.*?)</script>', page, re.S).group(1))
+    where = "refusal" if position >= tp["answer_at"] - tp["post_instruction"] else "harmful request"
+    named = next(g for g in extra["suggested"] if g[0].startswith(where))
+    assert node in named[1:] and set(named[1:]) <= {n["node_id"] for n in kept}  # only kept nodes are offered
+    assert hit["plain"][f"{where.split()[-1]}_features"] >= 1
     fig = E.plot_case(tp, ta, 1, 0.0, case)
     assert len(fig.axes) >= 4
+
+
+def test_page_escapes_model_text_and_cuts_it_to_snippets(traced, tmp_path):
+    model, tcs = traced
+    hostile = "<script>window.__pwned=1</script>"
+    case = {"attack": "prefix_injection", "id": "x<b>", "request": hostile + " " + "word " * 100,
+            "attacked": attack(hostile, "prefix_injection"), "plain_answer": "I can't " + hostile,
+            "attacked_answer": "Sure " * 200, "succeeded": True}
+    side = {"refusal_score_at_answer": 1.5, "max_refusal_score_in_answer": 2.0, "answer_at": 9, "start": 2,
+            "first_on": {"position": 3, "token": hostile, "offset_from_answer": -6, "where": "prompt"}}
+    graphs = {k: {"refusal_influence": 0.1, "refusal_features": 2, "request_influence": 0.2, "request_features": 3,
+                  "top_logits": [[1, hostile, 0.5]], "scores": {"replacement_score": 0.5, "completeness_score": 0.9},
+                  "top_features": [{"layer": 1, "position": 3, "token": hostile, "feature": 7, "influence": 0.3, "cos_r": 0.8}],
+                  "viewer": f"graphs/case-0-{k}/index.html"} for k in ("plain", "attacked")}
+    summary = {"model": "m", "judge": "keyword", "direction": {"from": "difference of means", "layer": 1, "threshold": 0.1},
+               "attacks": {"prefix_injection": {"refused_unattacked": 1, "answered_attacked": 1}},
+               "cases": [{"case": 0, "attack": "prefix_injection", "id": "x<b>", "succeeded": True, "plain": side,
+                          "attacked": side, "graphs": graphs}]}
+    page = E.render_html(summary, [case])
+    assert "<script>" not in page and "&lt;script&gt;" in page and "x&lt;b&gt;" in page
+    assert "Sure " * 30 not in page and "word " * 40 not in page  # snippets, not the records
+    assert page.count("<iframe") == 2 and 'src="graphs/case-0-plain/index.html"' in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_page_shows_both_graphs_in_headless_chromium(traced, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install -e .[test])")
+    from llmri.atomic import write_figure
+
+    model, tcs = traced
+    u = _unit(model, 1)
+    d = E.Direction(u, 1, 0.0, torch.zeros(model.n_layers, model.d_model))
+    case = {"attack": "prefix_injection", "id": "x", "request": REQUEST, "attacked": attack(REQUEST, "prefix_injection"),
+            "plain_answer": "I can't", "attacked_answer": "Absolutely", "succeeded": True}
+    tp = E.trajectory(model, case["request"], case["plain_answer"], d, 3)
+    ta = E.trajectory(model, case["attacked"], case["attacked_answer"], d, 3)
+    graphs = E._graphs(model, case, tp, ta, u, E.ExplainConfig(max_feature_nodes=64), tcs, tmp_path, "case-0")
+    write_figure(tmp_path / "case-0.png", E.plot_case(tp, ta, 1, 0.0, case))
+    summary = {"model": model.name, "judge": "keyword", "direction": {"from": "difference of means", "layer": 1, "threshold": 0.0},
+               "attacks": {"prefix_injection": {"refused_unattacked": 1, "answered_attacked": 1}},
+               "cases": [{"case": 0, "attack": "prefix_injection", "id": "x", "succeeded": True,
+                          "plain": E.view(tp, 1, 0.0), "attacked": E.view(ta, 1, 0.0), "graphs": graphs}]}
+    (tmp_path / "index.html").write_text(E.render_html(summary, [case]))
+    errors = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((tmp_path / "index.html").as_uri())
+            frames = []
+            for k in ("plain", "attacked"):
+                page.locator(f"iframe[src='{graphs[k]['viewer']}']").scroll_into_view_if_needed()
+                frame = page.frame_locator(f"iframe[src='{graphs[k]['viewer']}']")
+                n_nodes = len(json.loads(next((tmp_path / "graphs" / f"case-0-{k}").glob("case-0-*.json")).read_text())["nodes"])
+                assert frame.locator("g.node").count() == n_nodes  # the whole viewer runs in its frame
+                frames.append(frame)
+            assert page.locator("img[src='case-0.png']").evaluate("i => i.naturalWidth") > 100
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / "explain-page.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not errors, errors
 
 
 def test_explain_runs_through_and_writes_whole(tiny_dir, tmp_path):
@@ -126,6 +209,8 @@ def test_explain_runs_through_and_writes_whole(tiny_dir, tmp_path):
     res = E.explain(model, tmp_path / "e", cfg)
     t = res["attacks"]["prefix_injection"]
     assert t["answered_attacked"] == len(res["cases"]) <= t["refused_unattacked"] <= 4
+    page = (tmp_path / "e" / "index.html").read_text()
+    assert "Explained jailbreaks" in page and page.count('<section class="case"') == len(res["cases"])
     assert json.loads((tmp_path / "e" / "explain.json").read_text())["direction"]["layer"] == (2 * model.n_layers) // 3
     with pytest.raises(SafetyError, match="layer 9"):
         E.explain(model, tmp_path / "f", E.ExplainConfig(attacks=("none",), layer=9))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -72,10 +72,13 @@ def trace(model, tcs: Transcoders, prompt: str, out: str | Path, cfg: TraceConfi
 
 
 def write_trace(model, tcs: Transcoders, graph: Graph, out: Path, cfg: TraceConfig, *,
-                transcoder_path: str | Path | None, slug: str, feature_windows: Iterable[Windows] | None = None) -> dict:
+                transcoder_path: str | Path | None, slug: str, feature_windows: Iterable[Windows] | None = None,
+                supernodes: Sequence[Sequence[str]] = ()) -> dict:
     """Prune, score, validate, build the feature panels and write graph JSON, viewer and summary into ``out``.
     ``feature_windows``: batches holding every transcoder's input points for the panels' statistics (e.g. the
-    scan's kept rows, :func:`~llmri.features.stats.row_windows`); None: a pass over ``cfg.corpus``."""
+    scan's kept rows, :func:`~llmri.features.stats.row_windows`); None: a pass over ``cfg.corpus``.
+    ``supernodes``: named groups (``[label, node ids…]``) offered in the viewer before the clustered
+    suggestions, restricted to the nodes pruning keeps (a group with none left is dropped)."""
     from .viewer import write_viewer
 
     t0 = time.perf_counter()
@@ -93,9 +96,11 @@ def write_trace(model, tcs: Transcoders, graph: Graph, out: Path, cfg: TraceConf
     graph.meta["scores"] = {"replacement": _r(sc.replacement), "completeness": _r(sc.completeness)}
     records, tokens = feature_records(model, tcs, graph, pruned, cfg, transcoder_path, feature_windows)
     labels = {nid: rec.get("label", "") for nid, rec in _by_node(graph, pruned, records).items()}
-    suggested = export.suggest_supernodes(graph, pruned)
     gj = export.graph_json(graph, pruned, model.tokenizer, slug=slug, scan=getattr(model, "name", ""),
                            node_threshold=cfg.prune.node_threshold, labels=labels)
+    kept = {n["node_id"] for n in gj["nodes"]}
+    named = [[g[0], *kept_ids] for g in supernodes if (kept_ids := [i for i in g[1:] if i in kept])]
+    suggested = named + export.suggest_supernodes(graph, pruned)
     summary["files"] = {"graph": f"{slug}.json", "viewer": "index.html", "attribution": "attribution.safetensors"}
     summary["seconds"] = {"attribution": graph.meta.get("seconds"), "rest": round(time.perf_counter() - t0, 2)}
     summary["config"] = asdict(cfg)

@@ -78,7 +78,8 @@ class DiffConfig:
     limit: int | None = bounded(100, 1, none=True)
     """Held-out behaviours per evaluation set for the harm and trigger responses (None: all)."""
     examples: int = bounded(8, 1)
-    """Top-activating training tokens shown per exclusive latent; ≥ 1."""
+    """Top-activating training tokens shown per described latent, and how many most organism-leaning shared
+    latents and best harm / trigger readers are described besides the exclusive ones; ≥ 1."""
     lm_batch: int = bounded(16, 1)
     """Sequences per forward pass; ≥ 1."""
     seed: int = bounded(0, 0)

@@ -29,7 +29,11 @@ folders the viewer opens. Each is summarised by the influence (on the output, ci
 of two supernodes: **refusal** — features whose decoder writes along r̂ (cos ≥ ``aligned``) at the
 post-instruction positions, where the answer is decided — and **harmful request** — features writing along r̂
 inside the user's message. An attack that breaks the path leaves the request features in and the refusal ones
-out, or takes both out.
+out, or takes both out. Both supernodes are offered in each graph's viewer as the first suggested groups.
+
+**The page** (``index.html``): per case the two prompts and answers as short snippets, the token-by-token figure,
+the two graphs' supernode influences, top features and top next tokens side by side, and both graph viewers
+side by side (each trace folder's own page, in a frame).
 """
 
 from __future__ import annotations
@@ -264,14 +268,19 @@ def first_on(traj: dict, layer: int, tau: float) -> dict:
 # ------------------------------------------------------------------------------------------------ graphs
 
 
-@torch.no_grad()
-def supernodes(graph, tcs, u: Tensor, aligned: float, user: tuple[int, int], post_from: int) -> dict:
-    """Influence on the output of the r̂-aligned features, split into harmful-request (inside the user's message)
-    and refusal (post-instruction positions) supernodes; and the top features by influence."""
-    from ..circuits.prune import influence, normalized
+class Aligned(NamedTuple):
+    """Per feature node of a graph: the cosine of its decoder write with r̂ and the two supernode masks."""
 
-    infl = influence(normalized(graph.adjacency), graph.logit_weights())[: graph.n_features]
-    total = float(infl.sum()) or 1.0
+    cos: Tensor
+    request: Tensor
+    """Written along r̂ (cos ≥ ``aligned``) inside the user's message: the harmful-request supernode."""
+    refusal: Tensor
+    """Written along r̂ at the post-instruction positions: the refusal supernode."""
+
+
+@torch.no_grad()
+def aligned_features(graph, tcs, u: Tensor, aligned: float, user: tuple[int, int], post_from: int) -> Aligned:
+    """Which feature nodes of ``graph`` write along r̂ (decoder summed over the layers it writes), and where."""
     feats = graph.features
     cos = torch.zeros(graph.n_features)
     for layer in feats[:, 0].unique().tolist():
@@ -279,15 +288,35 @@ def supernodes(graph, tcs, u: Tensor, aligned: float, user: tuple[int, int], pos
         dec = tcs.decoder(layer, feats[sel, 2].to(tcs.device)).float().cpu().sum(1)  # summed over written layers
         cos[sel] = torch.nn.functional.cosine_similarity(dec, u[None].to(dec.dtype), dim=-1)
     pos = feats[:, 1]
-    request = (cos >= aligned) & (pos >= user[0]) & (pos < user[1])
-    refusal = (cos >= aligned) & (pos >= post_from)
+    return Aligned(cos, (cos >= aligned) & (pos >= user[0]) & (pos < user[1]), (cos >= aligned) & (pos >= post_from))
+
+
+@torch.no_grad()
+def supernodes(graph, a: Aligned) -> dict:
+    """Influence on the output (shares of the total) of the harmful-request and refusal supernodes, and the top
+    features by influence."""
+    from ..circuits.prune import influence, normalized
+
+    infl = influence(normalized(graph.adjacency), graph.logit_weights())[: graph.n_features]
+    total = float(infl.sum()) or 1.0
+    feats = graph.features
     top = infl.argsort(descending=True)[:10].tolist()
-    return {"refusal_influence": float(infl[refusal].sum()) / total, "refusal_features": int(refusal.sum()),
-            "request_influence": float(infl[request].sum()) / total, "request_features": int(request.sum()),
+    return {"refusal_influence": float(infl[a.refusal].sum()) / total, "refusal_features": int(a.refusal.sum()),
+            "request_influence": float(infl[a.request].sum()) / total, "request_features": int(a.request.sum()),
             "top_logits": [[int(t), float(p)] for t, p in zip(graph.logit_tokens.tolist(), graph.logit_probs.tolist())],
             "top_features": [{"layer": int(feats[i, 0]), "position": int(feats[i, 1]), "token": graph.tokens[int(feats[i, 1])],
-                              "feature": int(feats[i, 2]), "influence": float(infl[i]) / total, "cos_r": float(cos[i])}
+                              "feature": int(feats[i, 2]), "influence": float(infl[i]) / total, "cos_r": float(a.cos[i])}
                              for i in top]}
+
+
+def named_groups(graph, a: Aligned) -> list[list[str]]:
+    """The two supernodes as viewer groups (``[label, node ids…]``), offered for one-click grouping."""
+    from ..circuits.export import node_ids
+
+    ids = node_ids(graph)
+    return [[label, *(ids[i] for i in mask.nonzero().flatten().tolist())]
+            for label, mask in (("harmful request (writes along r̂, in the request)", a.request),
+                                ("refusal (writes along r̂, after the request)", a.refusal))]
 
 
 def _graphs(model, case: dict, traj_plain: dict, traj_att: dict, u: Tensor, cfg: ExplainConfig, tcs, folder: Path,
@@ -301,11 +330,12 @@ def _graphs(model, case: dict, traj_plain: dict, traj_att: dict, u: Tensor, cfg:
         ids = torch.tensor(render_ids(model, prompt))
         graph = attribute(model, tcs, ids, AttributionConfig(max_feature_nodes=cfg.max_feature_nodes))
         post_from = traj["answer_at"] - traj["post_instruction"]
-        out[label] = supernodes(graph, tcs, u, cfg.aligned, (traj["start"], post_from), post_from)
+        a = aligned_features(graph, tcs, u, cfg.aligned, (traj["start"], post_from), post_from)
+        out[label] = supernodes(graph, a)
         for row in out[label]["top_logits"]:
             row.insert(1, model.tokenizer.decode([row[0]]))
         summary = write_trace(model, tcs, graph, folder / "graphs" / f"{name}-{label}", TraceConfig(validate_top=0, feature_tokens=0),
-                              transcoder_path=cfg.transcoders, slug=f"{name}-{label}")
+                              transcoder_path=cfg.transcoders, slug=f"{name}-{label}", supernodes=named_groups(graph, a))
         out[label]["scores"] = {k: summary[k] for k in ("replacement_score", "completeness_score")}
         out[label]["viewer"] = f"graphs/{name}-{label}/index.html"
     return out
@@ -316,8 +346,9 @@ def _graphs(model, case: dict, traj_plain: dict, traj_att: dict, u: Tensor, cfg:
 
 def explain(model, out: str | Path, cfg: ExplainConfig | None = None) -> dict:
     """Find, follow and trace successful jailbreaks of ``model`` into ``out`` (a folder llmri owns):
-    ``explain.json``, one ``case-N.png`` (layer × token maps and refusal scores, unattacked above attacked) per
-    case, ``graphs/`` (trace folders) and ``answers.jsonl`` (local research records)."""
+    ``explain.json``, ``index.html`` (every case, both graphs side by side), one ``case-N.png`` (layer × token
+    maps and refusal scores, unattacked above attacked) per case, ``graphs/`` (trace folders) and
+    ``answers.jsonl`` (local research records)."""
     cfg = cfg or ExplainConfig()
     out = Path(out)
     check_target(out, KIND)
@@ -332,7 +363,8 @@ def explain(model, out: str | Path, cfg: ExplainConfig | None = None) -> dict:
 
         tcs = load_transcoders(cfg.transcoders or default_transcoders(model), model.n_layers, device=model.device)
     with claimed(out, KIND) as folder:
-        mark(folder, KIND, "explain.json", "answers.jsonl", "graphs", *(f"case-{i}.png" for i in range(len(cases))))
+        mark(folder, KIND, "explain.json", "index.html", "answers.jsonl", "graphs",
+             *(f"case-{i}.png" for i in range(len(cases))))
         records = []
         for i, case in enumerate(cases):
             tp = trajectory(model, case["request"], case["plain_answer"], d, cfg.response_tokens)
@@ -350,7 +382,32 @@ def explain(model, out: str | Path, cfg: ExplainConfig | None = None) -> dict:
                    "layer": layer, "threshold": tau}, "attacks": tried, "cases": records, "config": asdict(cfg),
                    "judge": "keyword", "seconds": round(time.perf_counter() - t0, 1)}
         write_json(folder / "explain.json", summary)
+        with atomic_path(folder / "index.html") as tmp:
+            tmp.write_text(render_html(summary, cases), encoding="utf-8")
     return summary
+
+
+SNIPPET = 120
+"""Characters of a request or an answer the page shows (the full records stay in ``answers.jsonl``)."""
+
+
+def snippet(text: str, n: int = SNIPPET) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def render_html(summary: dict, cases: list[dict]) -> str:
+    """The explain folder's ``index.html``: per case the token-by-token figure, the two graphs' supernode
+    summaries side by side and both graph viewers (iframes of the trace folders). Autoescaped: model and
+    prompt text never reaches the page as markup."""
+    import jinja2
+
+    snippets = [{"request": snippet(c["request"]), "attacked": snippet(c["attacked"].messages[-1]["content"] + (
+                 f" [assistant prefill: {c['attacked'].prefill}]" if c["attacked"].prefill else "")),
+                 "plain_answer": snippet(c["plain_answer"], 80), "attacked_answer": snippet(c["attacked_answer"], 80)}
+                for c in cases]
+    env = jinja2.Environment(loader=jinja2.PackageLoader("llmri", "templates"), autoescape=True)
+    return env.get_template("explain.html.j2").render(s=summary, snippets=snippets)
 
 
 def _messages(attacked) -> dict:
