@@ -2,6 +2,7 @@
 explain folders hold (read, not recomputed) and refuses other folders in one line before any work."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +50,7 @@ def test_the_section_shows_every_reading(readings, tmp_path):
     assert sec.data[folders[1]]["table"] == table
     cases = json.loads(open(folders[3] + "/explain.json").read())["cases"]
     assert sec.html.count('<img class="fig"') == 3 + bool(cases)  # each folder's figure; explain's when it has a case
+    assert "refusal supernode" in sec.html and str(Path(folders[3]) / "index.html") in sec.html
     counts = json.loads(open(folders[2] + "/diff.json").read())["counts"]
     assert sec.data[folders[2]]["counts"] == counts
     assert inside_section(Inputs(model, [], ScanConfig(model="unused"), tmp_path, None, {})) is None

@@ -291,14 +291,19 @@ def _reading(folder: Path, name: str) -> tuple[Markup, dict]:
         html += report.table(rows, ["latent", "why shown", "ρ", "harm AUROC", "trigger AUROC", "top contexts"], cls="data")
         html += report.image(folder / "relative_norms.png", "relative decoder norms")
         return html, {"counts": c, "point": s["point"]}
+    share = lambda c, k: (f"{c['graphs']['plain'][k]:.1%} → {c['graphs']['attacked'][k]:.1%}"  # noqa: E731
+                          if "graphs" in c else "—")
     rows = [(c["attack"], c["id"], c["succeeded"], c["plain"]["first_on"]["where"], c["attacked"]["first_on"]["where"],
-             f"{c['plain']['refusal_score_at_answer']:+.2f} → {c['attacked']['refusal_score_at_answer']:+.2f}")
+             f"{c['plain']['refusal_score_at_answer']:+.2f} → {c['attacked']['refusal_score_at_answer']:+.2f}",
+             share(c, "request_influence"), share(c, "refusal_influence"))
             for c in s["cases"]]
     html = report.paragraph(f"Explained jailbreaks of {s['model']}: direction at layer {s['direction']['layer']} "
-                            f"(τ = {s['direction']['threshold']:.3f}); first crossing of τ unattacked / attacked, and the "
-                            "refusal score at the answer position.")
+                            f"(τ = {s['direction']['threshold']:.3f}); first crossing of τ unattacked / attacked, the "
+                            "refusal score at the answer position and, where graphs were built, the harmful-request and "
+                            "refusal supernodes' shares of the first answer token's influence, unattacked → attacked. "
+                            f"Both graphs of every case side by side: {folder / 'index.html'}.")
     html += report.table(rows, ["attack", "behaviour", "jailbroken", "unattacked: first on", "attacked: first on",
-                                "refusal score"], cls="data")
+                                "refusal score", "request supernode", "refusal supernode"], cls="data")
     if (folder / "case-0.png").is_file():
         html += report.image(folder / "case-0.png", "the first explained jailbreak, token by token")
     return html, {"cases": len(s["cases"])}
