@@ -381,9 +381,9 @@ def explain(model, out: str | Path, cfg: ExplainConfig | None = None) -> dict:
         summary = {"kind": KIND, "model": model.name, "direction": {"from": cfg.direction or "difference of means",
                    "layer": layer, "threshold": tau}, "attacks": tried, "cases": records, "config": asdict(cfg),
                    "judge": "keyword", "seconds": round(time.perf_counter() - t0, 1)}
-        write_json(folder / "explain.json", summary)
         with atomic_path(folder / "index.html") as tmp:
             tmp.write_text(render_html(summary, cases), encoding="utf-8")
+        write_json(folder / "explain.json", summary)  # last: the folder is whole once it exists
     return summary
 
 
