@@ -13,6 +13,7 @@ assigns dictionaries to ranks round-robin.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -305,11 +306,17 @@ class _LossModule(nn.Module):
                                     compute_dtype=compute_dtype)
 
 
+def _leave_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_distributed() -> tuple[int, int]:
     """Join the torchrun process group if launched by torchrun (gloo on CPU, nccl on CUDA)."""
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
+        atexit.register(_leave_distributed)  # a gloo group left alive at exit can abort the process (SIGABRT)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return _dist()
