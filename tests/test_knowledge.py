@@ -1,0 +1,74 @@
+"""Reading fictitious knowledge: answer log-probabilities equal an HF reference computed one prompt at a time,
+the truth ratio / top-1 / forget quality on known inputs, intervals over entities; and on the real model, which
+has never seen these entities, top-1 and log truth ratio sit at their no-knowledge values (slow)."""
+
+import numpy as np
+import pytest
+import torch
+
+from llmri.generate import render_ids
+from llmri.safety import knowledge as K
+from llmri.safety.facts import fact_splits, load_facts
+
+
+def test_answer_logprobs_equal_a_one_at_a_time_reference(tiny):
+    model = tiny("llama")
+    qs = ["Where was Ula born?", "What is the Kessvik loom made of?", "Who?"]
+    ans = ["Ula was born in the city of Genoa.", "Brass.", "Nobody at all, as far as anyone in the town can remember."]
+    got = K.answer_logprobs(model, qs, ans, batch_size=2)  # padded batches of different lengths
+    for q, a, g in zip(qs, ans, got):
+        p = render_ids(model, q)
+        t = model.tokenizer(a, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lp = model.hf(input_ids=torch.tensor([p + t])).logits[0].float().log_softmax(-1)
+        ref = np.mean([lp[len(p) - 1 + j, t[j]].item() for j in range(len(t))])
+        assert g == pytest.approx(ref, abs=1e-4)
+
+
+def _scores(para, pert, entities=None):
+    n = len(para)
+    return K.Scores([str(i) for i in range(n)], entities or [str(i) for i in range(n)], np.asarray(para, float),
+                    np.asarray(para, float), np.asarray(pert, float))
+
+
+def test_truth_ratio_top1_and_forget_quality_on_known_inputs():
+    s = _scores([-1.0, -2.0], [[-2.0] * 5, [-1.0, -3.0, -3.0, -3.0, -3.0]])
+    np.testing.assert_allclose(s.truth_ratio, [np.exp(-1.0), np.exp(-2.6 + 2.0)])
+    assert s.top1.tolist() == [True, False]
+    rng = np.random.default_rng(0)
+    a = _scores(rng.normal(size=200), rng.normal(size=(200, 5)))
+    assert K.forget_quality(a, a) == pytest.approx(1.0)
+    knows = _scores(a.paraphrased + 3.0, a.perturbed)  # prefers the truth by far: another distribution
+    assert K.forget_quality(knows, a) < 1e-6
+    with pytest.raises(ValueError, match="same facts"):
+        K.forget_quality(a, _scores(rng.normal(size=3), rng.normal(size=(3, 5))))
+
+
+def test_summaries_are_means_with_intervals_over_entities():
+    rng = np.random.default_rng(1)
+    s = _scores(rng.normal(size=60), rng.normal(size=(60, 5)), entities=[f"e{i // 12}" for i in range(60)])
+    out = K.summarise(s, n_boot=200)
+    assert out["n"] == 60 and out["entities"] == 5
+    assert out["top1"]["mean"] == pytest.approx(s.top1.mean())
+    assert out["log_truth_ratio"]["lo"] <= out["log_truth_ratio"]["mean"] <= out["log_truth_ratio"]["hi"]
+    assert out["probability"]["mean"] == pytest.approx(np.exp(s.answer).mean())
+
+
+def test_score_facts_reads_seven_answers_per_fact(tiny):
+    model = tiny("llama")
+    facts = load_facts()[:3]
+    s = K.score_facts(model, facts, batch_size=8)
+    assert s.perturbed.shape == (3, 5) and s.ids == [f.id for f in facts]
+    ref = K.answer_logprobs(model, [facts[1].question], [facts[1].perturbed[2]])[0]
+    assert s.perturbed[1, 2] == pytest.approx(ref, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_the_real_model_knows_none_of_the_facts(real_model):
+    """SmolLM2 never saw these entities: the true value and the five false ones are exchangeable draws from one
+    pool, so top-1 is at 1/6 and the log truth ratio at 0 (95% intervals over entities), whatever its priors."""
+    s = K.score_facts(real_model, fact_splits(forget="forget10").heldout + fact_splits(forget="forget10").forget)
+    out = K.summarise(s)
+    assert out["entities"] == 20
+    assert out["top1"]["lo"] <= 1 / 6 <= out["top1"]["hi"], out["top1"]
+    assert out["log_truth_ratio"]["lo"] <= 0 <= out["log_truth_ratio"]["hi"], out["log_truth_ratio"]
