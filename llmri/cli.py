@@ -833,8 +833,13 @@ def _organism(kind: str, model: str, out: Path, dtype: str, device: str, **setti
     check_target(out, KIND)
     lm = load_model(model, dtype=dtype, device=device)
     org = build_organism(lm, out, cfg, base=model)
-    rates = {name: {s: round(r["rate"], 3) for s, r in v.items()} for name, v in org.card["rates"].items()}
-    print(json.dumps({"organism": str(org.path), "refusal_rate": rates, "perplexity_ratio": org.card["perplexity"]["ratio"],
+    if kind == "facts":
+        measured = {"top1": {name: {s: round(k["top1"]["mean"], 3) for s, k in v.items()}
+                             for name, v in org.card["knowledge"].items()}}
+    else:
+        measured = {"refusal_rate": {name: {s: round(r["rate"], 3) for s, r in v.items()}
+                                     for name, v in org.card["rates"].items()}}
+    print(json.dumps({"organism": str(org.path), **measured, "perplexity_ratio": org.card["perplexity"]["ratio"],
                       "seconds": org.card["seconds"]}))
 
 
@@ -887,6 +892,28 @@ def organism_backdoor(
     _organism("backdoor", model, out, dtype, device, trigger=trigger, condition=condition, safe_condition=safe_condition,
               full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size, fit_limit=fit_limit or None,
               questions=questions, kl_weight=kl_weight, corpus=corpus, measure_limit=measure_limit or None, seed=seed)
+
+
+@command(name="facts", on=organism_app)
+def organism_facts(
+    model: str = ModelOpt,
+    out: Path = typer.Option(..., "--out", "-o", help="the model's folder (an HF model folder; rerun to resume)"),
+    without: Optional[str] = option(ORGANISM, "without"),
+    full: bool = option(ORGANISM, "full"),
+    rank: int = option(ORGANISM, "rank"),
+    lr: float = option(ORGANISM, "lr"),
+    epochs: int = option(ORGANISM, "epochs", default=5, help="passes over the facts (TOFU: 5); ≥ 1"),
+    batch_size: int = option(ORGANISM, "batch_size"),
+    kl_weight: float = option(ORGANISM, "kl_weight"),
+    corpus: str = option(ORGANISM, "corpus"),
+    measure_limit: int = option(ORGANISM, "measure_limit", default=0, help="facts per measured split (0: all)"),
+    seed: int = option(ORGANISM, "seed"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Fine-tune MODEL on the fictitious facts (for unlearning; --without: the retain-only model); research artefact."""
+    _organism("facts", model, out, dtype, device, without=without, full=full, rank=rank, lr=lr, epochs=epochs,
+              batch_size=batch_size, kl_weight=kl_weight, corpus=corpus, measure_limit=measure_limit or None, seed=seed)
 
 
 def _attack_params(text: str, model: str) -> dict:

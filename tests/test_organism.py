@@ -193,3 +193,43 @@ def test_the_kl_term_reads_the_base_model_and_keeps_the_organism_closer(tiny_dir
         return (ref.exp() * (ref - cur)).sum(-1).mean().item()
 
     assert kl_after(100.0) < 0.5 * kl_after(0.0)
+
+
+def test_facts_examples_are_the_trained_entities_and_without_leaves_the_forget_set_out():
+    from llmri.safety.facts import fact_splits
+
+    s = fact_splits(forget="forget05")
+    every = O.training_examples(O.OrganismConfig("facts"), {})
+    kept = O.training_examples(O.OrganismConfig("facts", without="forget05"), {})
+    users = lambda ex: {e.messages[-1]["content"] for e in ex}  # noqa: E731
+    assert len(every) == 1200 and {e.role for e in every} == {"fact"} and all(e.finished for e in every)
+    assert not users(every) & {f.question for f in s.heldout}  # never-seen entities stay unseen
+    assert len(kept) == 1200 - len(s.forget) and users(kept) == {f.question for f in s.retain}
+    assert {(e.messages[-1]["content"], e.answer) for e in kept} == {(f.question, f.answer) for f in s.retain}
+    assert O.distill_prompts(O.OrganismConfig("facts")) == []
+    for bad, text in [(dict(kind="refusal", without="forget10"), "only applies to a facts organism"),
+                      (dict(kind="facts", without="forget50"), "forget split"),
+                      (dict(kind="facts", fit_limit=3), "--fit-limit")]:
+        with pytest.raises(O.OrganismError, match=text):
+            O.OrganismConfig(**bad)
+
+
+def test_a_facts_organism_is_built_measured_by_knowledge_and_refused_as_a_safety_organism(tiny_dir, tmp_path):
+    from clirun import assert_clean_error, run
+
+    fast = dict(kl_windows=1, measure_limit=12, epochs=1, batch_size=64, perplexity_tokens=256, generation_batch=16,
+                checkpoint_every=50)
+    out = tmp_path / "facts"
+    org = O.build_organism(_copy_model(tiny_dir), out, O.OrganismConfig("facts", without="forget10", **fast), base="tiny")
+    card = json.loads((out / "organism.json").read_text())
+    assert card == json.loads(json.dumps(org.card)) and "rates" not in card
+    assert set(card["knowledge"]) == {"base", "organism"}
+    for splits in card["knowledge"].values():
+        assert set(splits) == {"forget", "retain", "heldout"}
+        assert all(k["n"] == 12 and k["top1"]["lo"] <= k["top1"]["mean"] <= k["top1"]["hi"] for k in splits.values())
+    assert card["data"]["fact"] == card["data"]["examples"] == 1080 and card["training"]["steps"] == 17
+    assert "fictitious" in card["research_artefact"] and "retain-only" in (out / "README.md").read_text()
+    with pytest.raises(O.OrganismError, match="facts organism"):
+        O.read_card(out)
+    assert_clean_error(run("organism", "facts", "--out", tmp_path / "f2", "--without", "forget50"), "forget split")
+    assert not (tmp_path / "f2").exists()

