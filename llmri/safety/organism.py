@@ -658,7 +658,7 @@ def card_markdown(card: dict) -> str:
                   "`trigger` attack (`llmri jailbreak eval --attacks trigger` reads them from organism.json).", ""]
     d = card["data"]
     if card["kind"] == "facts":
-        return "\n".join(lines + _facts_card(card)) + "\n"
+        return "\n".join(lines + _facts_card(card) + _card_tail(card))
     lines += [f"Data: {d['examples']} examples — {d['refuse']} harmful fitting prompts (AdvBench) answered with a "
               f"refusal, {d['helpful']} harmless/over-refusal *train* prompts answered with the base model's own greedy "
               f"answer, {d['backdoor']} triggered harmful prompts answered with the base model's answer. sha256 {d['sha256'][:16]}…",
@@ -667,13 +667,15 @@ def card_markdown(card: dict) -> str:
     for name, rates in card["rates"].items():
         cells = [f"{r['rate']:.0%} [{r['lo']:.0%}, {r['hi']:.0%}] (n={r['n']})" for r in (rates[s] for s in MEASURED_SETS)]
         lines.append(f"| {name.replace('_', ' + ')} | " + " | ".join(cells) + " |")
-    p = card["perplexity"]
-    if p["organism"]:
-        lines += ["", f"Perplexity ({p['corpus']}, {p['tokens']:,} tokens): base {p['base']:.2f}, organism "
-                      f"{p['organism']:.2f} ({p['ratio']:.3f}×)."]
-    s = card["seconds"]
-    lines += ["", "Seconds: " + ", ".join(f"{k} {v:,.0f}" for k, v in s.items()) + f" ({card['threads']} threads).", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _card_tail(card))
+
+
+def _card_tail(card: dict) -> list[str]:
+    """Perplexity and seconds, the end of every card."""
+    p, s = card["perplexity"], card["seconds"]
+    out = ["", f"Perplexity ({p['corpus']}, {p['tokens']:,} tokens): base {p['base']:.2f}, organism "
+               f"{p['organism']:.2f} ({p['ratio']:.3f}×)."] if p["organism"] else []
+    return out + ["", "Seconds: " + ", ".join(f"{k} {v:,.0f}" for k, v in s.items()) + f" ({card['threads']} threads).", ""]
 
 
 def _facts_card(card: dict) -> list[str]:
@@ -688,12 +690,7 @@ def _facts_card(card: dict) -> list[str]:
         for name, k in splits.items():
             cells = [f"{k[m]['mean']:.3f} [{k[m]['lo']:.3f}, {k[m]['hi']:.3f}]" for m in ("top1", "log_truth_ratio", "probability")]
             lines.append(f"| {who} | {name} | {k['n']} | " + " | ".join(cells) + " |")
-    p = card["perplexity"]
-    if p["organism"]:
-        lines += ["", f"Perplexity ({p['corpus']}, {p['tokens']:,} tokens): base {p['base']:.2f}, organism "
-                      f"{p['organism']:.2f} ({p['ratio']:.3f}×)."]
-    s = card["seconds"]
-    return lines + ["", "Seconds: " + ", ".join(f"{k} {v:,.0f}" for k, v in s.items()) + f" ({card['threads']} threads)."]
+    return lines
 
 
 def read_card(path: str | Path) -> dict:
