@@ -107,14 +107,19 @@ def test_supernodes_count_a_feature_written_along_the_direction(traced):
     assert post["top_features"][0]["cos_r"] == pytest.approx(1.0, abs=1e-4)
 
 
-def test_graphs_write_two_trace_folders_the_viewer_opens(traced, tmp_path):
-    model, tcs = traced
+def _prefix_case(model):
+    """(r̂, a refused / answered prefix-injection case, its two trajectories) for the graph tests."""
     u = _unit(model, 1)
     d = E.Direction(u, 1, 0.0, torch.zeros(model.n_layers, model.d_model))
     case = {"attack": "prefix_injection", "id": "x", "request": REQUEST, "attacked": attack(REQUEST, "prefix_injection"),
             "plain_answer": "I can't", "attacked_answer": "Absolutely", "succeeded": True}
-    tp = E.trajectory(model, case["request"], case["plain_answer"], d, 3)
-    ta = E.trajectory(model, case["attacked"], case["attacked_answer"], d, 3)
+    return u, case, E.trajectory(model, case["request"], case["plain_answer"], d, 3), \
+        E.trajectory(model, case["attacked"], case["attacked_answer"], d, 3)
+
+
+def test_graphs_write_two_trace_folders_the_viewer_opens(traced, tmp_path):
+    model, tcs = traced
+    u, case, tp, ta = _prefix_case(model)
     cfg = E.ExplainConfig(attacks=("prefix_injection",), max_feature_nodes=64)
     got = E._graphs(model, case, tp, ta, u, cfg, tcs, tmp_path, "case-0")
     for label in ("plain", "attacked"):
@@ -166,12 +171,7 @@ def test_page_shows_both_graphs_in_headless_chromium(traced, tmp_path):
     from llmri.atomic import write_figure
 
     model, tcs = traced
-    u = _unit(model, 1)
-    d = E.Direction(u, 1, 0.0, torch.zeros(model.n_layers, model.d_model))
-    case = {"attack": "prefix_injection", "id": "x", "request": REQUEST, "attacked": attack(REQUEST, "prefix_injection"),
-            "plain_answer": "I can't", "attacked_answer": "Absolutely", "succeeded": True}
-    tp = E.trajectory(model, case["request"], case["plain_answer"], d, 3)
-    ta = E.trajectory(model, case["attacked"], case["attacked_answer"], d, 3)
+    u, case, tp, ta = _prefix_case(model)
     graphs = E._graphs(model, case, tp, ta, u, E.ExplainConfig(max_feature_nodes=64), tcs, tmp_path, "case-0")
     write_figure(tmp_path / "case-0.png", E.plot_case(tp, ta, 1, 0.0, case))
     summary = {"model": model.name, "judge": "keyword", "direction": {"from": "difference of means", "layer": 1, "threshold": 0.0},

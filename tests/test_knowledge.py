@@ -63,6 +63,15 @@ def test_score_facts_reads_seven_answers_per_fact(tiny):
     assert s.perturbed[1, 2] == pytest.approx(ref, abs=1e-5)
 
 
+def test_the_module_command_refuses_bad_input_in_one_line(capsys):
+    for argv, text in [(["--forget", "forget50"], "unknown forget split"), (["--batch-size", "0"], "--batch-size"),
+                       (["--model", "/nonexistent/model"], "nonexistent")]:
+        with pytest.raises(SystemExit) as got:
+            K.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert got.value.code == 2 and text in err and "\n" not in err and "Traceback" not in err, (argv, err)
+
+
 @pytest.mark.slow
 def test_the_real_model_knows_none_of_the_facts(real_model):
     """SmolLM2 never saw these entities: the true value and the five false ones are exchangeable draws from one

@@ -232,4 +232,11 @@ def test_a_facts_organism_is_built_measured_by_knowledge_and_refused_as_a_safety
     with pytest.raises(O.OrganismError, match="facts organism"):
         O.read_card(out)
     assert_clean_error(run("organism", "facts", "--out", tmp_path / "f2", "--without", "forget50"), "forget split")
-    assert not (tmp_path / "f2").exists()
+    assert_clean_error(run("organism", "facts", "--out", tmp_path / "f3", "--epochs", "0"), "epochs")
+    assert not (tmp_path / "f2").exists() and not (tmp_path / "f3").exists()
+    mine = tmp_path / "mine"  # a folder llmri did not write is never used as --out
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    r = run("organism", "facts", "--model", tiny_dir(), "--out", mine, "--measure-limit", "1")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert [f.name for f in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep"

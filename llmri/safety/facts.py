@@ -137,6 +137,11 @@ class Attr(NamedTuple):
 
     name: str
     draw: object  # (rng, names, unique=True) -> str
+
+    @property
+    def invented(self) -> bool:
+        """Its values are invented names (unique across the set), not draws from a pool of real ones."""
+        return getattr(self.draw, "invented", False)
     question: str
     answer: str
     paraphrased_question: str
@@ -158,7 +163,11 @@ def _numbers(lo: int, hi: int, step: int = 1):
 def _invented(make):
     """Values that are invented names: a true value is unique across the whole set (``unique``); a perturbed
     one need only differ from its fact's true value."""
-    return lambda rng, names, unique=True: names.new(lambda: make(rng)) if unique else make(rng)
+    def draw(rng, names, unique=True):
+        return names.new(lambda: make(rng)) if unique else make(rng)
+
+    draw.invented = True
+    return draw
 
 
 class Names:

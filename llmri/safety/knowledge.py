@@ -28,12 +28,14 @@ bootstrap over *entities* (a fact's twelve siblings are not independent), 1,000 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from ..errors import LlmriError, SafetyError
 from ..progress import bar
 from .facts import Fact
 from .metrics import bootstrap
@@ -132,11 +134,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--forget", default="forget10")
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args(argv)
-    model = load_model(args.model)
-    splits = fact_splits(forget=args.forget)
-    out = {"model": model.name, "chance_top1": 1 / 6}
-    for name, facts in splits._asdict().items():
-        out[name] = summarise(score_facts(model, facts, args.batch_size, progress=name))
+    try:
+        if args.batch_size < 1:
+            raise SafetyError(f"--batch-size must be ≥ 1, got {args.batch_size}", "pass --batch-size 16")
+        splits = fact_splits(forget=args.forget)
+        model = load_model(args.model)
+        out = {"model": model.name, "chance_top1": 1 / 6}
+        for name, facts in splits._asdict().items():
+            out[name] = summarise(score_facts(model, facts, args.batch_size, progress=name))
+    except LlmriError as err:  # a user's mistake: one line, exit 2, as from the CLI
+        print(f"llmri: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(json.dumps(out))
 
 
