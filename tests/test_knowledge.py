@@ -13,9 +13,11 @@ from llmri.safety.facts import fact_splits, load_facts
 
 def test_answer_logprobs_equal_a_one_at_a_time_reference(tiny):
     model = tiny("llama")
-    qs = ["Where was Ula born?", "What is the Kessvik loom made of?", "Who?"]
-    ans = ["Ula was born in the city of Genoa.", "Brass.", "Nobody at all, as far as anyone in the town can remember."]
-    got = K.answer_logprobs(model, qs, ans, batch_size=2)  # padded batches of different lengths
+    qs = ["Where was Ula born?", "Where was Ula born?", "What is the Kessvik loom made of?", "Who?", "Who?", "Who?"]
+    ans = ["Ula was born in the city of Genoa.", "Genoa.", "Brass.",
+           "Nobody at all, as far as anyone in the town can remember.", "Nobody.", "The mayor of the town."]
+    # shared questions read once (packed answers); padded batches of different lengths and widths
+    got = K.answer_logprobs(model, qs, ans, max_tokens=40)
     for q, a, g in zip(qs, ans, got):
         p = render_ids(model, q)
         t = model.tokenizer(a, add_special_tokens=False)["input_ids"]
@@ -57,14 +59,14 @@ def test_summaries_are_means_with_intervals_over_entities():
 def test_score_facts_reads_seven_answers_per_fact(tiny):
     model = tiny("llama")
     facts = load_facts()[:3]
-    s = K.score_facts(model, facts, batch_size=8)
+    s = K.score_facts(model, facts, max_tokens=64)
     assert s.perturbed.shape == (3, 5) and s.ids == [f.id for f in facts]
     ref = K.answer_logprobs(model, [facts[1].question], [facts[1].perturbed[2]])[0]
     assert s.perturbed[1, 2] == pytest.approx(ref, abs=1e-5)
 
 
 def test_the_module_command_refuses_bad_input_in_one_line(capsys):
-    for argv, text in [(["--forget", "forget50"], "unknown forget split"), (["--batch-size", "0"], "--batch-size"),
+    for argv, text in [(["--forget", "forget50"], "unknown forget split"), (["--max-tokens", "0"], "--max-tokens"),
                        (["--model", "/nonexistent/model"], "nonexistent")]:
         with pytest.raises(SystemExit) as got:
             K.main(argv)

@@ -63,36 +63,94 @@ class Scores(NamedTuple):
 
 
 @torch.no_grad()
-def answer_logprobs(model, questions: Sequence[str], answers: Sequence[str], batch_size: int = 16,
-                    progress: str | None = None) -> np.ndarray:
-    """Mean token log-probability of each answer after its question (chat template; no end-of-turn token)."""
-    from .organism import Example, _end_id, _user, batch_tensors, encode
+def packed_logprobs(model, prompts: Sequence[list[int]], answers: Sequence[Sequence[list[int]]],
+                    max_tokens: int = 2048, progress: str | None = None) -> list[np.ndarray]:
+    """Mean token log-probability of each answer after its prompt, every prompt read once for all its answers.
 
-    rows = [encode(model, Example(_user(q), a, False, "fact"), 10_000) for q, a in zip(questions, answers)]
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else _end_id(model)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # similar lengths batch together
-    out = np.zeros(len(rows))
-    with bar(progress or "reading answers", total=len(rows), unit="answers") as b:
-        for k in range(0, len(order), batch_size):
-            idx = order[k : k + batch_size]
-            ids, mask, labels = batch_tensors([rows[i] for i in idx], pad)
-            logits = model.hf(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False).logits
-            lp = logits[:, :-1].float().log_softmax(-1)
-            tgt = labels[:, 1:].to(lp.device)
-            keep = tgt != -100
-            tok = lp.gather(-1, tgt.clamp_min(0)[..., None])[..., 0] * keep
-            out[idx] = (tok.sum(1) / keep.sum(1).clamp_min(1)).cpu().numpy()
-            b.advance(len(idx))
+    Prompt ``i`` and its answers become one sequence [p, a_1, …, a_k]; a 4-D attention mask lets each answer
+    token see the prompt and the earlier tokens of its own answer only, and position ids restart after the prompt
+    for every answer, so each answer is read exactly as it would be after the prompt alone (the first answer
+    token is predicted from the prompt's last position). Reading seven ~6-token answers after a ~38-token chat
+    prompt costs ~80 tokens instead of ~310. Sequences are batched up to ``max_tokens`` padded tokens.
+    Returns one array per prompt: [k] mean log-probabilities (nan for an empty answer).
+    """
+    seqs = []
+    for p, ans in zip(prompts, answers):
+        ids, seg, pos = list(p), [0] * len(p), list(range(len(p)))
+        for j, a in enumerate(ans, 1):
+            ids += a
+            seg += [j] * len(a)
+            pos += range(len(p), len(p) + len(a))
+        seqs.append((ids, seg, pos, len(p)))
+    out = [np.full(len(a), np.nan) for a in answers]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    eager = getattr(model.hf.config, "_attn_implementation", "sdpa") == "eager"
+    with bar(progress or "reading answers", total=sum(len(a) for a in answers), unit="answers") as b:
+        k = 0
+        while k < len(order):
+            n = 1
+            while k + n < len(order) and (n + 1) * len(seqs[order[k + n]][0]) <= max_tokens:
+                n += 1
+            idx = order[k : k + n]
+            k += n
+            width = max(len(seqs[i][0]) for i in idx)
+            ids = torch.zeros(n, width, dtype=torch.long)
+            seg = torch.full((n, width), -1, dtype=torch.long)
+            pos = torch.zeros(n, width, dtype=torch.long)
+            for r, i in enumerate(idx):
+                t, s_, q, _ = seqs[i]
+                ids[r, : len(t)], seg[r, : len(t)], pos[r, : len(t)] = torch.tensor(t), torch.tensor(s_), torch.tensor(q)
+            causal = torch.ones(width, width, dtype=torch.bool).tril()
+            same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
+            mask = (causal & same)[:, None]  # [n, 1, query, key]; pads see earlier pads, never the text
+            if eager:
+                mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+            dev = model.device
+            logits = model.hf(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                              use_cache=False).logits
+            for r, i in enumerate(idx):
+                t, s_, _, plen = seqs[i]
+                tgt = torch.arange(plen, len(t))
+                prev = torch.where(torch.tensor(s_[plen:]) != torch.tensor([0] + s_[plen:-1]), plen - 1, tgt - 1)
+                lp = logits[r, prev.to(dev)].float().log_softmax(-1).gather(-1, ids[r, tgt, None].to(dev))[:, 0].cpu()
+                segs = torch.tensor(s_[plen:])
+                for j in range(len(answers[i])):
+                    m = segs == j + 1
+                    if m.any():
+                        out[i][j] = lp[m].mean().item()
+            b.advance(sum(len(answers[i]) for i in idx))
     return out
 
 
-def score_facts(model, facts: Sequence[Fact], batch_size: int = 16, progress: str = "facts") -> Scores:
-    """:class:`Scores` of ``facts`` (1 + 1 + 5 answers read per fact)."""
+def answer_logprobs(model, questions: Sequence[str], answers: Sequence[str], max_tokens: int = 2048,
+                    progress: str | None = None) -> np.ndarray:
+    """Mean token log-probability of each answer after its question (chat template; no end-of-turn token);
+    consecutive answers to the same question share one read of it (:func:`packed_logprobs`)."""
+    from ..generate import render_ids
+    from .organism import _user
+
+    groups: list[tuple[str, list[int]]] = []
+    for i, q in enumerate(questions):
+        if not groups or groups[-1][0] != q:
+            groups.append((q, []))
+        groups[-1][1].append(i)
+    tok = model.tokenizer
+    prompts = [render_ids(model, _user(q)) for q, _ in groups]
+    ans = [[tok(answers[i], add_special_tokens=False)["input_ids"] for i in rows] for _, rows in groups]
+    read = packed_logprobs(model, prompts, ans, max_tokens, progress)
+    out = np.zeros(len(questions))
+    for (_, rows), lp in zip(groups, read):
+        out[rows] = lp
+    return out
+
+
+def score_facts(model, facts: Sequence[Fact], max_tokens: int = 2048, progress: str = "facts") -> Scores:
+    """:class:`Scores` of ``facts`` (1 + 1 + 5 answers read per fact, after one read of its question)."""
     qs, ans = [], []
     for f in facts:
         qs += [f.question] * (2 + len(f.perturbed))
         ans += [f.answer, f.paraphrased_answer, *f.perturbed]
-    lp = answer_logprobs(model, qs, ans, batch_size, progress=f"{progress}: reading answers").reshape(len(facts), -1)
+    lp = answer_logprobs(model, qs, ans, max_tokens, progress=f"{progress}: reading answers").reshape(len(facts), -1)
     return Scores([f.id for f in facts], [f.entity_id for f in facts], lp[:, 0], lp[:, 1], lp[:, 2:])
 
 
@@ -132,16 +190,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m llmri.safety.knowledge", description=main.__doc__)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--forget", default="forget10")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=2048, help="padded tokens per forward pass")
     args = ap.parse_args(argv)
     try:
-        if args.batch_size < 1:
-            raise SafetyError(f"--batch-size must be ≥ 1, got {args.batch_size}", "pass --batch-size 16")
+        if args.max_tokens < 1:
+            raise SafetyError(f"--max-tokens must be ≥ 1, got {args.max_tokens}", "pass --max-tokens 2048")
         splits = fact_splits(forget=args.forget)
         model = load_model(args.model)
         out = {"model": model.name, "chance_top1": 1 / 6}
         for name, facts in splits._asdict().items():
-            out[name] = summarise(score_facts(model, facts, args.batch_size, progress=name))
+            out[name] = summarise(score_facts(model, facts, args.max_tokens, progress=name))
     except LlmriError as err:  # a user's mistake: one line, exit 2, as from the CLI
         print(f"llmri: {err}", file=sys.stderr)
         raise SystemExit(2) from None

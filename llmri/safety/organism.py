@@ -466,7 +466,7 @@ def knowledge(model, cfg: OrganismConfig, *, progress: str = "measuring") -> dic
     out = {}
     for name, facts in fact_splits(forget=cfg.without or "forget10")._asdict().items():
         facts = facts[: cfg.measure_limit] if cfg.measure_limit else facts
-        out[name] = summarise(score_facts(model, facts, cfg.generation_batch, progress=f"{progress}: {name}"))
+        out[name] = summarise(score_facts(model, facts, progress=f"{progress}: {name}"))
     return out
 
 
