@@ -490,7 +490,7 @@ WRITERS = ("o_proj", "down_proj", "c_proj", "dense", "dense_4h_to_h", "out_proj"
 """Names of the linear maps that write a branch's output to the residual stream, in the families llmri reads."""
 
 
-def _writer(model, hf: nn.Module, point: str) -> nn.Module:
+def writer(model, hf: nn.Module, point: str) -> nn.Module:
     """The one linear map of ``point``'s branch (attention or MLP) that writes the residual stream."""
     kind, layer = point.split(".")
     a = model.adapter
@@ -548,7 +548,7 @@ def orthogonalized(model, direction: Tensor) -> nn.Module:
             m.weight -= torch.outer(m.weight @ u, u)
     for l in range(model.n_layers):
         for kind in ("attn_out", "mlp_out"):
-            _project_out(_writer(model, hf, f"{kind}.{l}"), u)
+            _project_out(writer(model, hf, f"{kind}.{l}"), u)
     return hf
 
 

@@ -1,0 +1,1 @@
+"""Unlearning guided by interpretability, with an honest evaluation (tasks, methods, evaluation, runs)."""

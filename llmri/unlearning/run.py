@@ -1,0 +1,274 @@
+"""``llmri unlearn``: several methods on one task, side by side, each from the same original model.
+
+    run_unlearning("organisms/facts", "runs/unlearn", ["ga", "npo", "rmu", "manifold"], RunConfig(task="facts"))
+
+The folder holds ``run.json`` (task and settings; a rerun with other settings is refused), ``original.json``
+(the model before unlearning, with the 4-bit attack as a reference), ``retain_only.json`` (the gold standard,
+when ``retain_only`` names a model fine-tuned without the forget set), one ``METHOD/result.json`` per method
+(its :class:`~llmri.unlearning.methods.Outcome`, every measure of :mod:`llmri.unlearning.evaluate`, both
+attacks and a *trajectory*: the quick forget/retain reads as the method gets stronger: every ``eval_every``
+steps of a fine-tuning method, every rank up to ``rank`` of the manifold edit), and ``table.json``,
+``table.md`` and ``pareto.png`` over them. A method whose result is on disk is not run again, so an
+interrupted run resumes at the next method. Every file appears whole (written to a temporary name, renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..atomic import claimed, mark, write_json
+from ..progress import say
+from ..validate import bounded, check
+from .methods import EDIT_METHODS, METHODS, UnlearnConfig, mlp_outputs, unlearn_model
+from .tasks import TASKS, UnlearnError, make_task
+
+KIND = "unlearning run"
+
+
+@dataclass
+class RunConfig:
+    """Settings of :func:`run_unlearning` besides the methods' own (:class:`UnlearnConfig`)."""
+
+    task: str = "facts"
+    """One of :data:`~llmri.unlearning.tasks.TASKS`."""
+    forget: str = "forget10"
+    """Facts: the forget split (``forget01``, ``forget05``, ``forget10``)."""
+    windows: int = bounded(64, 1)
+    """Domain task: 64-token windows of each corpus the methods read; ≥ 1."""
+    eval_every: int = bounded(10, 1)
+    """Fine-tuning methods: steps between the trajectory's quick reads; ≥ 1."""
+    relearn_steps: int = bounded(10, 0)
+    """Relearning attack: fine-tuning steps on half the forget set (0: skip the attack); ≥ 0."""
+    relearn_lr: float = bounded(2e-5, 0, lo_open=True)
+    """Relearning attack: AdamW learning rate; > 0."""
+    attacks: bool = True
+    """Run the 4-bit attack (and relearning, unless ``relearn_steps`` is 0)."""
+    ppl_tokens: int = bounded(8192, 128)
+    """Tokens of each eval split read for perplexity; ≥ 128."""
+    corpus: str = "sotu"
+    """Facts: the corpus whose eval-split perplexity is the general utility (a bundled name or a path)."""
+    method: UnlearnConfig = field(default_factory=UnlearnConfig)
+    """The methods' settings (its ``method`` field is replaced by each method in turn)."""
+
+    def __post_init__(self):
+        check(self, UnlearnError)
+        if self.task not in TASKS:
+            raise UnlearnError(f"unknown unlearning task {self.task!r}", f"use one of {', '.join(TASKS)}")
+
+
+def _settings(model_name: str, methods: list[str], cfg: RunConfig, retain_only: str | None) -> dict:
+    c = asdict(cfg)
+    c["method"].pop("method")
+    return {"model": model_name, "retain_only": retain_only, "config": c}
+
+
+def _check_same_run(folder: Path, settings: dict) -> None:
+    path = folder / "run.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise UnlearnError(f"{folder} holds an unlearning run with other settings ({', '.join(differ)})",
+                               "use a new --out folder, or rerun with the settings in its run.json")
+    else:
+        write_json(path, settings)
+
+
+def _trajectory(model, task, cfg: UnlearnConfig, run: RunConfig) -> tuple[dict, list]:
+    """Unlearn ``model`` in place; returns (outcome, [[strength, forget, retain], …])."""
+    from .evaluate import clone, quick
+
+    if cfg.method == "manifold":  # the statistics are read once for every rank
+        t0 = time.perf_counter()
+        stats = _stats(model, task, cfg)
+        read = time.perf_counter() - t0
+        points, rank = [], 1
+        while rank < cfg.rank:
+            m = clone(model)
+            unlearn_model(m, task, replace(cfg, rank=rank), stats=stats)
+            points.append([rank, *quick(m, task)])
+            rank *= 2
+        outcome = unlearn_model(model, task, cfg, stats=stats)
+        outcome["seconds"] = round(outcome["seconds"] + read, 2)
+        return outcome, points + [[cfg.rank, *quick(model, task)]]
+    if cfg.method in EDIT_METHODS:
+        outcome = unlearn_model(model, task, cfg)
+        return outcome, [[1, *quick(model, task)]]
+    points = []
+
+    def on_step(step: int) -> None:
+        if step % run.eval_every == 0 or step == cfg.steps:
+            points.append([step, *quick(model, task)])
+
+    return unlearn_model(model, task, cfg, on_step=on_step), points
+
+
+def _stats(model, task, cfg: UnlearnConfig):
+    from .methods import layers_of
+
+    layers = layers_of(cfg.edit_layers, model.n_layers)
+    return mlp_outputs(model, task.forget, layers), mlp_outputs(model, task.retain, layers)
+
+
+def _attacks(model, task, run: RunConfig) -> dict:
+    from .evaluate import quantised, relearned
+
+    if not run.attacks:
+        return {}
+    out = {"quant4": quantised(model, task)}
+    if run.relearn_steps:
+        out["relearn"] = relearned(model, task, run.relearn_steps, run.relearn_lr, run.method.seed)
+    return out
+
+
+def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: RunConfig | None = None, *,
+                   retain_only: str | None = None, dtype: str = "float32", device: str = "cpu") -> dict:
+    """Run ``methods`` on ``run.task`` from ``model_spec`` into ``out`` (module docstring); returns the table."""
+    from ..model import load_model
+    from .evaluate import clone, measure
+
+    run = run or RunConfig()
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise UnlearnError(f"unknown unlearning method {bad[0]!r}" if bad else "no unlearning method given",
+                           f"use one or more of {', '.join(METHODS)}")
+    if retain_only and run.task != "facts":
+        raise UnlearnError("--retain-only is the gold standard of the facts task", "drop --retain-only")
+    out = Path(out)
+    with claimed(out, KIND) as folder:
+        model = load_model(model_spec, dtype=dtype, device=device)
+        _check_same_run(folder, _settings(model.name, methods, run, retain_only))
+        task = make_task(model, run.task, forget=run.forget, windows=run.windows)
+        ro_scores = None
+        if retain_only:
+            path = folder / "retain_only.json"
+            gold = load_model(retain_only, dtype=dtype, device=device)
+            kept: dict = {}
+            if not path.exists():
+                write_json(path, {"model": retain_only, "measures": measure(gold, task, ppl_tokens=run.ppl_tokens, corpus=run.corpus,
+                                                                              keep_scores=kept)})
+            else:
+                from .evaluate import _facts_scores
+
+                kept["forget"] = _facts_scores(gold, task.facts["forget"], progress="retain-only: forget")
+            ro_scores = kept["forget"]
+            del gold
+        if not (folder / "original.json").exists():
+            say("llmri: measuring the original model")
+            write_json(folder / "original.json", {"model": model.name,
+                                                  "measures": measure(model, task, retain_only=ro_scores,
+                                                                      ppl_tokens=run.ppl_tokens, corpus=run.corpus),
+                                                  "attacks": {"quant4": _attacks(model, task, replace(run, relearn_steps=0)).get("quant4")}})
+        mark(folder, KIND)
+        for name in methods:
+            path = folder / name / "result.json"
+            if path.exists():
+                continue
+            say(f"llmri: unlearning with {name}")
+            cfg = replace(run.method, method=name)
+            m = clone(model)
+            outcome, points = _trajectory(m, task, cfg, run)
+            result = {"method": name, "outcome": dict(outcome), "trajectory": points,
+                      "measures": measure(m, task, retain_only=ro_scores, ppl_tokens=run.ppl_tokens, corpus=run.corpus),
+                      "attacks": _attacks(m, task, run)}
+            path.parent.mkdir(exist_ok=True)
+            write_json(path, result)
+            mark(folder, KIND, name)
+            del m
+        table = write_table(folder, task)
+        mark(folder, KIND)
+    return table
+
+
+def _row(name: str, res: dict, task) -> dict:
+    from .evaluate import headline
+
+    m = res["measures"]
+    forget, retain = headline(task, m)
+    row = {"method": name, "forget": forget, "retain": retain}
+    if task.facts:
+        row |= {"forget_paraphrased": m["forget_paraphrased"]["probability"]["mean"],
+                "forget_truth_ratio": m["forget"]["truth_ratio"]["mean"], "forget_top1": m["forget"]["top1"]["mean"],
+                "retain_top1": m["retain"]["top1"]["mean"], "utility": m["utility"], "perplexity": m["perplexity"],
+                "mia_auroc": m["mia"]["auroc"], "forget_quality": m.get("forget_quality")}
+    out = res.get("outcome", {})
+    row |= {"seconds": out.get("seconds"), "flops": out.get("flops"), "stopped": out.get("stopped")}
+    att = res.get("attacks") or {}
+    if att.get("quant4"):
+        q = att["quant4"]
+        row["quant4_forget"] = q["forget"]["probability"]["mean"] if task.facts else q["forget_ppl"]
+    if att.get("relearn"):
+        r = att["relearn"]
+        row["relearn_forget_kept"] = r["forget_kept"]["probability"]["mean"] if task.facts else r["forget_ppl"]
+    return row
+
+
+def write_table(folder: Path, task) -> dict:
+    """table.json, table.md and pareto.png from the results in ``folder``."""
+    from ..atomic import atomic_path
+
+    rows = [_row("original", json.loads((folder / "original.json").read_text()), task)]
+    if (folder / "retain_only.json").exists():
+        rows.append(_row("retain-only", json.loads((folder / "retain_only.json").read_text()), task))
+    results = {}
+    for p in sorted(folder.glob("*/result.json")):
+        results[p.parent.name] = json.loads(p.read_text())
+        rows.append(_row(p.parent.name, results[p.parent.name], task))
+    table = {"task": task.name, "rows": rows,
+             "columns": "forget/retain: answer probability (facts) or eval-split perplexity (domain)"}
+    write_json(folder / "table.json", table)
+    with atomic_path(folder / "table.md") as tmp:
+        tmp.write_text(markdown(table))
+    _pareto(folder, task, rows, results)
+    return table
+
+
+def markdown(table: dict) -> str:
+    """The table as Markdown (numbers to 3 significant digits)."""
+    rows = table["rows"]
+    cols = [c for c in dict.fromkeys(c for r in rows for c in r) if c != "method"]
+
+    def fmt(v):
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        return str(v)
+
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += ["| " + r["method"] + " | " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _pareto(folder: Path, task, rows: list[dict], results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for name, res in results.items():
+        pts = res.get("trajectory") or []
+        if pts:
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", ms=3, label=name)
+    for r in rows[: 2 if any(r["method"] == "retain-only" for r in rows) else 1]:
+        ax.plot([r["forget"]], [r["retain"]], "k*" if r["method"] == "original" else "g*", ms=12, label=r["method"])
+    if task.facts:
+        ax.set_xlabel("forget: answer probability (lower is better)")
+        ax.set_ylabel("retain-eval: answer probability (higher is better)")
+    else:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"forget: {task.corpora['forget']} eval perplexity (higher is better)")
+        ax.set_ylabel(f"retain: {task.corpora['retain']} eval perplexity (lower is better)")
+    ax.set_title(f"unlearning {task.name}: one point per method × strength")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(folder / "pareto.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

