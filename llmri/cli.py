@@ -1292,6 +1292,57 @@ def jailbreak_gcg(
                       "median_seconds_to_success": res["median_seconds_to_success"], "judge": res["judge"],
                       "out": str(out)}))
 
+UNLEARN_RUN = "llmri.unlearning.run:RunConfig"
+
+
+@command
+def unlearn(
+    model: str = typer.Option(..., "--model", "-m", help="the model to unlearn from (facts: a facts organism)"),
+    out: Path = typer.Option(..., "--out", "-o", help="the run folder (rerun to resume or add methods)"),
+    method: str = typer.Option("ga,graddiff,npo,simnpo,rmu,manifold,leace", "--method",
+                               help="methods, comma-separated: ga, graddiff, npo, simnpo, rmu, manifold, leace"),
+    task: str = option(UNLEARN_RUN, "task"),
+    forget: str = option(UNLEARN_RUN, "forget"),
+    retain_only: Optional[str] = typer.Option(None, "--retain-only",
+                                              help="facts: the model fine-tuned without the forget set (forget quality)"),
+    steps: int = option(UNLEARN_RUN, "method.steps"),
+    lr: Optional[float] = option(UNLEARN_RUN, "method.lr", help="AdamW learning rate (default 1e-5; rmu 5e-5); > 0"),
+    batch_size: int = option(UNLEARN_RUN, "method.batch_size"),
+    retain_weight: float = option(UNLEARN_RUN, "method.retain_weight"),
+    beta: Optional[float] = option(UNLEARN_RUN, "method.beta"),
+    gamma: float = option(UNLEARN_RUN, "method.gamma"),
+    layer: Optional[int] = option(UNLEARN_RUN, "method.layer"),
+    rmu_scale: float = option(UNLEARN_RUN, "method.rmu_scale"),
+    rmu_retain: float = option(UNLEARN_RUN, "method.rmu_retain"),
+    rank: int = option(UNLEARN_RUN, "method.rank"),
+    retain_energy: float = option(UNLEARN_RUN, "method.retain_energy"),
+    edit_layers: str = option(UNLEARN_RUN, "method.edit_layers"),
+    windows: int = option(UNLEARN_RUN, "windows"),
+    eval_every: int = option(UNLEARN_RUN, "eval_every"),
+    relearn_steps: int = option(UNLEARN_RUN, "relearn_steps"),
+    attacks: bool = option(UNLEARN_RUN, "attacks"),
+    ppl_tokens: int = option(UNLEARN_RUN, "ppl_tokens"),
+    corpus: str = option(UNLEARN_RUN, "corpus"),
+    seed: int = option(UNLEARN_RUN, "method.seed"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Unlearn a task's forget set with several methods side by side; table, Pareto plot and attacks."""
+    from .unlearning.methods import UnlearnConfig
+    from .unlearning.run import KIND, RunConfig, run_unlearning
+
+    cfg = RunConfig(task=task, forget=forget, windows=windows, eval_every=eval_every, relearn_steps=relearn_steps,
+                    attacks=attacks, ppl_tokens=ppl_tokens, corpus=corpus,
+                    method=UnlearnConfig(steps=steps, lr=lr, batch_size=batch_size, retain_weight=retain_weight,
+                                         beta=beta, gamma=gamma, layer=layer, rmu_scale=rmu_scale, rmu_retain=rmu_retain,
+                                         rank=rank, retain_energy=retain_energy, edit_layers=edit_layers, seed=seed))
+    check_target(out, KIND)
+    table = run_unlearning(model, out, [m.strip() for m in method.split(",") if m.strip()], cfg,
+                           retain_only=retain_only, dtype=dtype, device=device)
+    keep = ("method", "forget", "retain", "utility", "mia_auroc", "forget_quality", "seconds", "stopped")
+    print(json.dumps({"task": table["task"], "out": str(out),
+                      "rows": [{k: r[k] for k in keep if k in r} for r in table["rows"]]}))
+
 
 def main() -> None:
     app()

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from ..atomic import claimed, mark, write_json
 from ..progress import say
-from ..validate import bounded, check
-from .methods import EDIT_METHODS, METHODS, UnlearnConfig, mlp_outputs, unlearn_model
+from ..validate import bounded, check, check_choice
+from .methods import EDIT_METHODS, METHODS, UnlearnConfig, layers_of, mlp_outputs, rmu_layer, unlearn_model
 from .tasks import TASKS, UnlearnError, make_task
 
 KIND = "unlearning run"
@@ -54,9 +54,13 @@ class RunConfig:
     """The methods' settings (its ``method`` field is replaced by each method in turn)."""
 
     def __post_init__(self):
+        from ..safety.facts import FORGET
+
         check(self, UnlearnError)
         if self.task not in TASKS:
             raise UnlearnError(f"unknown unlearning task {self.task!r}", f"use one of {', '.join(TASKS)}")
+        if self.task == "facts":
+            check_choice("forget split", self.forget, tuple(FORGET), UnlearnError)
 
 
 def _settings(model_name: str, methods: list[str], cfg: RunConfig, retain_only: str | None) -> dict:
@@ -107,8 +111,6 @@ def _trajectory(model, task, cfg: UnlearnConfig, run: RunConfig) -> tuple[dict, 
 
 
 def _stats(model, task, cfg: UnlearnConfig):
-    from .methods import layers_of
-
     layers = layers_of(cfg.edit_layers, model.n_layers)
     return mlp_outputs(model, task.forget, layers), mlp_outputs(model, task.retain, layers)
 
@@ -140,6 +142,10 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
     out = Path(out)
     with claimed(out, KIND) as folder:
         model = load_model(model_spec, dtype=dtype, device=device)
+        if set(methods) & set(EDIT_METHODS):  # refuse bad layers before an hour of measuring, not after
+            layers_of(run.method.edit_layers, model.n_layers)
+        if "rmu" in methods:
+            rmu_layer(model, run.method)
         _check_same_run(folder, _settings(model.name, methods, run, retain_only))
         task = make_task(model, run.task, forget=run.forget, windows=run.windows)
         ro_scores = None
@@ -171,6 +177,8 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
             cfg = replace(run.method, method=name)
             m = clone(model)
             outcome, points = _trajectory(m, task, cfg, run)
+            if outcome.get("stopped"):
+                say(f"llmri: {outcome['stopped']} (lower --lr); measuring those weights")
             result = {"method": name, "outcome": dict(outcome), "trajectory": points,
                       "measures": measure(m, task, retain_only=ro_scores, ppl_tokens=run.ppl_tokens, corpus=run.corpus),
                       "attacks": _attacks(m, task, run)}
