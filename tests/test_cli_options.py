@@ -25,6 +25,7 @@ from llmri.geometry.steer import SteerConfig
 from llmri.options import count, first_sentence, joined
 from llmri.scan import ScanConfig
 from llmri.store import StoreConfig
+from llmri.unlearning.run import RunConfig
 
 
 def floats(text):
@@ -98,6 +99,27 @@ CONVERTED = {
                        "reference_tokens": (SteerConfig, "reference_tokens", parse_count),
                        "corpus": (SteerConfig, "corpus", None), "new_tokens": (SteerConfig, "new_tokens", None),
                        "probe_layer": (SteerConfig, "probe_layer", None)},
+    "unlearn": {"task": (RunConfig, "task", None),
+                "forget": (RunConfig, "forget", None),
+                "windows": (RunConfig, "windows", None),
+                "eval_every": (RunConfig, "eval_every", None),
+                "relearn_steps": (RunConfig, "relearn_steps", None),
+                "attacks": (RunConfig, "attacks", None),
+                "ppl_tokens": (RunConfig, "ppl_tokens", None),
+                "corpus": (RunConfig, "corpus", None),
+                "steps": (RunConfig, "method.steps", None),
+                "lr": (RunConfig, "method.lr", None),
+                "batch_size": (RunConfig, "method.batch_size", None),
+                "retain_weight": (RunConfig, "method.retain_weight", None),
+                "beta": (RunConfig, "method.beta", None),
+                "gamma": (RunConfig, "method.gamma", None),
+                "layer": (RunConfig, "method.layer", None),
+                "rmu_scale": (RunConfig, "method.rmu_scale", None),
+                "rmu_retain": (RunConfig, "method.rmu_retain", None),
+                "rank": (RunConfig, "method.rank", None),
+                "retain_energy": (RunConfig, "method.retain_energy", None),
+                "edit_layers": (RunConfig, "method.edit_layers", None),
+                "seed": (RunConfig, "method.seed", None)},
 }
 
 

@@ -17,6 +17,9 @@ from llmri.geometry.diffusion import DiffusionConfig
 from llmri.geometry.layer_map import LayerMapConfig
 from llmri.geometry.profile import ProfileConfig
 from llmri.geometry.steer import SteerConfig
+from llmri.unlearning.methods import UnlearnConfig
+from llmri.unlearning.run import RunConfig
+from llmri.unlearning.tasks import UnlearnError
 from llmri.scan import (CircuitSectionConfig, GeometrySectionConfig, HeatmapConfig, PassConfig, SaeSectionConfig,
                         ScanConfig)
 
@@ -37,6 +40,9 @@ CASES = [
     (AttributionConfig, LlmriError, [("logit_probability", 1.5), ("max_feature_nodes", 0), ("batch_size", -1)]),
     (PruneConfig, LlmriError, [("node_threshold", 0.0), ("edge_threshold", 1.01), ("max_edges", 0)]),
     (TraceConfig, LlmriError, [("validate_top", -1), ("validate_factor", math.inf), ("feature_tokens", 1.5)]),
+    (UnlearnConfig, UnlearnError, [("steps", 0), ("lr", 0.0), ("retain_energy", 1.5), ("rank", 0), ("method", "sgd"),
+                                   ("beta", -1.0)]),
+    (RunConfig, UnlearnError, [("windows", 0), ("ppl_tokens", 10), ("task", "mmlu"), ("forget", "forget50")]),
 ]
 
 
