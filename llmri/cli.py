@@ -196,6 +196,8 @@ def scan(
                                             "without it)"),
     readings: str = typer.Option("", "--safety-readings", help="comma-separated folders of `llmri refusal extract` / "
                                                                "`llmri safety probe|diff|explain` shown in the report"),
+    unlearning: str = typer.Option("", "--unlearning", help="comma-separated folders of `llmri unlearn` runs shown in "
+                                                            "the report (table and Pareto plot)"),
     dtype: str = option(SCAN, "dtype", help=DtypeOpt.help),
     device: str = option(SCAN, "device", help=DeviceOpt.help),
 ):
@@ -211,7 +213,8 @@ def scan(
                         circuits=CircuitSectionConfig(prompt=circuit_prompt, transcoders=transcoders),
                         geometry=GeometrySectionConfig(points=parse_count(geometry_points)),
                         safety=SafetySectionConfig(organism=None if organism is None else str(organism),
-                                                   readings=_names(readings))))
+                                                   readings=_names(readings)),
+                        unlearning=_names(unlearning)))
 
 
 @command

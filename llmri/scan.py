@@ -32,6 +32,7 @@ from .report import Section
 from .safety.scan_section import INSIDE as SAFETY_INSIDE
 from .safety.scan_section import STAGE as SAFETY
 from .safety.scan_section import SafetySectionConfig
+from .unlearning.scan_section import UNLEARNING
 from .stages import Inputs, Need, Output, PassConfig, Stage, capture
 from .validate import bounded, check
 
@@ -80,6 +81,8 @@ class ScanConfig:
     """Intrinsic dimension, diffusion map and steering."""
     safety: SafetySectionConfig = field(default_factory=SafetySectionConfig)
     """A model organism's card and the ASR of a few attacks on it and on the scanned model (skipped without one)."""
+    unlearning: tuple[str, ...] = ()
+    """Folders of ``llmri unlearn`` runs whose table and Pareto plot the report shows (skipped without any)."""
 
 
 def scan(config: ScanConfig | None = None, *, model: Model | None = None) -> Path:
@@ -249,6 +252,6 @@ def depth_section(inp: Inputs) -> Section:
 
 STAGES: list[Stage] = [
     Stage("card", model_card_section), Stage("layers", layer_token_section), Stage("depth", depth_section, depth_needs),
-    DICTIONARIES, FEATURES, CIRCUITS, GEOMETRY, SAFETY, SAFETY_INSIDE,
+    DICTIONARIES, FEATURES, CIRCUITS, GEOMETRY, SAFETY, SAFETY_INSIDE, UNLEARNING,
 ]
 """The report's sections in page order; each declares its needs from the one pass (:mod:`llmri.stages`)."""

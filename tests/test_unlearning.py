@@ -187,6 +187,24 @@ def test_a_run_writes_table_and_pareto_resumes_and_refuses_other_settings(tiny_d
     with pytest.raises(UnlearnError, match="other settings"):
         run_unlearning(str(tiny_dir("llama")), out, ["ga"], RunConfig(corpus=str(text_corpus), eval_every=2))
 
+    # the report's section shows the table (every method's row) and the Pareto plot
+    from llmri.scan import ScanConfig
+    from llmri.stages import Inputs
+    from llmri.unlearning.scan_section import UNLEARNING, section
+
+    cfg = ScanConfig(model="unused", unlearning=(str(out),))
+    assert UNLEARNING.needs(cfg, None) is None
+    sec = section(Inputs(None, [], cfg, tmp_path, None, {}))
+    assert sec.html.count("<tr>") == 1 + 4 and sec.html.count('<img class="fig"') == 1
+    assert sec.data[str(out)]["rows"][1]["method"] == "ga"
+
+
+def test_scan_refuses_a_folder_that_is_no_unlearning_run(tiny_dir, tmp_path):
+    (tmp_path / "junk").mkdir()
+    res = run("scan", "-m", tiny_dir("llama"), "--out", tmp_path / "rep", "--unlearning", tmp_path / "junk")
+    assert_clean_error(res, "holds no table.json")
+    assert not (tmp_path / "rep").exists()
+
 
 @pytest.mark.parametrize("args, text", [
     (["--method", "ga,bogus"], "unknown unlearning method 'bogus'"),
