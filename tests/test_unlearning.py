@@ -186,6 +186,13 @@ def test_a_run_writes_table_and_pareto_resumes_and_refuses_other_settings(tiny_d
     assert (out / "ga" / "result.json").stat().st_mtime_ns == stamp and (out / "leace" / "result.json").exists()
     with pytest.raises(UnlearnError, match="other settings"):
         run_unlearning(str(tiny_dir("llama")), out, ["ga"], RunConfig(corpus=str(text_corpus), eval_every=2))
+    # a retain-only model given later: forget quality for every row from the stored truth ratios; the model
+    # itself as its own gold standard gives identical distributions, p = 1
+    table = run_unlearning(str(tiny_dir("llama")), out, ["ga"], cfg, retain_only=str(tiny_dir("llama")))
+    fq = {r["method"]: r["forget_quality"] for r in table["rows"]}
+    assert fq["original"] == pytest.approx(1.0) and fq["retain-only"] == pytest.approx(1.0) and 0 <= fq["ga"] <= 1
+    with pytest.raises(UnlearnError, match="already holds the retain-only model"):
+        run_unlearning(str(tiny_dir("llama")), out, ["ga"], cfg, retain_only=str(tmp_path))
 
     # the report's section shows the table (every method's row) and the Pareto plot
     from llmri.scan import ScanConfig
@@ -195,8 +202,8 @@ def test_a_run_writes_table_and_pareto_resumes_and_refuses_other_settings(tiny_d
     cfg = ScanConfig(model="unused", unlearning=(str(out),))
     assert UNLEARNING.needs(cfg, None) is None
     sec = section(Inputs(None, [], cfg, tmp_path, None, {}))
-    assert sec.html.count("<tr>") == 1 + 4 and sec.html.count('<img class="fig"') == 1
-    assert sec.data[str(out)]["rows"][1]["method"] == "ga"
+    assert sec.html.count("<tr>") == 1 + 5 and sec.html.count('<img class="fig"') == 1
+    assert [r["method"] for r in sec.data[str(out)]["rows"]] == ["original", "retain-only", "ga", "leace", "manifold"]
 
 
 def test_scan_refuses_a_folder_that_is_no_unlearning_run(tiny_dir, tmp_path):

@@ -4,7 +4,9 @@
 
 The folder holds ``run.json`` (task and settings; a rerun with other settings is refused), ``original.json``
 (the model before unlearning, with the 4-bit attack as a reference), ``retain_only.json`` (the gold standard,
-when ``retain_only`` names a model fine-tuned without the forget set), one ``METHOD/result.json`` per method
+when ``retain_only`` names a model fine-tuned without the forget set; it may be given on a later rerun, and
+forget quality — TOFU's KS p-value between a model's and the retain-only model's forget truth ratios, stored
+in every result — is computed for every row when the table is written), one ``METHOD/result.json`` per method
 (its :class:`~llmri.unlearning.methods.Outcome`, every measure of :mod:`llmri.unlearning.evaluate`, both
 attacks and a *trajectory*: the quick forget/retain reads as the method gets stronger: every ``eval_every``
 steps of a fine-tuning method, every rank up to ``rank`` of the manifold edit), and ``table.json``,
@@ -63,10 +65,11 @@ class RunConfig:
             check_choice("forget split", self.forget, tuple(FORGET), UnlearnError)
 
 
-def _settings(model_name: str, methods: list[str], cfg: RunConfig, retain_only: str | None) -> dict:
+def _settings(model_name: str, cfg: RunConfig) -> dict:
+    """What makes two runs the same run (methods may be added and a retain-only model given later)."""
     c = asdict(cfg)
     c["method"].pop("method")
-    return {"model": model_name, "retain_only": retain_only, "config": c}
+    return {"model": model_name, "config": c}
 
 
 def _check_same_run(folder: Path, settings: dict) -> None:
@@ -115,6 +118,19 @@ def _stats(model, task, cfg: UnlearnConfig):
     return mlp_outputs(model, task.forget, layers), mlp_outputs(model, task.retain, layers)
 
 
+def _measured(lm, task, run: RunConfig, **extra) -> dict:
+    """``measures`` (:func:`~llmri.unlearning.evaluate.measure`) and, for facts, every forget fact's truth ratio
+    (``forget_truth_ratios``, in the order of ``task.facts["forget"]``), from which :func:`write_table` computes
+    forget quality against whichever retain-only model the folder has — also one added by a later rerun."""
+    from .evaluate import measure
+
+    raw: dict = {}
+    out = {**extra, "measures": measure(lm, task, ppl_tokens=run.ppl_tokens, corpus=run.corpus, keep_scores=raw)}
+    if "forget" in raw:
+        out["forget_truth_ratios"] = raw["forget"].truth_ratio.tolist()
+    return out
+
+
 def _attacks(model, task, run: RunConfig) -> dict:
     from .evaluate import quantised, relearned
 
@@ -130,7 +146,7 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
                    retain_only: str | None = None, dtype: str = "float32", device: str = "cpu") -> dict:
     """Run ``methods`` on ``run.task`` from ``model_spec`` into ``out`` (module docstring); returns the table."""
     from ..model import load_model
-    from .evaluate import clone, measure
+    from .evaluate import clone
 
     run = run or RunConfig()
     bad = [m for m in methods if m not in METHODS]
@@ -146,28 +162,22 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
             layers_of(run.method.edit_layers, model.n_layers)
         if "rmu" in methods:
             rmu_layer(model, run.method)
-        _check_same_run(folder, _settings(model.name, methods, run, retain_only))
+        _check_same_run(folder, _settings(model.name, run))
         task = make_task(model, run.task, forget=run.forget, windows=run.windows)
-        ro_scores = None
-        if retain_only:
-            path = folder / "retain_only.json"
+        if retain_only and (folder / "retain_only.json").exists():
+            had = json.loads((folder / "retain_only.json").read_text())["model"]
+            if had != retain_only:
+                raise UnlearnError(f"{folder} already holds the retain-only model {had}, not {retain_only}",
+                                   "use a new --out folder to compare with another retain-only model")
+        if retain_only and not (folder / "retain_only.json").exists():
+            say("llmri: measuring the retain-only model")
             gold = load_model(retain_only, dtype=dtype, device=device)
-            kept: dict = {}
-            if not path.exists():
-                write_json(path, {"model": retain_only, "measures": measure(gold, task, ppl_tokens=run.ppl_tokens, corpus=run.corpus,
-                                                                              keep_scores=kept)})
-            else:
-                from .evaluate import _facts_scores
-
-                kept["forget"] = _facts_scores(gold, task.facts["forget"], progress="retain-only: forget")
-            ro_scores = kept["forget"]
+            write_json(folder / "retain_only.json", _measured(gold, task, run, model=retain_only))
             del gold
         if not (folder / "original.json").exists():
             say("llmri: measuring the original model")
-            write_json(folder / "original.json", {"model": model.name,
-                                                  "measures": measure(model, task, retain_only=ro_scores,
-                                                                      ppl_tokens=run.ppl_tokens, corpus=run.corpus),
-                                                  "attacks": {"quant4": _attacks(model, task, replace(run, relearn_steps=0)).get("quant4")}})
+            write_json(folder / "original.json", _measured(model, task, run, model=model.name,
+                                                           attacks=_attacks(model, task, replace(run, relearn_steps=0))))
         mark(folder, KIND)
         for name in methods:
             path = folder / name / "result.json"
@@ -180,8 +190,7 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
             if outcome.get("stopped"):
                 say(f"llmri: {outcome['stopped']} (lower --lr); measuring those weights")
             result = {"method": name, "outcome": dict(outcome), "trajectory": points,
-                      "measures": measure(m, task, retain_only=ro_scores, ppl_tokens=run.ppl_tokens, corpus=run.corpus),
-                      "attacks": _attacks(m, task, run)}
+                      **_measured(m, task, run, attacks=_attacks(m, task, run))}
             path.parent.mkdir(exist_ok=True)
             write_json(path, result)
             mark(folder, KIND, name)
@@ -191,7 +200,9 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
     return table
 
 
-def _row(name: str, res: dict, task) -> dict:
+def _row(name: str, res: dict, task, gold: list[float] | None = None) -> dict:
+    from scipy.stats import ks_2samp
+
     from .evaluate import headline
 
     m = res["measures"]
@@ -201,7 +212,9 @@ def _row(name: str, res: dict, task) -> dict:
         row |= {"forget_paraphrased": m["forget_paraphrased"]["probability"]["mean"],
                 "forget_truth_ratio": m["forget"]["truth_ratio"]["mean"], "forget_top1": m["forget"]["top1"]["mean"],
                 "retain_top1": m["retain"]["top1"]["mean"], "utility": m["utility"], "perplexity": m["perplexity"],
-                "mia_auroc": m["mia"]["auroc"], "forget_quality": m.get("forget_quality")}
+                "mia_auroc": m["mia"]["auroc"],
+                "forget_quality": (float(ks_2samp(res["forget_truth_ratios"], gold).pvalue)
+                                   if gold is not None and "forget_truth_ratios" in res else None)}
     out = res.get("outcome", {})
     row |= {"seconds": out.get("seconds"), "flops": out.get("flops"), "stopped": out.get("stopped")}
     att = res.get("attacks") or {}
@@ -218,13 +231,16 @@ def write_table(folder: Path, task) -> dict:
     """table.json, table.md and pareto.png from the results in ``folder``."""
     from ..atomic import atomic_path
 
-    rows = [_row("original", json.loads((folder / "original.json").read_text()), task)]
-    if (folder / "retain_only.json").exists():
-        rows.append(_row("retain-only", json.loads((folder / "retain_only.json").read_text()), task))
+    gold_path = folder / "retain_only.json"
+    gold = json.loads(gold_path.read_text()) if gold_path.exists() else None
+    ratios = gold.get("forget_truth_ratios") if gold else None
+    rows = [_row("original", json.loads((folder / "original.json").read_text()), task, ratios)]
+    if gold:
+        rows.append(_row("retain-only", gold, task, ratios))
     results = {}
     for p in sorted(folder.glob("*/result.json")):
         results[p.parent.name] = json.loads(p.read_text())
-        rows.append(_row(p.parent.name, results[p.parent.name], task))
+        rows.append(_row(p.parent.name, results[p.parent.name], task, ratios))
     table = {"task": task.name, "rows": rows,
              "columns": "forget/retain: answer probability (facts) or eval-split perplexity (domain)"}
     write_json(folder / "table.json", table)
