@@ -159,6 +159,15 @@ def test_4bit_quantisation_leaves_sixteen_levels_per_group(tiny):
     assert ((w - w0.reshape_as(w)).abs() <= scale / 2 + 1e-6).all()
 
 
+def test_fluency_counts_distinct_bigrams(tiny):
+    assert E.distinct2([5, 5, 5, 5]) == pytest.approx(1 / 3) and E.distinct2([1, 2, 1, 2, 3]) == pytest.approx(3 / 4)
+    assert E.distinct2([7]) == 0.0 and E.distinct2([1, 2, 3]) == 1.0
+    model = _copy(tiny)
+    out = E.fluency(model, prompts=2, tokens=12)
+    ids = [model.tokenizer(a, add_special_tokens=False)["input_ids"] for a in out["answers"]]
+    assert len(ids) == 2 and out["distinct2"] == pytest.approx(np.mean([E.distinct2(x) for x in ids]))
+
+
 def test_mia_is_one_when_members_are_always_likelier():
     from llmri.safety.knowledge import Scores
 

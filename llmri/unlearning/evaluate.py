@@ -18,6 +18,11 @@
 
 **kjv** (a domain): perplexity on the eval split of the forget corpus (KJV) and of the retain corpus (sotu).
 
+**fluency** (both tasks): greedy answers (:data:`FLUENCY_TOKENS` tokens) to the first :data:`FLUENCY_PROMPTS`
+harmless test instructions (:mod:`llmri.safety.behaviours`; neutral requests), scored by ``distinct2`` — the share
+of distinct token bigrams, averaged over answers (degenerate, repeating text falls towards 0) — and ``empty``,
+the share of answers with no token; the answers themselves stay in the result file.
+
 **Attacks** (each on a copy; the unlearned model is untouched):
 
 - *relearning*: fine-tune ``steps`` steps (full, AdamW, lr ``lr``, batch 8) on the half of the forget set
@@ -40,6 +45,8 @@ from .tasks import Task
 
 PPL_TOKENS = 8192
 """Tokens of each eval split read for perplexity."""
+FLUENCY_PROMPTS = 8
+FLUENCY_TOKENS = 32
 
 
 def clone(model):
@@ -75,6 +82,24 @@ def mia(members, nonmembers) -> dict:
     return {"auroc": ci.value, "lo": ci.lo, "hi": ci.hi}
 
 
+def fluency(model, prompts: int = FLUENCY_PROMPTS, tokens: int = FLUENCY_TOKENS) -> dict:
+    """``distinct2``, ``empty`` and the ``answers`` of greedy generation on neutral prompts (module docstring)."""
+    from ..generate import GenerateConfig, generate
+    from ..safety.behaviours import load_set
+
+    items = sorted(load_set("harmless", "test"), key=lambda b: b.id)[:prompts]
+    gens = generate(model, [b.prompt for b in items], GenerateConfig(tokens, prompts), progress="fluency")
+    ids = [model.tokenizer(g.text, add_special_tokens=False)["input_ids"] for g in gens]
+    return {"distinct2": float(np.mean([distinct2(x) for x in ids])), "empty": float(np.mean([not x for x in ids])),
+            "answers": [g.text for g in gens]}
+
+
+def distinct2(ids) -> float:
+    """Share of distinct bigrams among a token sequence's bigrams (0 with fewer than two tokens)."""
+    pairs = list(zip(ids, ids[1:]))
+    return len(set(pairs)) / len(pairs) if pairs else 0.0
+
+
 def measure(model, task: Task, *, retain_only=None, ppl_tokens: int = PPL_TOKENS, corpus: str = "sotu",
             keep_scores: dict | None = None) -> dict:
     """Every measure of ``task`` (module docstring). ``retain_only``: the retain-only model's forget
@@ -85,7 +110,7 @@ def measure(model, task: Task, *, retain_only=None, ppl_tokens: int = PPL_TOKENS
 
     if not task.facts:
         return {"forget_ppl": perplexity(model, ppl_tokens, corpus=task.corpora["forget"]),
-                "retain_ppl": perplexity(model, ppl_tokens, corpus=task.corpora["retain"])}
+                "retain_ppl": perplexity(model, ppl_tokens, corpus=task.corpora["retain"]), "fluency": fluency(model)}
     s = {"forget": _facts_scores(model, task.facts["forget"], progress="forget"),
          "forget_paraphrased": _facts_scores(model, task.facts["forget"], True, progress="forget, paraphrased"),
          "retain": _facts_scores(model, task.facts["retain_eval"], progress="retain"),
@@ -94,6 +119,7 @@ def measure(model, task: Task, *, retain_only=None, ppl_tokens: int = PPL_TOKENS
     out["utility"] = utility(s["retain"])
     out["mia"] = mia(s["forget"], s["heldout"])
     out["perplexity"] = perplexity(model, ppl_tokens, corpus=corpus)
+    out["fluency"] = fluency(model)
     if retain_only is not None:
         out["forget_quality"] = forget_quality(s["forget"], retain_only)
     if keep_scores is not None:

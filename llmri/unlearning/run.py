@@ -215,6 +215,7 @@ def _row(name: str, res: dict, task, gold: list[float] | None = None) -> dict:
                 "mia_auroc": m["mia"]["auroc"],
                 "forget_quality": (float(ks_2samp(res["forget_truth_ratios"], gold).pvalue)
                                    if gold is not None and "forget_truth_ratios" in res else None)}
+    row["distinct2"] = m["fluency"]["distinct2"]
     out = res.get("outcome", {})
     row |= {"seconds": out.get("seconds"), "flops": out.get("flops"), "stopped": out.get("stopped")}
     att = res.get("attacks") or {}

@@ -13,10 +13,10 @@ from .tasks import UnlearnError
 
 COLUMNS = {"facts": [("forget", "forget p"), ("forget_paraphrased", "paraphrased p"), ("forget_truth_ratio", "forget R"),
                      ("retain", "retain p"), ("utility", "utility"), ("perplexity", "corpus ppl"),
-                     ("mia_auroc", "MIA AUROC"), ("forget_quality", "forget quality"),
+                     ("mia_auroc", "MIA AUROC"), ("forget_quality", "forget quality"), ("distinct2", "distinct-2"),
                      ("quant4_forget", "4-bit: forget p"), ("relearn_forget_kept", "relearned: unseen half p"),
                      ("seconds", "s")],
-           "domain": [("forget", "forget ppl"), ("retain", "retain ppl"), ("quant4_forget", "4-bit: forget ppl"),
+           "domain": [("forget", "forget ppl"), ("retain", "retain ppl"), ("distinct2", "distinct-2"), ("quant4_forget", "4-bit: forget ppl"),
                       ("relearn_forget_kept", "relearned: forget ppl"), ("seconds", "s")]}
 """What the section shows per task kind (``table.json`` keys, headers)."""
 
@@ -46,7 +46,7 @@ def section(inp: Inputs) -> report.Section | None:
         html += report.paragraph(
             "Each method starts from the same model. p = mean probability of the answer (facts; forget on the forget "
             "entities, retain on retain entities no method read), R = TOFU's truth ratio, utility = harmonic mean of "
-            "retain p and mean(max(0, 1 − R)), MIA = loss-based membership AUROC of forget vs never-seen facts, forget "
+            "retain p and mean(max(0, 1 − R)), distinct-2 = share of distinct bigrams in greedy answers to neutral prompts, MIA = loss-based membership AUROC of forget vs never-seen facts, forget "
             "quality = KS p-value against the retain-only model; ppl = eval-split perplexity (domain). Attacks on a "
             "copy: 4-bit round-to-nearest, and relearning on one half of the forget set read on the other. Intervals "
             f"per measure are in {Path(folder) / '*/result.json'}.")
