@@ -168,6 +168,11 @@ def test_fluency_counts_distinct_bigrams(tiny):
     assert len(ids) == 2 and out["distinct2"] == pytest.approx(np.mean([E.distinct2(x) for x in ids]))
 
 
+def test_drift_is_relative_distance_per_layer():
+    a = [torch.ones(4, 3), torch.full((4, 3), 2.0)]
+    assert E.drift(a, [2 * a[0], a[1]]) == pytest.approx([1.0, 0.0])
+
+
 def test_mia_is_one_when_members_are_always_likelier():
     from llmri.safety.knowledge import Scores
 
@@ -188,6 +193,8 @@ def test_a_run_writes_table_and_pareto_resumes_and_refuses_other_settings(tiny_d
     assert names == ["original", "ga", "manifold"]
     ga = json.loads((out / "ga" / "result.json").read_text())
     assert [p[0] for p in ga["trajectory"]] == [1, 2] and {"quant4", "relearn"} <= set(ga["attacks"])
+    assert len(ga["drift"]["forget"]) == 3 and min(ga["drift"]["forget"]) > 0  # GA moved the forget states
+    assert (out / "representation.png").read_bytes()[:4] == b"\x89PNG"
     assert [p[0] for p in json.loads((out / "manifold" / "result.json").read_text())["trajectory"]] == [1, 2]
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG" and "| ga |" in (out / "table.md").read_text()
     stamp = (out / "ga" / "result.json").stat().st_mtime_ns

@@ -146,7 +146,7 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
                    retain_only: str | None = None, dtype: str = "float32", device: str = "cpu") -> dict:
     """Run ``methods`` on ``run.task`` from ``model_spec`` into ``out`` (module docstring); returns the table."""
     from ..model import load_model
-    from .evaluate import clone
+    from .evaluate import clone, drift, drift_rows, states
 
     run = run or RunConfig()
     bad = [m for m in methods if m not in METHODS]
@@ -179,6 +179,9 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
             write_json(folder / "original.json", _measured(model, task, run, model=model.name,
                                                            attacks=_attacks(model, task, replace(run, relearn_steps=0))))
         mark(folder, KIND)
+        probe = drift_rows(model, task)
+        before = {k: states(model, v) for k, v in probe.items()} if any(
+            not (folder / n / "result.json").exists() for n in methods) else {}
         for name in methods:
             path = folder / name / "result.json"
             if path.exists():
@@ -190,6 +193,7 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
             if outcome.get("stopped"):
                 say(f"llmri: {outcome['stopped']} (lower --lr); measuring those weights")
             result = {"method": name, "outcome": dict(outcome), "trajectory": points,
+                      "drift": {k: drift(before[k], states(m, v)) for k, v in probe.items()},
                       **_measured(m, task, run, attacks=_attacks(m, task, run))}
             path.parent.mkdir(exist_ok=True)
             write_json(path, result)
@@ -248,6 +252,7 @@ def write_table(folder: Path, task) -> dict:
     with atomic_path(folder / "table.md") as tmp:
         tmp.write_text(markdown(table))
     _pareto(folder, task, rows, results)
+    _drift_plot(folder, results)
     return table
 
 
@@ -295,5 +300,32 @@ def _pareto(folder: Path, task, rows: list[dict], results: dict) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(folder / "pareto.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _drift_plot(folder: Path, results: dict) -> None:
+    """representation.png: per-layer drift of forget (solid) and retain (dashed) states, one colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (name, res) in enumerate(results.items()):
+        d = res.get("drift")
+        if not d:
+            continue
+        colour = f"C{i % 10}"
+        ax.plot(d["forget"], "-", color=colour, label=f"{name}: forget")
+        ax.plot(d["retain"], "--", color=colour, label=f"{name}: retain")
+    ax.set_xlabel("layer (resid_post)")
+    ax.set_ylabel("‖h − h_original‖ / ‖h_original‖")
+    ax.set_title("where each method moved the states")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    with atomic_path(folder / "representation.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
