@@ -168,6 +168,30 @@ def test_fluency_counts_distinct_bigrams(tiny):
     assert len(ids) == 2 and out["distinct2"] == pytest.approx(np.mean([E.distinct2(x) for x in ids]))
 
 
+def test_direction_ablation_undoes_a_method_that_adds_one_direction(tiny, task):
+    """An 'unlearning' that adds one vector to every residual write of the forget answers' layer is undone
+    exactly by ablating that vector's direction everywhere (the attack's premise, on a known edit)."""
+    from llmri.safety.refusal import ablation_edits
+    from llmri.hooks import Add
+
+    model = _copy(tiny)
+    rows = task.forget[:16]
+    t = Task("facts", rows, task.retain[:8], facts={**task.facts, "forget": task.facts["forget"][:16],
+                                                    "retain_eval": task.facts["retain_eval"][:8]})
+    before = E.states(model, rows)
+    u = torch.zeros(model.d_model)
+    u[3] = 5.0
+    clean = E.quick(model, t)
+    with model.intervene(ablation_edits(model, u)):
+        ablated_only = E.quick(model, t)  # ablating u alone barely matters here
+    with model.intervene({"mlp_out.1": Add(u)}):
+        now = E.states(model, rows)
+        hidden = E.quick(model, t)
+        got = E.direction_ablated(model, t, before, now)
+    assert got["layer"] in (1, 2) and hidden[0] != pytest.approx(clean[0], rel=1e-3)
+    assert got["forget"] == pytest.approx(ablated_only[0], rel=1e-4)  # the added direction is gone again
+
+
 def test_drift_is_relative_distance_per_layer():
     a = [torch.ones(4, 3), torch.full((4, 3), 2.0)]
     assert E.drift(a, [2 * a[0], a[1]]) == pytest.approx([1.0, 0.0])
@@ -194,6 +218,7 @@ def test_a_run_writes_table_and_pareto_resumes_and_refuses_other_settings(tiny_d
     ga = json.loads((out / "ga" / "result.json").read_text())
     assert [p[0] for p in ga["trajectory"]] == [1, 2] and {"quant4", "relearn"} <= set(ga["attacks"])
     assert len(ga["drift"]["forget"]) == 3 and min(ga["drift"]["forget"]) > 0  # GA moved the forget states
+    assert ga["attacks"]["direction"]["layer"] == int(np.argmax(ga["drift"]["forget"]))
     assert (out / "representation.png").read_bytes()[:4] == b"\x89PNG"
     assert [p[0] for p in json.loads((out / "manifold" / "result.json").read_text())["trajectory"]] == [1, 2]
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG" and "| ga |" in (out / "table.md").read_text()

@@ -34,6 +34,11 @@ should move forget states and leave retain states; one that only hides moves lit
   :class:`~llmri.unlearning.tasks.Task` sets aside (facts: ``relearn``; domain: the first half of the forget
   windows), then read the *other* half (facts: ``forget_kept``; domain: the forget corpus' eval split): knowledge
   that was hidden, not removed, returns faster than it could be learned anew;
+- *direction ablation*: the unit direction of the mean change the method made to the forget rows' states at the
+  layer where they moved most (mean of h_unlearned − h_original over forget target tokens) is ablated from every
+  residual write (as the refusal direction is, :func:`llmri.safety.refusal.ablation_edits`), then the quick
+  forget / retain reads: if one direction carries the method's effect, removing it brings the answers back
+  (Łucki et al. 2024 found this for RMU);
 - *4-bit quantisation*: every linear map of the blocks rounded to 4-bit integers, symmetric, per group of 32
   input weights (round-to-nearest, as GGUF Q4_0 and bitsandbytes' simplest scheme do), then the same reads: an
   unlearning update smaller than a quantisation step disappears (Zhang et al. 2024).
@@ -182,6 +187,21 @@ def states(model, rows, batch_size: int = 16) -> list[torch.Tensor]:
 def drift(original: list[torch.Tensor], now: list[torch.Tensor]) -> list[float]:
     """Per layer: mean ‖now − original‖ / mean ‖original‖ over the same tokens."""
     return [float((b - a).norm(dim=-1).mean() / a.norm(dim=-1).mean().clamp_min(1e-12)) for a, b in zip(original, now)]
+
+
+def direction_ablated(model, task: Task, original: list[torch.Tensor], now: list[torch.Tensor]) -> dict:
+    """The direction-ablation attack (module docstring); ``original`` / ``now``: :func:`states` of the forget
+    drift rows before and after unlearning."""
+    from ..safety.refusal import ablation_edits
+
+    moved = drift(original, now)
+    layer = int(np.argmax(moved))
+    u = (now[layer] - original[layer]).mean(0)
+    if not u.norm() > 0:
+        return {"layer": layer, "forget": None, "retain": None}
+    with model.intervene(ablation_edits(model, u)):
+        forget, retain = quick(model, task)
+    return {"layer": layer, "forget": forget, "retain": retain}
 
 
 def relearned(model, task: Task, steps: int = 10, lr: float = 2e-5, seed: int = 0) -> dict:

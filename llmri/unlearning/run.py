@@ -146,7 +146,7 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
                    retain_only: str | None = None, dtype: str = "float32", device: str = "cpu") -> dict:
     """Run ``methods`` on ``run.task`` from ``model_spec`` into ``out`` (module docstring); returns the table."""
     from ..model import load_model
-    from .evaluate import clone, drift, drift_rows, states
+    from .evaluate import clone, direction_ablated, drift, drift_rows, states
 
     run = run or RunConfig()
     bad = [m for m in methods if m not in METHODS]
@@ -192,9 +192,12 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
             outcome, points = _trajectory(m, task, cfg, run)
             if outcome.get("stopped"):
                 say(f"llmri: {outcome['stopped']} (lower --lr); measuring those weights")
+            after = {k: states(m, v) for k, v in probe.items()}
+            attacks = _attacks(m, task, run)
+            if run.attacks:
+                attacks["direction"] = direction_ablated(m, task, before["forget"], after["forget"])
             result = {"method": name, "outcome": dict(outcome), "trajectory": points,
-                      "drift": {k: drift(before[k], states(m, v)) for k, v in probe.items()},
-                      **_measured(m, task, run, attacks=_attacks(m, task, run))}
+                      "drift": {k: drift(before[k], after[k]) for k in probe}, **_measured(m, task, run, attacks=attacks)}
             path.parent.mkdir(exist_ok=True)
             write_json(path, result)
             mark(folder, KIND, name)
@@ -226,6 +229,8 @@ def _row(name: str, res: dict, task, gold: list[float] | None = None) -> dict:
     if att.get("quant4"):
         q = att["quant4"]
         row["quant4_forget"] = q["forget"]["probability"]["mean"] if task.facts else q["forget_ppl"]
+    if att.get("direction"):
+        row["direction_forget"] = att["direction"]["forget"]
     if att.get("relearn"):
         r = att["relearn"]
         row["relearn_forget_kept"] = r["forget_kept"]["probability"]["mean"] if task.facts else r["forget_ppl"]

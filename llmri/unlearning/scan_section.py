@@ -15,9 +15,11 @@ COLUMNS = {"facts": [("forget", "forget p"), ("forget_paraphrased", "paraphrased
                      ("retain", "retain p"), ("utility", "utility"), ("perplexity", "corpus ppl"),
                      ("mia_auroc", "MIA AUROC"), ("forget_quality", "forget quality"), ("distinct2", "distinct-2"),
                      ("quant4_forget", "4-bit: forget p"), ("relearn_forget_kept", "relearned: unseen half p"),
+                     ("direction_forget", "direction ablated: forget p"),
                      ("seconds", "s")],
            "domain": [("forget", "forget ppl"), ("retain", "retain ppl"), ("distinct2", "distinct-2"), ("quant4_forget", "4-bit: forget ppl"),
-                      ("relearn_forget_kept", "relearned: forget ppl"), ("seconds", "s")]}
+                      ("relearn_forget_kept", "relearned: forget ppl"),
+                      ("direction_forget", "direction ablated: forget ppl"), ("seconds", "s")]}
 """What the section shows per task kind (``table.json`` keys, headers)."""
 
 
@@ -48,7 +50,8 @@ def section(inp: Inputs) -> report.Section | None:
             "entities, retain on retain entities no method read), R = TOFU's truth ratio, utility = harmonic mean of "
             "retain p and mean(max(0, 1 − R)), distinct-2 = share of distinct bigrams in greedy answers to neutral prompts, MIA = loss-based membership AUROC of forget vs never-seen facts, forget "
             "quality = KS p-value against the retain-only model; ppl = eval-split perplexity (domain). Attacks on a "
-            "copy: 4-bit round-to-nearest, and relearning on one half of the forget set read on the other. Intervals "
+            "copy: 4-bit round-to-nearest, relearning on one half of the forget set read on the other, and ablating "
+            "the one direction along which the method moved the forget states most. Intervals "
             f"per measure are in {Path(folder) / '*/result.json'}.")
         html += report.table(rows, ["method", *(h for _, h in cols)], cls="data")
         if (Path(folder).expanduser() / "pareto.png").is_file():
