@@ -264,12 +264,29 @@ def test_scan_refuses_a_folder_that_is_no_unlearning_run(tiny_dir, tmp_path):
     (["--method", "leace", "--edit-layers", "9"], "outside 0…2"),
     (["--method", "rmu", "--layer", "7"], "outside the model's layers"),
     (["--task", "kjv", "--retain-only", "x"], "retain-only"),
+    (["--batch-size", "0"], "batch_size"), (["--beta", "0"], "beta"), (["--gamma", "-1"], "gamma"),
+    (["--rank", "0"], "rank"), (["--rmu-scale", "0"], "rmu_scale"), (["--rmu-retain", "-1"], "rmu_retain"),
+    (["--retain-weight", "-1"], "retain_weight"), (["--windows", "0"], "windows"), (["--eval-every", "0"], "eval_every"),
+    (["--relearn-steps", "-1"], "relearn_steps"), (["--ppl-tokens", "10"], "ppl_tokens"), (["--seed", "-1"], "seed"),
+    (["--retain-only", "/nonexistent/model"], "nonexistent"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_dir, text_corpus, tmp_path, args, text):
     out = tmp_path / "o"
     res = run("unlearn", "--model", tiny_dir("llama"), "--out", out, "--corpus", text_corpus, *args)
     assert_clean_error(res, text)
     assert not out.exists()
+
+
+def test_cli_refuses_a_bad_corpus_and_a_foreign_out_before_writing(tiny_dir, tmp_path):
+    res = run("unlearn", "--model", tiny_dir("llama"), "--out", tmp_path / "o", "--corpus", tmp_path / "missing.txt")
+    assert_clean_error(res, "missing.txt")
+    assert not (tmp_path / "o").exists()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    res = run("unlearn", "--model", tiny_dir("llama"), "--out", foreign)
+    assert_clean_error(res)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"] and (foreign / "notes.txt").read_text() == "keep me"
 
 
 @pytest.mark.slow

@@ -156,11 +156,16 @@ def score_facts(model, facts: Sequence[Fact], max_tokens: int = 2048, progress: 
 
 def forget_quality(unlearned: Scores, retain_only: Scores) -> float:
     """TOFU's forget quality: the KS-test p-value between the two models' truth ratios on the same facts."""
-    from scipy.stats import ks_2samp
-
     if unlearned.ids != retain_only.ids:
         raise ValueError("forget quality compares two models on the same facts, in the same order")
-    return float(ks_2samp(unlearned.truth_ratio, retain_only.truth_ratio).pvalue)
+    return ks_pvalue(unlearned.truth_ratio, retain_only.truth_ratio)
+
+
+def ks_pvalue(ratios: Sequence[float], gold: Sequence[float]) -> float:
+    """The two-sample Kolmogorov–Smirnov p-value of two truth-ratio samples (forget quality's test)."""
+    from scipy.stats import ks_2samp
+
+    return float(ks_2samp(ratios, gold).pvalue)
 
 
 def _by_entity(s: Scores, values: np.ndarray, n_boot: int, seed: int) -> dict:

@@ -293,6 +293,12 @@ def encode(model, ex: Example, max_length: int) -> tuple[list[int], int]:
     return ids, min(len(prompt), len(ids))
 
 
+def pad_id(model) -> int:
+    """The id right-padded rows are filled with: the tokenizer's pad token, else the end-of-turn token."""
+    tok = model.tokenizer
+    return tok.pad_token_id if tok.pad_token_id is not None else _end_id(model)
+
+
 def _end_id(model) -> int:
     tok = model.tokenizer
     if "<|im_end|>" in tok.get_vocab():
@@ -336,7 +342,7 @@ def train(model, examples: Sequence[Example], cfg: OrganismConfig, work: Path) -
     """Fine-tune on ``examples`` (resuming from ``work/checkpoint``); returns (merged HF model, history)."""
     net, params = _trainable(model, cfg)
     opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=0.0)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else _end_id(model)
+    pad = pad_id(model)
     rows = [encode(model, ex, cfg.max_length) for ex in examples]
     per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total = per_epoch * cfg.epochs

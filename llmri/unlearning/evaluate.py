@@ -14,7 +14,8 @@
 - ``mia``: membership inference from the loss: the AUROC of ℓ(answer) separating forget facts (members) from
   never-seen facts (non-members), stratified-bootstrap interval over facts; 0.5 is what a model that never
   saw the forget entities reaches;
-- ``forget_quality`` (when the retain-only model's forget scores are given): TOFU's KS-test p-value.
+- forget quality (TOFU's KS-test p-value against the retain-only model) is computed from the raw forget scores,
+  where a retain-only model is at hand (:mod:`llmri.unlearning.run` does it when it writes its table).
 
 **kjv** (a domain): perplexity on the eval split of the forget corpus (KJV) and of the retain corpus (sotu).
 
@@ -110,12 +111,11 @@ def distinct2(ids) -> float:
     return len(set(pairs)) / len(pairs) if pairs else 0.0
 
 
-def measure(model, task: Task, *, retain_only=None, ppl_tokens: int = PPL_TOKENS, corpus: str = "sotu",
+def measure(model, task: Task, *, ppl_tokens: int = PPL_TOKENS, corpus: str = "sotu",
             keep_scores: dict | None = None) -> dict:
-    """Every measure of ``task`` (module docstring). ``retain_only``: the retain-only model's forget
-    :class:`~llmri.safety.knowledge.Scores` (adds forget quality); ``corpus``: facts' general-utility corpus;
-    ``keep_scores``: filled with the raw scores."""
-    from ..safety.knowledge import forget_quality, summarise
+    """Every measure of ``task`` (module docstring). ``corpus``: facts' general-utility corpus; ``keep_scores``:
+    filled with the raw scores (forget quality is computed from them: :func:`llmri.safety.knowledge.forget_quality`)."""
+    from ..safety.knowledge import summarise
     from ..safety.organism import perplexity
 
     if not task.facts:
@@ -130,8 +130,6 @@ def measure(model, task: Task, *, retain_only=None, ppl_tokens: int = PPL_TOKENS
     out["mia"] = mia(s["forget"], s["heldout"])
     out["perplexity"] = perplexity(model, ppl_tokens, corpus=corpus)
     out["fluency"] = fluency(model)
-    if retain_only is not None:
-        out["forget_quality"] = forget_quality(s["forget"], retain_only)
     if keep_scores is not None:
         keep_scores.update(s)
     return out

@@ -131,13 +131,6 @@ def layers_of(spec: str, n_layers: int) -> list[int]:
 # ----------------------------------------------------------------------------------------------- batches
 
 
-def _pad_id(model) -> int:
-    from ..safety.organism import _end_id
-
-    tok = model.tokenizer
-    return tok.pad_token_id if tok.pad_token_id is not None else _end_id(model)
-
-
 def batches(rows: Sequence[Row], batch_size: int, seed: int, salt: str):
     """Endless seeded batches of row indices: a fresh shuffle every pass."""
     for epoch in range(10**9):
@@ -149,9 +142,9 @@ def batches(rows: Sequence[Row], batch_size: int, seed: int, salt: str):
 
 def tensors(model, rows: Sequence[Row]) -> tuple[Tensor, Tensor, Tensor]:
     """Right-padded ids, attention mask and labels (−100 off the targets) on the model's device."""
-    from ..safety.organism import batch_tensors
+    from ..safety.organism import batch_tensors, pad_id
 
-    ids, mask, labels = batch_tensors(rows, _pad_id(model))
+    ids, mask, labels = batch_tensors(rows, pad_id(model))
     return ids.to(model.device), mask.to(model.device), labels.to(model.device)
 
 
@@ -186,7 +179,7 @@ def _trainable(model, cfg: UnlearnConfig) -> list[Tensor]:
     for p in model.hf.parameters():
         p.requires_grad_(cfg.method != "rmu")
     if cfg.method != "rmu":
-        return [p for p in model.hf.parameters()]
+        return list(model.hf.parameters())
     blocks = model.hf.get_submodule(model.adapter.blocks)
     layer = rmu_layer(model, cfg)
     params = []

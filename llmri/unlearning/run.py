@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..atomic import claimed, mark, write_json
+from ..atomic import claimed, mark, write_figure, write_json
 from ..progress import say
 from ..validate import bounded, check, check_choice
 from .methods import EDIT_METHODS, METHODS, UnlearnConfig, layers_of, mlp_outputs, rmu_layer, unlearn_model
@@ -162,6 +162,12 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
             layers_of(run.method.edit_layers, model.n_layers)
         if "rmu" in methods:
             rmu_layer(model, run.method)
+        if run.task == "facts":
+            from ..data import load_corpus
+
+            load_corpus(run.corpus)  # a bad --corpus fails now, not after the first hour of measuring
+        gold = (load_model(retain_only, dtype=dtype, device=device)
+                if retain_only and not (folder / "retain_only.json").exists() else None)
         _check_same_run(folder, _settings(model.name, run))
         task = make_task(model, run.task, forget=run.forget, windows=run.windows)
         if retain_only and (folder / "retain_only.json").exists():
@@ -169,9 +175,8 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
             if had != retain_only:
                 raise UnlearnError(f"{folder} already holds the retain-only model {had}, not {retain_only}",
                                    "use a new --out folder to compare with another retain-only model")
-        if retain_only and not (folder / "retain_only.json").exists():
+        if gold is not None:
             say("llmri: measuring the retain-only model")
-            gold = load_model(retain_only, dtype=dtype, device=device)
             write_json(folder / "retain_only.json", _measured(gold, task, run, model=retain_only))
             del gold
         if not (folder / "original.json").exists():
@@ -208,8 +213,7 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
 
 
 def _row(name: str, res: dict, task, gold: list[float] | None = None) -> dict:
-    from scipy.stats import ks_2samp
-
+    from ..safety.knowledge import ks_pvalue
     from .evaluate import headline
 
     m = res["measures"]
@@ -220,7 +224,7 @@ def _row(name: str, res: dict, task, gold: list[float] | None = None) -> dict:
                 "forget_truth_ratio": m["forget"]["truth_ratio"]["mean"], "forget_top1": m["forget"]["top1"]["mean"],
                 "retain_top1": m["retain"]["top1"]["mean"], "utility": m["utility"], "perplexity": m["perplexity"],
                 "mia_auroc": m["mia"]["auroc"],
-                "forget_quality": (float(ks_2samp(res["forget_truth_ratios"], gold).pvalue)
+                "forget_quality": (ks_pvalue(res["forget_truth_ratios"], gold)
                                    if gold is not None and "forget_truth_ratios" in res else None)}
     row["distinct2"] = m["fluency"]["distinct2"]
     out = res.get("outcome", {})
@@ -284,8 +288,6 @@ def _pareto(folder: Path, task, rows: list[dict], results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..atomic import atomic_path
-
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for name, res in results.items():
         pts = res.get("trajectory") or []
@@ -303,10 +305,7 @@ def _pareto(folder: Path, task, rows: list[dict], results: dict) -> None:
         ax.set_ylabel(f"retain: {task.corpora['retain']} eval perplexity (lower is better)")
     ax.set_title(f"unlearning {task.name}: one point per method × strength")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(folder / "pareto.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    write_figure(folder / "pareto.png", fig)
 
 
 def _drift_plot(folder: Path, results: dict) -> None:
@@ -315,8 +314,6 @@ def _drift_plot(folder: Path, results: dict) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..atomic import atomic_path
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, (name, res) in enumerate(results.items()):
@@ -330,7 +327,4 @@ def _drift_plot(folder: Path, results: dict) -> None:
     ax.set_ylabel("‖h − h_original‖ / ‖h_original‖")
     ax.set_title("where each method moved the states")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    with atomic_path(folder / "representation.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    write_figure(folder / "representation.png", fig)
