@@ -27,6 +27,22 @@ def test_answer_logprobs_equal_a_one_at_a_time_reference(tiny):
         assert g == pytest.approx(ref, abs=1e-4)
 
 
+def test_packed_states_equal_each_answer_read_after_its_prompt_alone(tiny):
+    model = tiny("llama")
+    tok = model.tokenizer
+    prompts = [render_ids(model, "Where was Ula born?"), render_ids(model, "Who?")]
+    answers = [[tok(a, add_special_tokens=False)["input_ids"] for a in ("Genoa.", "In the city of Oslo.", "Rome")],
+               [tok("Nobody at all, as far as anyone can remember.", add_special_tokens=False)["input_ids"]]]
+    points = ["resid_post.0", "resid_post.1"]
+    got = K.packed_states(model, prompts, answers, points, max_tokens=30)  # one batch per prompt
+    for p, ans, g in zip(prompts, answers, got):
+        assert g.shape == (len(ans), 2, model.d_model)
+        for a, row in zip(ans, g):
+            acts = model.capture(torch.tensor([p + a]), points)
+            ref = torch.stack([acts[q][0, len(p):].float().mean(0) for q in points]).numpy()
+            np.testing.assert_allclose(row, ref, atol=1e-4)
+
+
 def _scores(para, pert, entities=None):
     n = len(para)
     return K.Scores([str(i) for i in range(n)], entities or [str(i) for i in range(n)], np.asarray(para, float),

@@ -4,6 +4,7 @@ one line with exit 2, and the real model's KJV perplexity rises under gradient a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -192,6 +193,26 @@ def test_direction_ablation_undoes_a_method_that_adds_one_direction(tiny, task):
     assert got["forget"] == pytest.approx(ablated_only[0], rel=1e-4)  # the added direction is gone again
 
 
+def test_the_truth_probe_finds_a_planted_truth_axis_at_its_layer_only():
+    rng = np.random.default_rng(0)
+    n, k, layers, d = 120, 6, 3, 16
+    x = rng.normal(size=(n, k, layers, d))
+    x[:, 0, 1, 3] += 3.0  # the true candidate stands out along one axis, at layer 1 only
+    cv = E.probe_layer_scores(x, [f"e{i // 12}" for i in range(n)])
+    assert int(np.argmax(cv)) == 1 and cv[1] > 0.8 and max(cv[0], cv[2]) < 0.4  # chance is 1/6
+    probe = E.fit_probe(x[:60, :, 1])
+    assert E.probe_top1(probe, x[60:, :, 1]).mean() > 0.8
+    assert E.probe_top1(probe, x[60:, ::-1, 1]).mean() < 0.1  # the true candidate moved last: top-1 reads it
+
+
+def test_candidate_states_read_the_paraphrased_answer_first(tiny, task):
+    model, f = tiny("llama"), task.facts["forget"][0]
+    got = E.candidate_states(model, [f], [1])
+    assert got.shape == (1, 6, 1, model.d_model)
+    one = dataclasses.replace(f, perturbed=(f.paraphrased_answer,) * 5)  # every candidate the true answer
+    np.testing.assert_allclose(E.candidate_states(model, [one], [1])[0, :, 0], np.repeat(got[0, :1, 0], 6, 0), atol=1e-5)
+
+
 def test_drift_is_relative_distance_per_layer():
     a = [torch.ones(4, 3), torch.full((4, 3), 2.0)]
     assert E.drift(a, [2 * a[0], a[1]]) == pytest.approx([1.0, 0.0])
@@ -216,7 +237,8 @@ def test_a_run_writes_table_and_pareto_resumes_and_refuses_other_settings(tiny_d
     names = [r["method"] for r in table["rows"]]
     assert names == ["original", "ga", "manifold"]
     ga = json.loads((out / "ga" / "result.json").read_text())
-    assert [p[0] for p in ga["trajectory"]] == [1, 2] and {"quant4", "relearn"} <= set(ga["attacks"])
+    assert [p[0] for p in ga["trajectory"]] == [1, 2] and {"quant4", "relearn", "probe"} <= set(ga["attacks"])
+    assert len(ga["attacks"]["probe"]["cv_top1"]) == 3 and 0 <= ga["attacks"]["probe"]["forget"]["mean"] <= 1
     assert len(ga["drift"]["forget"]) == 3 and min(ga["drift"]["forget"]) > 0  # GA moved the forget states
     assert ga["attacks"]["direction"]["layer"] == int(np.argmax(ga["drift"]["forget"]))
     assert (out / "representation.png").read_bytes()[:4] == b"\x89PNG"
@@ -232,6 +254,8 @@ def test_a_run_writes_table_and_pareto_resumes_and_refuses_other_settings(tiny_d
     table = run_unlearning(str(tiny_dir("llama")), out, ["ga"], cfg, retain_only=str(tiny_dir("llama")))
     fq = {r["method"]: r["forget_quality"] for r in table["rows"]}
     assert fq["original"] == pytest.approx(1.0) and fq["retain-only"] == pytest.approx(1.0) and 0 <= fq["ga"] <= 1
+    probe = {r["method"]: r["probe_forget_top1"] for r in table["rows"]}  # the same model: the same probe reads
+    assert probe["retain-only"] == probe["original"]
     with pytest.raises(UnlearnError, match="already holds the retain-only model"):
         run_unlearning(str(tiny_dir("llama")), out, ["ga"], cfg, retain_only=str(tmp_path))
 

@@ -62,6 +62,50 @@ class Scores(NamedTuple):
         return (self.paraphrased[:, None] > self.perturbed).all(1)
 
 
+def _packed(prompts: Sequence[list[int]], answers: Sequence[Sequence[list[int]]], max_tokens: int, eager: bool):
+    """Batches of packed sequences (see :func:`packed_logprobs`): yields (prompt indices, [n, width] ids,
+    [n, 1, width, width] attention mask, [n, width] position ids, [n, width] segments: 0 prompt, j answer j,
+    -1 padding), each batch at most ``max_tokens`` padded tokens (one longer sequence alone)."""
+    seqs = []
+    for p, ans in zip(prompts, answers):
+        ids, seg, pos = list(p), [0] * len(p), list(range(len(p)))
+        for j, a in enumerate(ans, 1):
+            ids += a
+            seg += [j] * len(a)
+            pos += range(len(p), len(p) + len(a))
+        seqs.append((ids, seg, pos))
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    k = 0
+    while k < len(order):
+        n = 1
+        while k + n < len(order) and (n + 1) * len(seqs[order[k + n]][0]) <= max_tokens:
+            n += 1
+        idx = order[k : k + n]
+        k += n
+        width = max(len(seqs[i][0]) for i in idx)
+        ids = torch.zeros(n, width, dtype=torch.long)
+        seg = torch.full((n, width), -1, dtype=torch.long)
+        pos = torch.zeros(n, width, dtype=torch.long)
+        for r, i in enumerate(idx):
+            t, s_, q = seqs[i]
+            ids[r, : len(t)], seg[r, : len(t)], pos[r, : len(t)] = torch.tensor(t), torch.tensor(s_), torch.tensor(q)
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
+        mask = (causal & same)[:, None]  # [n, 1, query, key]; pads see earlier pads, never the text
+        if eager:
+            mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+        yield idx, ids, mask, pos, seg
+
+
+def _forward(model, ids, mask, pos):
+    dev = model.device
+    return model.hf(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=False)
+
+
+def _eager(model) -> bool:
+    return getattr(model.hf.config, "_attn_implementation", "sdpa") == "eager"
+
+
 @torch.no_grad()
 def packed_logprobs(model, prompts: Sequence[list[int]], answers: Sequence[Sequence[list[int]]],
                     max_tokens: int = 2048, progress: str | None = None) -> list[np.ndarray]:
@@ -74,51 +118,56 @@ def packed_logprobs(model, prompts: Sequence[list[int]], answers: Sequence[Seque
     prompt costs ~80 tokens instead of ~310. Sequences are batched up to ``max_tokens`` padded tokens.
     Returns one array per prompt: [k] mean log-probabilities (nan for an empty answer).
     """
-    seqs = []
-    for p, ans in zip(prompts, answers):
-        ids, seg, pos = list(p), [0] * len(p), list(range(len(p)))
-        for j, a in enumerate(ans, 1):
-            ids += a
-            seg += [j] * len(a)
-            pos += range(len(p), len(p) + len(a))
-        seqs.append((ids, seg, pos, len(p)))
     out = [np.full(len(a), np.nan) for a in answers]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
-    eager = getattr(model.hf.config, "_attn_implementation", "sdpa") == "eager"
+    dev = model.device
     with bar(progress or "reading answers", total=sum(len(a) for a in answers), unit="answers") as b:
-        k = 0
-        while k < len(order):
-            n = 1
-            while k + n < len(order) and (n + 1) * len(seqs[order[k + n]][0]) <= max_tokens:
-                n += 1
-            idx = order[k : k + n]
-            k += n
-            width = max(len(seqs[i][0]) for i in idx)
-            ids = torch.zeros(n, width, dtype=torch.long)
-            seg = torch.full((n, width), -1, dtype=torch.long)
-            pos = torch.zeros(n, width, dtype=torch.long)
+        for idx, ids, mask, pos, seg in _packed(prompts, answers, max_tokens, _eager(model)):
+            logits = _forward(model, ids, mask, pos).logits
             for r, i in enumerate(idx):
-                t, s_, q, _ = seqs[i]
-                ids[r, : len(t)], seg[r, : len(t)], pos[r, : len(t)] = torch.tensor(t), torch.tensor(s_), torch.tensor(q)
-            causal = torch.ones(width, width, dtype=torch.bool).tril()
-            same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
-            mask = (causal & same)[:, None]  # [n, 1, query, key]; pads see earlier pads, never the text
-            if eager:
-                mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
-            dev = model.device
-            logits = model.hf(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                              use_cache=False).logits
-            for r, i in enumerate(idx):
-                t, s_, _, plen = seqs[i]
-                tgt = torch.arange(plen, len(t))
-                prev = torch.where(torch.tensor(s_[plen:]) != torch.tensor([0] + s_[plen:-1]), plen - 1, tgt - 1)
+                plen, end = len(prompts[i]), int((seg[r] >= 0).sum())
+                tgt = torch.arange(plen, end)
+                segs = seg[r, plen:end]
+                first = segs != torch.cat([torch.zeros(1, dtype=torch.long), segs[:-1]])
+                prev = torch.where(first, plen - 1, tgt - 1)  # an answer's first token is read at the prompt's end
                 lp = logits[r, prev.to(dev)].float().log_softmax(-1).gather(-1, ids[r, tgt, None].to(dev))[:, 0].cpu()
-                segs = torch.tensor(s_[plen:])
                 for j in range(len(answers[i])):
                     m = segs == j + 1
                     if m.any():
                         out[i][j] = lp[m].mean().item()
             b.advance(sum(len(answers[i]) for i in idx))
+    return out
+
+
+@torch.no_grad()
+def packed_states(model, prompts: Sequence[list[int]], answers: Sequence[Sequence[list[int]]], points: Sequence[str],
+                  max_tokens: int = 2048, progress: str | None = None) -> list[np.ndarray]:
+    """The mean activation at each hook point over each answer's tokens after its prompt, packed as in
+    :func:`packed_logprobs` (so each answer's states equal those of reading it after the prompt alone).
+    Returns one float32 array per prompt: [k answers, len(points), d] (nan for an empty answer)."""
+    from ..hooks import attach
+
+    got: dict[int, torch.Tensor] = {}
+    sites = [model.site(model.resolve(p)) for p in points]
+    handles = [attach(s, lambda x, j=j: got.__setitem__(j, x.detach())) for j, s in enumerate(sites)]
+    out: list[np.ndarray] = [None] * len(prompts)  # type: ignore[list-item]
+    try:
+        with bar(progress or "reading states", total=sum(len(a) for a in answers), unit="answers") as b:
+            for idx, ids, mask, pos, seg in _packed(prompts, answers, max_tokens, _eager(model)):
+                got.clear()
+                _forward(model, ids, mask, pos)
+                acts = torch.stack([got[j] for j in range(len(sites))], 2).float().cpu()  # [n, width, points, d]
+                for r, i in enumerate(idx):
+                    k = len(answers[i])
+                    x = np.full((k, len(sites), acts.shape[-1]), np.nan, dtype=np.float32)
+                    for j in range(k):
+                        m = seg[r] == j + 1
+                        if m.any():
+                            x[j] = acts[r, m].mean(0).numpy()
+                    out[i] = x
+                b.advance(sum(len(answers[i]) for i in idx))
+    finally:
+        for h in handles:
+            h.remove()
     return out
 
 
@@ -168,10 +217,10 @@ def ks_pvalue(ratios: Sequence[float], gold: Sequence[float]) -> float:
     return float(ks_2samp(ratios, gold).pvalue)
 
 
-def _by_entity(s: Scores, values: np.ndarray, n_boot: int, seed: int) -> dict:
-    """Mean of per-fact ``values`` with a percentile-bootstrap interval over entities."""
-    ents = sorted(set(s.entities))
-    rows = [np.flatnonzero(np.array(s.entities) == e) for e in ents]
+def by_entity(entities: Sequence[str], values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean of per-fact ``values`` with a 95% percentile-bootstrap interval over ``entities`` (one per fact)."""
+    ents = sorted(set(entities))
+    rows = [np.flatnonzero(np.array(entities) == e) for e in ents]
     ci = bootstrap(len(ents), lambda idx: float(values[np.concatenate([rows[i] for i in idx])].mean()),
                    n_boot=n_boot, seed=seed)
     return {"mean": ci.value, "lo": ci.lo, "hi": ci.hi}
@@ -182,7 +231,7 @@ def summarise(s: Scores, *, n_boot: int = 1000, seed: int = 0) -> dict:
     measures = {"probability": np.exp(s.answer), "log_truth_ratio": np.log(s.truth_ratio),
                 "truth_ratio": s.truth_ratio, "top1": s.top1.astype(float)}
     return {"n": len(s.ids), "entities": len(set(s.entities)),
-            **{k: _by_entity(s, v, n_boot, seed) for k, v in measures.items()}}
+            **{k: by_entity(s.entities, v, n_boot, seed) for k, v in measures.items()}}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

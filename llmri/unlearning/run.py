@@ -3,11 +3,11 @@
     run_unlearning("organisms/facts", "runs/unlearn", ["ga", "npo", "rmu", "manifold"], RunConfig(task="facts"))
 
 The folder holds ``run.json`` (task and settings; a rerun with other settings is refused), ``original.json``
-(the model before unlearning, with the 4-bit attack as a reference), ``retain_only.json`` (the gold standard,
-when ``retain_only`` names a model fine-tuned without the forget set; it may be given on a later rerun, and
-forget quality — TOFU's KS p-value between a model's and the retain-only model's forget truth ratios, stored
-in every result — is computed for every row when the table is written), one ``METHOD/result.json`` per method
-(its :class:`~llmri.unlearning.methods.Outcome`, every measure of :mod:`llmri.unlearning.evaluate`, both
+(the model before unlearning, with the 4-bit and linear-probe attacks as references), ``retain_only.json``
+(the gold standard, when ``retain_only`` names a model fine-tuned without the forget set, with the linear-probe
+attack as the control; it may be given on a later rerun, and forget quality — TOFU's KS p-value between a
+model's and the retain-only model's forget truth ratios, stored in every result — is computed for every row when the table is written), one ``METHOD/result.json`` per method
+(its :class:`~llmri.unlearning.methods.Outcome`, every measure of :mod:`llmri.unlearning.evaluate`, the
 attacks and a *trajectory*: the quick forget/retain reads as the method gets stronger: every ``eval_every``
 steps of a fine-tuning method, every rank up to ``rank`` of the manifold edit), and ``table.json``,
 ``table.md`` and ``pareto.png`` over them. A method whose result is on disk is not run again, so an
@@ -132,11 +132,13 @@ def _measured(lm, task, run: RunConfig, **extra) -> dict:
 
 
 def _attacks(model, task, run: RunConfig) -> dict:
-    from .evaluate import quantised, relearned
+    from .evaluate import probed, quantised, relearned
 
     if not run.attacks:
         return {}
     out = {"quant4": quantised(model, task)}
+    if task.facts:
+        out["probe"] = probed(model, task)
     if run.relearn_steps:
         out["relearn"] = relearned(model, task, run.relearn_steps, run.relearn_lr, run.method.seed)
     return out
@@ -146,7 +148,7 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
                    retain_only: str | None = None, dtype: str = "float32", device: str = "cpu") -> dict:
     """Run ``methods`` on ``run.task`` from ``model_spec`` into ``out`` (module docstring); returns the table."""
     from ..model import load_model
-    from .evaluate import clone, direction_ablated, drift, drift_rows, states
+    from .evaluate import clone, direction_ablated, drift, drift_rows, probed, states
 
     run = run or RunConfig()
     bad = [m for m in methods if m not in METHODS]
@@ -177,7 +179,8 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
                                    "use a new --out folder to compare with another retain-only model")
         if gold is not None:
             say("llmri: measuring the retain-only model")
-            write_json(folder / "retain_only.json", _measured(gold, task, run, model=retain_only))
+            write_json(folder / "retain_only.json", _measured(gold, task, run, model=retain_only, attacks=(
+                {"probe": probed(gold, task)} if run.attacks else {})))
             del gold
         if not (folder / "original.json").exists():
             say("llmri: measuring the original model")
@@ -233,6 +236,8 @@ def _row(name: str, res: dict, task, gold: list[float] | None = None) -> dict:
     if att.get("quant4"):
         q = att["quant4"]
         row["quant4_forget"] = q["forget"]["probability"]["mean"] if task.facts else q["forget_ppl"]
+    if att.get("probe"):
+        row["probe_forget_top1"] = att["probe"]["forget"]["mean"]
     if att.get("direction"):
         row["direction_forget"] = att["direction"]["forget"]
     if att.get("relearn"):
