@@ -213,6 +213,30 @@ def test_candidate_states_read_the_paraphrased_answer_first(tiny, task):
     np.testing.assert_allclose(E.candidate_states(model, [one], [1])[0, :, 0], np.repeat(got[0, :1, 0], 6, 0), atol=1e-5)
 
 
+def test_off_manifold_is_one_for_unmoved_states_and_large_for_states_pushed_away():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(300, 8))
+    own = np.arange(100)
+    assert E.off_manifold(ref, ref[:100], own) == 1.0
+    away = ref[:100] + np.r_[np.zeros(7), 20.0]  # pushed far along one axis
+    assert E.off_manifold(ref, away, own) > 5
+
+
+def test_geometry_sees_the_plane_and_which_states_left_it():
+    rng = np.random.default_rng(1)
+    plane = lambda n: torch.tensor(rng.normal(size=(n, 2)) @ rng.normal(size=(2, 20)))  # noqa: E731
+    before = {k: [plane(400), plane(400)] for k in ("forget", "retain")}
+    kick = torch.zeros(20, dtype=torch.float64)
+    kick[0] = 30.0
+    after = {"forget": [before["forget"][0], before["forget"][1] + kick], "retain": before["retain"]}
+    g = E.geometry(before, after, points=300)
+    assert all(abs(d[0] - 2) < 0.5 for d in g["id"]["forget_before"] + g["id"]["retain_after"])  # TwoNN: 2-D
+    assert g["off_manifold"]["retain"] == [1.0, 1.0] and g["off_manifold"]["forget"][0] == 1.0
+    assert g["off_manifold"]["forget"][1] > 5
+    d = g["diffusion"]
+    assert d["layer"] == 1 and len(d["forget_before"]) == len(d["forget_after"]) == 300 and len(d["forget_after"][0]) == 2
+
+
 def test_drift_is_relative_distance_per_layer():
     a = [torch.ones(4, 3), torch.full((4, 3), 2.0)]
     assert E.drift(a, [2 * a[0], a[1]]) == pytest.approx([1.0, 0.0])
@@ -242,6 +266,8 @@ def test_a_run_writes_table_and_pareto_resumes_and_refuses_other_settings(tiny_d
     assert len(ga["drift"]["forget"]) == 3 and min(ga["drift"]["forget"]) > 0  # GA moved the forget states
     assert ga["attacks"]["direction"]["layer"] == int(np.argmax(ga["drift"]["forget"]))
     assert (out / "representation.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(ga["geometry"]["off_manifold"]["forget"]) == 3 and ga["geometry"]["diffusion"]["layer"] in range(3)
+    assert all((out / f).read_bytes()[:4] == b"\x89PNG" for f in ("geometry.png", "diffusion.png"))
     assert [p[0] for p in json.loads((out / "manifold" / "result.json").read_text())["trajectory"]] == [1, 2]
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG" and "| ga |" in (out / "table.md").read_text()
     stamp = (out / "ga" / "result.json").stat().st_mtime_ns

@@ -29,6 +29,15 @@ from the original model's on the same target tokens, relative to the original st
 for forget rows and retain rows no method read (facts: retain-eval; domain: retain rows): a method that erases
 should move forget states and leave retain states; one that only hides moves little, or late.
 
+**Geometry** (both tasks; :func:`geometry`, on the drift states): does a method erase the knowledge or only move
+it off the manifold the readout uses? Per layer, the TwoNN intrinsic dimension (:mod:`llmri.geometry.intrinsic`)
+of the forget and retain states before and after, and the **off-manifold ratio**: the median distance from each
+state after unlearning to its nearest state of the original model (forget and retain together, the token's own
+original state left out), over the same median among the original states themselves — 1 where the states stay
+on the original point cloud (an unchanged model gives exactly that), ≫ 1 where they were pushed somewhere the
+original model never went. At the layer the forget states moved most, a diffusion map
+(:mod:`llmri.geometry.diffusion`) of the original states with the moved forget states Nyström-extended into it.
+
 **Attacks** (each on a copy; the unlearned model is untouched):
 
 - *relearning*: fine-tune ``steps`` steps (full, AdamW, lr ``lr``, batch 8) on the half of the forget set
@@ -197,6 +206,66 @@ def states(model, rows, batch_size: int = 16) -> list[torch.Tensor]:
 def drift(original: list[torch.Tensor], now: list[torch.Tensor]) -> list[float]:
     """Per layer: mean ‖now − original‖ / mean ‖original‖ over the same tokens."""
     return [float((b - a).norm(dim=-1).mean() / a.norm(dim=-1).mean().clamp_min(1e-12)) for a, b in zip(original, now)]
+
+
+def _sample(n: int, k: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).permutation(n)[:k]) if n > k else np.arange(n)
+
+
+def off_manifold(reference: np.ndarray, moved: np.ndarray, own: np.ndarray) -> float:
+    """Median distance from each row of ``moved`` to its nearest ``reference`` row other than its own original
+    (``own[i]``: its index in ``reference``), over the median of the same distance for the originals themselves
+    (so rows that did not move give exactly 1). Identical reference rows count as one."""
+    from sklearn.neighbors import NearestNeighbors
+
+    ref, inverse = np.unique(reference, axis=0, return_inverse=True)
+    own = inverse.reshape(-1)[own]
+    nn = NearestNeighbors(n_neighbors=2).fit(ref)
+    within = np.median(nn.kneighbors(n_neighbors=1)[0][own, 0])
+    dist, idx = nn.kneighbors(moved, n_neighbors=2)
+    nearest = np.where(idx[:, 0] == own, dist[:, 1], dist[:, 0])
+    return float(np.median(nearest) / max(within, 1e-12))
+
+
+def geometry(before: dict[str, list[torch.Tensor]], after: dict[str, list[torch.Tensor]], points: int = 1000,
+             seed: int = 0) -> dict:
+    """The geometry view (module docstring) of :func:`states` of the ``forget`` and ``retain`` drift rows before
+    and after unlearning (at most ``points`` tokens of each, the same tokens before and after)."""
+    from ..errors import GeometryError
+    from ..geometry import diffusion
+    from ..geometry.intrinsic import twonn
+
+    keep = {k: _sample(len(before[k][0]), points, seed) for k in ("forget", "retain")}
+    layers = len(before["forget"])
+    out: dict = {"id": {f"{k}_{w}": [] for k in keep for w in ("before", "after")},
+                 "off_manifold": {k: [] for k in keep}}
+    for l in range(layers):
+        b = {k: before[k][l][keep[k]].double().numpy() for k in keep}
+        a = {k: after[k][l][keep[k]].double().numpy() for k in keep}
+        for k in keep:
+            for w, x in (("before", b[k]), ("after", a[k])):
+                e = twonn(x, n_boot=50, seed=seed)
+                out["id"][f"{k}_{w}"].append([e.d, e.lo, e.hi])
+        ref = np.concatenate([b["forget"], b["retain"]])
+        n_f = len(b["forget"])
+        out["off_manifold"]["forget"].append(off_manifold(ref, a["forget"], np.arange(n_f)))
+        out["off_manifold"]["retain"].append(off_manifold(ref, a["retain"], n_f + np.arange(len(b["retain"]))))
+    layer = int(np.argmax(drift(before["forget"], after["forget"])))
+    ref, inverse = np.unique(np.concatenate([before[k][layer][keep[k]].double().numpy() for k in keep]), axis=0,
+                             return_inverse=True)
+    out["diffusion"] = {"layer": layer}
+    try:
+        dm = diffusion.fit(ref, diffusion.DiffusionConfig(n_neighbors=min(32, len(ref) - 1), n_components=2, seed=seed))
+    except GeometryError as err:  # a view, not a measure: say why it is missing, keep the run
+        out["diffusion"]["error"] = str(err)
+        return out
+    coords = dm.coordinates()[inverse.reshape(-1)]
+    n_f = len(keep["forget"])
+    moved_coords = dm.transform(after["forget"][layer][keep["forget"]].double().numpy())
+    out["diffusion"] |= {"forget_before": np.round(coords[:n_f], 5).tolist(),
+                         "retain_before": np.round(coords[n_f:], 5).tolist(),
+                         "forget_after": np.round(moved_coords, 5).tolist()}
+    return out
 
 
 def direction_ablated(model, task: Task, original: list[torch.Tensor], now: list[torch.Tensor]) -> dict:

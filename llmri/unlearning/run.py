@@ -21,6 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from ..atomic import claimed, mark, write_figure, write_json
 from ..progress import say
 from ..validate import bounded, check, check_choice
@@ -148,7 +150,7 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
                    retain_only: str | None = None, dtype: str = "float32", device: str = "cpu") -> dict:
     """Run ``methods`` on ``run.task`` from ``model_spec`` into ``out`` (module docstring); returns the table."""
     from ..model import load_model
-    from .evaluate import clone, direction_ablated, drift, drift_rows, probed, states
+    from .evaluate import clone, direction_ablated, drift, drift_rows, geometry, probed, states
 
     run = run or RunConfig()
     bad = [m for m in methods if m not in METHODS]
@@ -205,7 +207,8 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
             if run.attacks:
                 attacks["direction"] = direction_ablated(m, task, before["forget"], after["forget"])
             result = {"method": name, "outcome": dict(outcome), "trajectory": points,
-                      "drift": {k: drift(before[k], after[k]) for k in probe}, **_measured(m, task, run, attacks=attacks)}
+                      "drift": {k: drift(before[k], after[k]) for k in probe}, "geometry": geometry(before, after),
+                      **_measured(m, task, run, attacks=attacks)}
             path.parent.mkdir(exist_ok=True)
             write_json(path, result)
             mark(folder, KIND, name)
@@ -267,6 +270,7 @@ def write_table(folder: Path, task) -> dict:
         tmp.write_text(markdown(table))
     _pareto(folder, task, rows, results)
     _drift_plot(folder, results)
+    _geometry_plots(folder, results)
     return table
 
 
@@ -333,3 +337,46 @@ def _drift_plot(folder: Path, results: dict) -> None:
     ax.set_title("where each method moved the states")
     ax.legend(fontsize=7, ncol=2)
     write_figure(folder / "representation.png", fig)
+
+
+def _geometry_plots(folder: Path, results: dict) -> None:
+    """geometry.png (off-manifold ratio and forget states' intrinsic dimension per layer, one colour per method)
+    and diffusion.png (per method: the original states' diffusion map with the moved forget states in it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    views = {name: res["geometry"] for name, res in results.items() if res.get("geometry")}
+    if not views:
+        return
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (name, g) in enumerate(views.items()):
+        colour = f"C{i % 10}"
+        ax.plot(g["off_manifold"]["forget"], "-", color=colour, label=f"{name}: forget")
+        ax.plot(g["off_manifold"]["retain"], "--", color=colour, label=f"{name}: retain")
+        bx.plot([d[0] for d in g["id"]["forget_after"]], "-", color=colour, label=name)
+    first = next(iter(views.values()))
+    bx.plot([d[0] for d in first["id"]["forget_before"]], "k--", label="original")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set(xlabel="layer (resid_post)", ylabel="off-manifold ratio (1: on the original states)",
+           title="moved off the original model's states?")
+    bx.set(xlabel="layer (resid_post)", ylabel="TwoNN intrinsic dimension", title="forget states' dimension")
+    ax.legend(fontsize=7, ncol=2)
+    bx.legend(fontsize=7)
+    write_figure(folder / "geometry.png", fig)
+
+    fig, axes = plt.subplots(1, len(views), figsize=(3.6 * len(views), 3.4), squeeze=False)
+    for ax, (name, g) in zip(axes[0], views.items()):
+        d = g["diffusion"]
+        if "error" in d:
+            ax.set(title=f"{name}: no diffusion map")
+            ax.text(0.5, 0.5, d["error"][:60], ha="center", va="center", fontsize=6, wrap=True)
+            continue
+        for key, colour, label in (("retain_before", "0.7", "retain (original)"), ("forget_before", "C0", "forget (original)"),
+                                   ("forget_after", "C3", f"forget ({name})")):
+            xy = np.asarray(d[key]).reshape(-1, 2)
+            ax.scatter(xy[:, 0], xy[:, 1], s=3, c=colour, label=label)
+        ax.set(title=f"{name}: layer {d['layer']}", xlabel="ψ₁", ylabel="ψ₂")
+        ax.legend(fontsize=6, markerscale=3)
+    write_figure(folder / "diffusion.png", fig)
