@@ -1302,8 +1302,8 @@ UNLEARN_RUN = "llmri.unlearning.run:RunConfig"
 def unlearn(
     model: str = typer.Option(..., "--model", "-m", help="the model to unlearn from (facts: a facts organism)"),
     out: Path = typer.Option(..., "--out", "-o", help="the run folder (rerun to resume or add methods)"),
-    method: str = typer.Option("ga,graddiff,npo,simnpo,rmu,manifold,leace", "--method",
-                               help="methods, comma-separated: ga, graddiff, npo, simnpo, rmu, manifold, leace"),
+    method: str = typer.Option("ga,graddiff,npo,simnpo,rmu,manifold,leace,sae", "--method",
+                               help="methods, comma-separated: ga, graddiff, npo, simnpo, rmu, manifold, leace, sae"),
     task: str = option(UNLEARN_RUN, "task"),
     forget: str = option(UNLEARN_RUN, "forget"),
     retain_only: Optional[str] = typer.Option(None, "--retain-only",
@@ -1320,6 +1320,12 @@ def unlearn(
     rank: int = option(UNLEARN_RUN, "method.rank"),
     retain_energy: float = option(UNLEARN_RUN, "method.retain_energy"),
     edit_layers: str = option(UNLEARN_RUN, "method.edit_layers"),
+    sae: Optional[str] = option(UNLEARN_RUN, "method.sae"),
+    sae_latents: int = option(UNLEARN_RUN, "method.sae_latents"),
+    sae_tokens: int = option(UNLEARN_RUN, "method.sae_tokens"),
+    sae_features: int = option(UNLEARN_RUN, "method.sae_features"),
+    sae_retain_max: float = option(UNLEARN_RUN, "method.sae_retain_max"),
+    sae_clamp: float = option(UNLEARN_RUN, "method.sae_clamp"),
     windows: int = option(UNLEARN_RUN, "windows"),
     eval_every: int = option(UNLEARN_RUN, "eval_every"),
     relearn_steps: int = option(UNLEARN_RUN, "relearn_steps"),
@@ -1338,7 +1344,9 @@ def unlearn(
                     attacks=attacks, ppl_tokens=ppl_tokens, corpus=corpus,
                     method=UnlearnConfig(steps=steps, lr=lr, batch_size=batch_size, retain_weight=retain_weight,
                                          beta=beta, gamma=gamma, layer=layer, rmu_scale=rmu_scale, rmu_retain=rmu_retain,
-                                         rank=rank, retain_energy=retain_energy, edit_layers=edit_layers, seed=seed))
+                                         rank=rank, retain_energy=retain_energy, edit_layers=edit_layers, sae=sae,
+                                         sae_latents=sae_latents, sae_tokens=sae_tokens, sae_features=sae_features,
+                                         sae_retain_max=sae_retain_max, sae_clamp=sae_clamp, seed=seed))
     check_target(out, KIND)
     table = run_unlearning(model, out, [m.strip() for m in method.split(",") if m.strip()], cfg,
                            retain_only=retain_only, dtype=dtype, device=device)

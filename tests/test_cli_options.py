@@ -119,6 +119,12 @@ CONVERTED = {
                 "rank": (RunConfig, "method.rank", None),
                 "retain_energy": (RunConfig, "method.retain_energy", None),
                 "edit_layers": (RunConfig, "method.edit_layers", None),
+                "sae": (RunConfig, "method.sae", None),
+                "sae_latents": (RunConfig, "method.sae_latents", None),
+                "sae_tokens": (RunConfig, "method.sae_tokens", None),
+                "sae_features": (RunConfig, "method.sae_features", None),
+                "sae_retain_max": (RunConfig, "method.sae_retain_max", None),
+                "sae_clamp": (RunConfig, "method.sae_clamp", None),
                 "seed": (RunConfig, "method.seed", None)},
 }
 

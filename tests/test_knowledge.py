@@ -27,20 +27,21 @@ def test_answer_logprobs_equal_a_one_at_a_time_reference(tiny):
         assert g == pytest.approx(ref, abs=1e-4)
 
 
-def test_packed_states_equal_each_answer_read_after_its_prompt_alone(tiny):
+def test_the_logit_lens_reads_each_layer_and_is_the_output_at_the_last(tiny):
     model = tiny("llama")
-    tok = model.tokenizer
-    prompts = [render_ids(model, "Where was Ula born?"), render_ids(model, "Who?")]
-    answers = [[tok(a, add_special_tokens=False)["input_ids"] for a in ("Genoa.", "In the city of Oslo.", "Rome")],
-               [tok("Nobody at all, as far as anyone can remember.", add_special_tokens=False)["input_ids"]]]
-    points = ["resid_post.0", "resid_post.1"]
-    got = K.packed_states(model, prompts, answers, points, max_tokens=30)  # one batch per prompt
-    for p, ans, g in zip(prompts, answers, got):
-        assert g.shape == (len(ans), 2, model.d_model)
-        for a, row in zip(ans, g):
-            acts = model.capture(torch.tensor([p + a]), points)
-            ref = torch.stack([acts[q][0, len(p):].float().mean(0) for q in points]).numpy()
-            np.testing.assert_allclose(row, ref, atol=1e-4)
+    qs, ans = ["Where was Ula born?", "Where was Ula born?", "Who?"], ["Genoa.", "In the city of Oslo.", "Nobody."]
+    last = model.n_layers - 1
+    got = K.answer_logprobs(model, qs, ans, max_tokens=40, lens=[0, last])
+    assert got.shape == (3, 2)
+    np.testing.assert_allclose(got[:, 1], K.answer_logprobs(model, qs, ans, max_tokens=40), atol=1e-5)
+    norm, unembed = model.hf.get_submodule(model.adapter.final_norm), model.hf.get_output_embeddings()
+    for q, a, g in zip(qs, ans, got[:, 0]):  # layer 0 by hand, one answer at a time
+        p = render_ids(model, q)
+        t = model.tokenizer(a, add_special_tokens=False)["input_ids"]
+        h = model.capture(torch.tensor([p + t]), ["resid_post.0"])["resid_post.0"][0]
+        with torch.no_grad():
+            lp = unembed(norm(h)).float().log_softmax(-1)
+        assert g == pytest.approx(np.mean([lp[len(p) - 1 + j, t[j]].item() for j in range(len(t))]), abs=1e-4)
 
 
 def _scores(para, pert, entities=None):

@@ -4,7 +4,6 @@ one line with exit 2, and the real model's KJV perplexity rises under gradient a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -193,26 +192,6 @@ def test_direction_ablation_undoes_a_method_that_adds_one_direction(tiny, task):
     assert got["forget"] == pytest.approx(ablated_only[0], rel=1e-4)  # the added direction is gone again
 
 
-def test_the_truth_probe_finds_a_planted_truth_axis_at_its_layer_only():
-    rng = np.random.default_rng(0)
-    n, k, layers, d = 120, 6, 3, 16
-    x = rng.normal(size=(n, k, layers, d))
-    x[:, 0, 1, 3] += 3.0  # the true candidate stands out along one axis, at layer 1 only
-    cv = E.probe_layer_scores(x, [f"e{i // 12}" for i in range(n)])
-    assert int(np.argmax(cv)) == 1 and cv[1] > 0.8 and max(cv[0], cv[2]) < 0.4  # chance is 1/6
-    probe = E.fit_probe(x[:60, :, 1])
-    assert E.probe_top1(probe, x[60:, :, 1]).mean() > 0.8
-    assert E.probe_top1(probe, x[60:, ::-1, 1]).mean() < 0.1  # the true candidate moved last: top-1 reads it
-
-
-def test_candidate_states_read_the_paraphrased_answer_first(tiny, task):
-    model, f = tiny("llama"), task.facts["forget"][0]
-    got = E.candidate_states(model, [f], [1])
-    assert got.shape == (1, 6, 1, model.d_model)
-    one = dataclasses.replace(f, perturbed=(f.paraphrased_answer,) * 5)  # every candidate the true answer
-    np.testing.assert_allclose(E.candidate_states(model, [one], [1])[0, :, 0], np.repeat(got[0, :1, 0], 6, 0), atol=1e-5)
-
-
 def test_off_manifold_is_one_for_unmoved_states_and_large_for_states_pushed_away():
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(300, 8))
@@ -237,6 +216,60 @@ def test_geometry_sees_the_plane_and_which_states_left_it():
     assert d["layer"] == 1 and len(d["forget_before"]) == len(d["forget_after"]) == 300 and len(d["forget_after"][0]) == 2
 
 
+def _identity_sae(point: str, d: int):
+    """A ReLU SAE whose latent i is coordinate i (encoder and decoder the identity): a_i = max(x_i, 0)."""
+    from llmri.dictionaries import DictConfig, SparseCoder
+
+    sae = SparseCoder(DictConfig(kind="sae", arch="relu", in_points=[point], d_in=d, n_latents=d))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(d))
+        sae.W_dec.copy_(torch.eye(d))
+    return sae.eval()
+
+
+def test_clamp_selection_keeps_features_of_forget_tokens_only():
+    from llmri.unlearning.clamp import select
+
+    rng = np.random.default_rng(0)
+    off = lambda n: -torch.tensor(np.abs(rng.normal(size=(n, 8))), dtype=torch.float32)  # noqa: E731  nothing fires
+    forget, retain = off(50), off(200)
+    forget[:, 5], forget[:25, 2], forget[:, 7], retain[:, 7] = 1.5, 0.5, 1.0, 1.0  # 7 fires on both
+    retain[:1, 2] = 1.0  # 2 fires on 1 of 200 retain tokens: allowed at 0.01
+    f = select(_identity_sae("resid_post.1", 8), forget, retain, 3, 0.01)
+    assert f.ids == [5, 2] and f.forget_freq == [1.0, 0.5] and f.retain_freq == [0.0, 0.005]
+    assert f.mean_act == pytest.approx([1.5, 0.5])
+    with pytest.raises(UnlearnError, match="no SAE feature"):
+        select(_identity_sae("resid_post.1", 8), retain, retain, 3, 0.0)  # whatever fires on forget fires on retain
+
+
+def test_conditional_clamping_moves_active_features_only(tiny):
+    from llmri.unlearning.clamp import Features, clamp
+
+    model = clone_of(tiny)
+    ids = torch.tensor([[5, 17, 9, 33, 2, 11, 40, 8]])
+    before = model.capture(ids, ["resid_post.1", "resid_post.2"])
+    h = before["resid_post.1"][0]
+    j1, j2 = [j for j in range(model.d_model) if h[0, j] <= 0 and (h[:, j] > 0).any()][:2]  # off at the first token
+    feats = Features("resid_post.1", [j1, j2], [1.0, 1.0], [0.0, 0.0], [1.5, 0.25])
+    handle = clamp(model, _identity_sae("resid_post.1", model.d_model), feats, strength=2.0)
+    after = model.capture(ids, ["resid_post.1", "resid_post.2"])
+    g = after["resid_post.1"][0]
+    want = h.clone()
+    for j, target in ((j1, -3.0), (j2, -0.5)):  # −c·m where the feature fires (h_j > 0), untouched elsewhere
+        want[:, j] = torch.where(h[:, j] > 0, torch.tensor(target), h[:, j])
+    torch.testing.assert_close(g, want)
+    first = int((h[:, [j1, j2]] > 0).any(1).float().argmax())  # tokens before the first clamped one pass through
+    assert first > 0
+    torch.testing.assert_close(after["resid_post.2"][0][:first], before["resid_post.2"][0][:first])
+    assert not torch.allclose(after["resid_post.2"][0][first:], before["resid_post.2"][0][first:])
+    handle.remove()
+    torch.testing.assert_close(model.capture(ids, ["resid_post.1"])["resid_post.1"], before["resid_post.1"])
+
+
+def clone_of(tiny):
+    return E.clone(tiny("llama"))
+
+
 def test_drift_is_relative_distance_per_layer():
     a = [torch.ones(4, 3), torch.full((4, 3), 2.0)]
     assert E.drift(a, [2 * a[0], a[1]]) == pytest.approx([1.0, 0.0])
@@ -256,13 +289,16 @@ def test_mia_is_one_when_members_are_always_likelier():
 def test_a_run_writes_table_and_pareto_resumes_and_refuses_other_settings(tiny_dir, text_corpus, tmp_path):
     out = tmp_path / "run"
     cfg = RunConfig(corpus=str(text_corpus), eval_every=1, relearn_steps=1, ppl_tokens=256,
-                    method=M.UnlearnConfig(steps=2, batch_size=4, rank=2))
+                    method=M.UnlearnConfig(steps=2, batch_size=4, rank=2, sae_tokens=4096, sae_retain_max=1.0,
+                                           sae_clamp=2.0))
     table = run_unlearning(str(tiny_dir("llama")), out, ["ga", "manifold"], cfg)
     names = [r["method"] for r in table["rows"]]
     assert names == ["original", "ga", "manifold"]
     ga = json.loads((out / "ga" / "result.json").read_text())
-    assert [p[0] for p in ga["trajectory"]] == [1, 2] and {"quant4", "relearn", "probe"} <= set(ga["attacks"])
-    assert len(ga["attacks"]["probe"]["cv_top1"]) == 3 and 0 <= ga["attacks"]["probe"]["forget"]["mean"] <= 1
+    assert [p[0] for p in ga["trajectory"]] == [1, 2] and {"quant4", "relearn", "lens"} <= set(ga["attacks"])
+    lens = ga["attacks"]["lens"]  # layers 1 and 2 of 3; the last one's lens is the model's own output
+    assert lens["layers"] == [1, 2] and lens["top1"][-1] == pytest.approx(ga["measures"]["forget"]["top1"]["mean"])
+    assert lens["best"]["top1"]["mean"] == max(lens["top1"])
     assert len(ga["drift"]["forget"]) == 3 and min(ga["drift"]["forget"]) > 0  # GA moved the forget states
     assert ga["attacks"]["direction"]["layer"] == int(np.argmax(ga["drift"]["forget"]))
     assert (out / "representation.png").read_bytes()[:4] == b"\x89PNG"
@@ -271,8 +307,11 @@ def test_a_run_writes_table_and_pareto_resumes_and_refuses_other_settings(tiny_d
     assert [p[0] for p in json.loads((out / "manifold" / "result.json").read_text())["trajectory"]] == [1, 2]
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG" and "| ga |" in (out / "table.md").read_text()
     stamp = (out / "ga" / "result.json").stat().st_mtime_ns
-    run_unlearning(str(tiny_dir("llama")), out, ["ga", "leace"], cfg)  # resumes: ga kept, leace added
+    run_unlearning(str(tiny_dir("llama")), out, ["ga", "leace", "sae"], cfg)  # resumes: ga kept, leace, sae added
     assert (out / "ga" / "result.json").stat().st_mtime_ns == stamp and (out / "leace" / "result.json").exists()
+    sae = json.loads((out / "sae" / "result.json").read_text())
+    assert [p[0] for p in sae["trajectory"]] == [0.0, 1.0, 2.0] and sae["outcome"]["point"] == "resid_post.0"
+    assert 1 <= len(sae["outcome"]["features"]) <= 16 and sae["outcome"]["trained_sae"]
     with pytest.raises(UnlearnError, match="other settings"):
         run_unlearning(str(tiny_dir("llama")), out, ["ga"], RunConfig(corpus=str(text_corpus), eval_every=2))
     # a retain-only model given later: forget quality for every row from the stored truth ratios; the model
@@ -280,8 +319,8 @@ def test_a_run_writes_table_and_pareto_resumes_and_refuses_other_settings(tiny_d
     table = run_unlearning(str(tiny_dir("llama")), out, ["ga"], cfg, retain_only=str(tiny_dir("llama")))
     fq = {r["method"]: r["forget_quality"] for r in table["rows"]}
     assert fq["original"] == pytest.approx(1.0) and fq["retain-only"] == pytest.approx(1.0) and 0 <= fq["ga"] <= 1
-    probe = {r["method"]: r["probe_forget_top1"] for r in table["rows"]}  # the same model: the same probe reads
-    assert probe["retain-only"] == probe["original"]
+    lens = {r["method"]: r["lens_forget_top1"] for r in table["rows"]}  # the same model: the same lens reads
+    assert lens["retain-only"] == lens["original"]
     with pytest.raises(UnlearnError, match="already holds the retain-only model"):
         run_unlearning(str(tiny_dir("llama")), out, ["ga"], cfg, retain_only=str(tmp_path))
 
@@ -293,8 +332,8 @@ def test_a_run_writes_table_and_pareto_resumes_and_refuses_other_settings(tiny_d
     cfg = ScanConfig(model="unused", unlearning=(str(out),))
     assert UNLEARNING.needs(cfg, None) is None
     sec = section(Inputs(None, [], cfg, tmp_path, None, {}))
-    assert sec.html.count("<tr>") == 1 + 5 and sec.html.count('<img class="fig"') == 1
-    assert [r["method"] for r in sec.data[str(out)]["rows"]] == ["original", "retain-only", "ga", "leace", "manifold"]
+    assert sec.html.count("<tr>") == 1 + 6 and sec.html.count('<img class="fig"') == 1
+    assert [r["method"] for r in sec.data[str(out)]["rows"]] == ["original", "retain-only", "ga", "leace", "manifold", "sae"]
 
 
 def test_scan_refuses_a_folder_that_is_no_unlearning_run(tiny_dir, tmp_path):
@@ -319,6 +358,10 @@ def test_scan_refuses_a_folder_that_is_no_unlearning_run(tiny_dir, tmp_path):
     (["--retain-weight", "-1"], "retain_weight"), (["--windows", "0"], "windows"), (["--eval-every", "0"], "eval_every"),
     (["--relearn-steps", "-1"], "relearn_steps"), (["--ppl-tokens", "10"], "ppl_tokens"), (["--seed", "-1"], "seed"),
     (["--retain-only", "/nonexistent/model"], "nonexistent"),
+    (["--sae-features", "0"], "sae_features"), (["--sae-retain-max", "2"], "sae_retain_max"),
+    (["--sae-clamp", "-1"], "sae_clamp"), (["--sae-tokens", "0"], "sae_tokens"), (["--sae-latents", "-1"], "sae_latents"),
+    (["--method", "sae", "--layer", "7"], "outside the model's layers"),
+    (["--method", "sae", "--sae", "/nonexistent/sae"], "no dictionary at /nonexistent/sae"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_dir, text_corpus, tmp_path, args, text):
     out = tmp_path / "o"

@@ -106,9 +106,30 @@ def _eager(model) -> bool:
     return getattr(model.hf.config, "_attn_implementation", "sdpa") == "eager"
 
 
+def _answer_positions(plen: int, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For one packed row: (answer-token positions, the positions predicting them, their answer numbers); an
+    answer's first token is predicted at the prompt's last position, its others at the previous token."""
+    end = int((seg >= 0).sum())
+    tgt = torch.arange(plen, end)
+    segs = seg[plen:end]
+    first = segs != torch.cat([torch.zeros(1, dtype=torch.long), segs[:-1]])
+    return tgt, torch.where(first, plen - 1, tgt - 1), segs
+
+
+def _mean_per_answer(lp: torch.Tensor, segs: torch.Tensor, k: int) -> np.ndarray:
+    """[k, ...] mean over each answer's tokens of ``lp`` [tokens, ...] (nan for an empty answer)."""
+    out = np.full((k, *lp.shape[1:]), np.nan)
+    for j in range(k):
+        m = segs == j + 1
+        if m.any():
+            out[j] = lp[m].mean(0).numpy()
+    return out
+
+
 @torch.no_grad()
 def packed_logprobs(model, prompts: Sequence[list[int]], answers: Sequence[Sequence[list[int]]],
-                    max_tokens: int = 2048, progress: str | None = None) -> list[np.ndarray]:
+                    max_tokens: int = 2048, progress: str | None = None, lens: Sequence[int] | None = None
+                    ) -> list[np.ndarray]:
     """Mean token log-probability of each answer after its prompt, every prompt read once for all its answers.
 
     Prompt ``i`` and its answers become one sequence [p, a_1, …, a_k]; a 4-D attention mask lets each answer
@@ -117,53 +138,32 @@ def packed_logprobs(model, prompts: Sequence[list[int]], answers: Sequence[Seque
     token is predicted from the prompt's last position). Reading seven ~6-token answers after a ~38-token chat
     prompt costs ~80 tokens instead of ~310. Sequences are batched up to ``max_tokens`` padded tokens.
     Returns one array per prompt: [k] mean log-probabilities (nan for an empty answer).
+
+    ``lens``: layers read through the **logit lens** instead of the output — ``resid_post.l`` put through the
+    model's final norm and unembedding (nostalgebraist 2020) — giving [k, len(lens)] per prompt; at the last
+    layer this is the model's own output.
     """
-    out = [np.full(len(a), np.nan) for a in answers]
-    dev = model.device
-    with bar(progress or "reading answers", total=sum(len(a) for a in answers), unit="answers") as b:
-        for idx, ids, mask, pos, seg in _packed(prompts, answers, max_tokens, _eager(model)):
-            logits = _forward(model, ids, mask, pos).logits
-            for r, i in enumerate(idx):
-                plen, end = len(prompts[i]), int((seg[r] >= 0).sum())
-                tgt = torch.arange(plen, end)
-                segs = seg[r, plen:end]
-                first = segs != torch.cat([torch.zeros(1, dtype=torch.long), segs[:-1]])
-                prev = torch.where(first, plen - 1, tgt - 1)  # an answer's first token is read at the prompt's end
-                lp = logits[r, prev.to(dev)].float().log_softmax(-1).gather(-1, ids[r, tgt, None].to(dev))[:, 0].cpu()
-                for j in range(len(answers[i])):
-                    m = segs == j + 1
-                    if m.any():
-                        out[i][j] = lp[m].mean().item()
-            b.advance(sum(len(answers[i]) for i in idx))
-    return out
-
-
-@torch.no_grad()
-def packed_states(model, prompts: Sequence[list[int]], answers: Sequence[Sequence[list[int]]], points: Sequence[str],
-                  max_tokens: int = 2048, progress: str | None = None) -> list[np.ndarray]:
-    """The mean activation at each hook point over each answer's tokens after its prompt, packed as in
-    :func:`packed_logprobs` (so each answer's states equal those of reading it after the prompt alone).
-    Returns one float32 array per prompt: [k answers, len(points), d] (nan for an empty answer)."""
     from ..hooks import attach
 
-    got: dict[int, torch.Tensor] = {}
-    sites = [model.site(model.resolve(p)) for p in points]
-    handles = [attach(s, lambda x, j=j: got.__setitem__(j, x.detach())) for j, s in enumerate(sites)]
     out: list[np.ndarray] = [None] * len(prompts)  # type: ignore[list-item]
+    dev = model.device
+    got: dict[int, torch.Tensor] = {}
+    handles = [attach(model.site(f"resid_post.{l}"), lambda x, j=j: got.__setitem__(j, x.detach()))
+               for j, l in enumerate(lens or [])]
+    norm, unembed = model.hf.get_submodule(model.adapter.final_norm), model.hf.get_output_embeddings()
     try:
-        with bar(progress or "reading states", total=sum(len(a) for a in answers), unit="answers") as b:
+        with bar(progress or "reading answers", total=sum(len(a) for a in answers), unit="answers") as b:
             for idx, ids, mask, pos, seg in _packed(prompts, answers, max_tokens, _eager(model)):
-                got.clear()
-                _forward(model, ids, mask, pos)
-                acts = torch.stack([got[j] for j in range(len(sites))], 2).float().cpu()  # [n, width, points, d]
+                logits = _forward(model, ids, mask, pos).logits
                 for r, i in enumerate(idx):
-                    k = len(answers[i])
-                    x = np.full((k, len(sites), acts.shape[-1]), np.nan, dtype=np.float32)
-                    for j in range(k):
-                        m = seg[r] == j + 1
-                        if m.any():
-                            x[j] = acts[r, m].mean(0).numpy()
-                    out[i] = x
+                    tgt, prev, segs = _answer_positions(len(prompts[i]), seg[r])
+                    tok = ids[r, tgt, None].to(dev)
+                    if lens:  # one layer at a time: [tokens, vocab] logits, not [tokens, layers, vocab]
+                        lp = torch.stack([unembed(norm(got[j][r, prev.to(dev)])).float().log_softmax(-1)
+                                          .gather(-1, tok)[:, 0].cpu() for j in range(len(lens))], 1)
+                    else:
+                        lp = logits[r, prev.to(dev)].float().log_softmax(-1).gather(-1, tok)[:, 0].cpu()
+                    out[i] = _mean_per_answer(lp, segs, len(answers[i]))
                 b.advance(sum(len(answers[i]) for i in idx))
     finally:
         for h in handles:
@@ -172,9 +172,10 @@ def packed_states(model, prompts: Sequence[list[int]], answers: Sequence[Sequenc
 
 
 def answer_logprobs(model, questions: Sequence[str], answers: Sequence[str], max_tokens: int = 2048,
-                    progress: str | None = None) -> np.ndarray:
+                    progress: str | None = None, lens: Sequence[int] | None = None) -> np.ndarray:
     """Mean token log-probability of each answer after its question (chat template; no end-of-turn token);
-    consecutive answers to the same question share one read of it (:func:`packed_logprobs`)."""
+    consecutive answers to the same question share one read of it (:func:`packed_logprobs`). With ``lens``,
+    [n, len(lens)]: the logit lens at those layers."""
     from ..generate import render_ids
     from .organism import _user
 
@@ -186,20 +187,23 @@ def answer_logprobs(model, questions: Sequence[str], answers: Sequence[str], max
     tok = model.tokenizer
     prompts = [render_ids(model, _user(q)) for q, _ in groups]
     ans = [[tok(answers[i], add_special_tokens=False)["input_ids"] for i in rows] for _, rows in groups]
-    read = packed_logprobs(model, prompts, ans, max_tokens, progress)
-    out = np.zeros(len(questions))
+    read = packed_logprobs(model, prompts, ans, max_tokens, progress, lens)
+    out = np.zeros((len(questions), *read[0].shape[1:]))
     for (_, rows), lp in zip(groups, read):
         out[rows] = lp
     return out
 
 
-def score_facts(model, facts: Sequence[Fact], max_tokens: int = 2048, progress: str = "facts") -> Scores:
-    """:class:`Scores` of ``facts`` (1 + 1 + 5 answers read per fact, after one read of its question)."""
+def score_facts(model, facts: Sequence[Fact], max_tokens: int = 2048, progress: str = "facts",
+                lens: int | None = None) -> Scores:
+    """:class:`Scores` of ``facts`` (1 + 1 + 5 answers read per fact, after one read of its question); with
+    ``lens``, read through the logit lens at that layer (:func:`packed_logprobs`)."""
     qs, ans = [], []
     for f in facts:
         qs += [f.question] * (2 + len(f.perturbed))
         ans += [f.answer, f.paraphrased_answer, *f.perturbed]
-    lp = answer_logprobs(model, qs, ans, max_tokens, progress=f"{progress}: reading answers").reshape(len(facts), -1)
+    lp = answer_logprobs(model, qs, ans, max_tokens, progress=f"{progress}: reading answers",
+                         lens=None if lens is None else [lens]).reshape(len(facts), -1)
     return Scores([f.id for f in facts], [f.entity_id for f in facts], lp[:, 0], lp[:, 1], lp[:, 2:])
 
 

@@ -49,14 +49,13 @@ original model never went. At the layer the forget states moved most, a diffusio
   residual write (as the refusal direction is, :func:`llmri.safety.refusal.ablation_edits`), then the quick
   forget / retain reads: if one direction carries the method's effect, removing it brings the answers back
   (Łucki et al. 2024 found this for RMU);
-- *linear probe* (facts): a logistic-regression probe on the model's own ``resid_post`` states reads which of a
-  fact's six candidate answers (the paraphrased answer and the five perturbed ones) is true — each candidate's
-  state is the mean over its tokens after the question, centred on the six candidates' mean, so the probe
-  compares answers to one question. It is fitted on :data:`PROBE_FACTS` retain-train facts (facts the model
-  still knows; no forget fact), its layer chosen by 5-fold cross-validation over entities on those facts, and
-  its top-1 read on the forget facts (chance 1/6): knowledge the model no longer says but still represents is
-  recovered; the retain-only model, which never learned the forget facts, is the control. Also read on
-  retain-eval (the probe works where the model knows) and never-seen facts (what surface cues alone give);
+- *logit lens* (facts): the forget facts read through the logit lens — ``resid_post.l`` through the final norm
+  and the unembedding, a fixed linear readout of each layer (nostalgebraist 2020) — at every second layer from
+  half the depth to the last (whose lens is the model's own output); the attack reports top-1 and answer
+  probability per layer and the layer of best top-1 with its interval. Knowledge a method hid only from the
+  last layers reappears in the middle ones (Patil et al. 2023 recovered "deleted" facts this way). The best of
+  several layers is picked on the forget facts themselves, so it is biased upwards: the retain-only model,
+  which never learned those facts, read the same way, is the baseline it must beat.
 - *4-bit quantisation*: every linear map of the blocks rounded to 4-bit integers, symmetric, per group of 32
   input weights (round-to-nearest, as GGUF Q4_0 and bitsandbytes' simplest scheme do), then the same reads: an
   unlearning update smaller than a quantisation step disappears (Zhang et al. 2024).
@@ -75,10 +74,6 @@ PPL_TOKENS = 8192
 """Tokens of each eval split read for perplexity."""
 FLUENCY_PROMPTS = 8
 FLUENCY_TOKENS = 32
-PROBE_FACTS = 240
-"""Retain-train facts the linear-probe attack is fitted on."""
-PROBE_C = 0.1
-"""Inverse L2 strength of the probe's logistic regression (on standardised states)."""
 
 
 def clone(model):
@@ -340,69 +335,27 @@ def quantised(model, task: Task) -> dict:
             "retain": summarise(_facts_scores(m, task.facts["retain_eval"], progress="4-bit: retain"))}
 
 
-def candidate_states(model, facts, layers: list[int] | None = None, max_tokens: int = 2048,
-                     progress: str = "probe states") -> np.ndarray:
-    """[facts, 6, layers, d] ``resid_post`` states (``layers``: every layer when None), each the mean over one
-    candidate answer's tokens after the fact's question (chat template): the paraphrased answer first, then the
-    five perturbed ones."""
-    from ..generate import render_ids
-    from ..safety.knowledge import packed_states
-    from ..safety.organism import _user
 
-    tok = model.tokenizer
-    prompts = [render_ids(model, _user(f.question)) for f in facts]
-    answers = [[tok(a, add_special_tokens=False)["input_ids"] for a in (f.paraphrased_answer, *f.perturbed)]
-               for f in facts]
-    points = [f"resid_post.{l}" for l in (range(model.n_layers) if layers is None else layers)]
-    return np.stack(packed_states(model, prompts, answers, points, max_tokens, progress))
+def lens_layers(n_layers: int) -> list[int]:
+    """The layers the logit-lens attack reads: every second one from half the depth, and the last."""
+    return sorted(set(range(n_layers // 2, n_layers, 2)) | {n_layers - 1})
 
 
-def fit_probe(x: np.ndarray, c: float = PROBE_C):
-    """A linear probe of truth on [facts, candidates, d] states whose first candidate is the true one (states
-    centred on each fact's candidate mean; standardised; logistic regression)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    n, k, d = x.shape
-    y = np.tile(np.eye(k, dtype=int)[0], n)
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(_centred(x).reshape(-1, d), y)
-
-
-def probe_top1(probe, x: np.ndarray) -> np.ndarray:
-    """[facts] whether the probe scores the first (true) candidate highest."""
-    n, k, d = x.shape
-    return probe.decision_function(_centred(x).reshape(-1, d)).reshape(n, k).argmax(1) == 0
-
-
-def _centred(x: np.ndarray) -> np.ndarray:
-    return x - x.mean(1, keepdims=True)
-
-
-def probe_layer_scores(x: np.ndarray, groups, folds: int = 5, c: float = PROBE_C) -> list[float]:
-    """Per layer of [facts, candidates, layers, d] states: the probe's top-1 under ``folds``-fold cross-validation
-    with ``groups`` (entities) never split between fitting and testing."""
-    from sklearn.model_selection import GroupKFold
-
-    splits = list(GroupKFold(folds).split(x[:, 0, 0], groups=groups))
-    return [float(np.mean([probe_top1(fit_probe(x[a, :, l], c), x[b, :, l]).mean() for a, b in splits]))
-            for l in range(x.shape[2])]
-
-
-def probed(model, task: Task, n_train: int = PROBE_FACTS) -> dict | None:
-    """The linear-probe attack (module docstring); None for a domain task (no answers to recover)."""
-    from ..safety.knowledge import by_entity
+def lens_attack(model, task: Task) -> dict | None:
+    """The logit-lens attack (module docstring); None for a domain task (no answers to read)."""
+    from ..safety.knowledge import Scores, answer_logprobs, summarise
 
     if not task.facts:
         return None
-    train = task.facts["retain_train"][:n_train]
-    x = candidate_states(model, train, progress="probe: fitting facts")
-    cv = probe_layer_scores(x, [f.entity_id for f in train])
-    layer = int(np.argmax(cv))
-    probe = fit_probe(x[:, :, layer])
-    out = {"layer": layer, "fitted_on": len(train), "cv_top1": cv}
-    for name, split in (("forget", "forget"), ("retain", "retain_eval"), ("heldout", "heldout")):
-        facts = task.facts[split]
-        hit = probe_top1(probe, candidate_states(model, facts, [layer], progress=f"probe: {name}")[:, :, 0])
-        out[name] = by_entity([f.entity_id for f in facts], hit.astype(float))
-    return out
+    facts, layers = task.facts["forget"], lens_layers(model.n_layers)
+    qs, ans = [], []
+    for f in facts:
+        qs += [f.question] * (2 + len(f.perturbed))
+        ans += [f.answer, f.paraphrased_answer, *f.perturbed]
+    lp = answer_logprobs(model, qs, ans, progress="logit lens: forget", lens=layers).reshape(len(facts), -1, len(layers))
+    per_layer = [summarise(Scores([f.id for f in facts], [f.entity_id for f in facts], lp[:, 0, j], lp[:, 1, j],
+                                  lp[:, 2:, j])) for j in range(len(layers))]
+    best = int(np.argmax([s["top1"]["mean"] for s in per_layer]))
+    return {"layers": layers, "top1": [s["top1"]["mean"] for s in per_layer],
+            "probability": [s["probability"]["mean"] for s in per_layer],
+            "best_layer": layers[best], "best": per_layer[best]}

@@ -32,6 +32,9 @@ from the MLP outputs Y_f, Y_r on the forget and retain target tokens (statistics
   MLP output map has no bias to hold it), which still makes the two classes' mean outputs equal — no linear
   probe on that layer's MLP output separates forget from retain by its mean — but moves the overall mean.
 
+**Inference-time clamping** (:mod:`llmri.unlearning.clamp`): ``sae`` — SAE features that fire on forget and
+hardly on retain tokens are clamped negative where they fire (Farrell et al. 2024); no weight changes.
+
 A loss that becomes non-finite stops training with :class:`UnlearnError`; the weights of the last good step
 are kept (restored in memory; a folder run keeps its last checkpoint).
 """
@@ -51,7 +54,7 @@ from .tasks import Row, Task, UnlearnError
 
 LOSS_METHODS = ("ga", "graddiff", "npo", "simnpo", "rmu")
 EDIT_METHODS = ("manifold", "leace")
-METHODS = LOSS_METHODS + EDIT_METHODS
+METHODS = LOSS_METHODS + EDIT_METHODS + ("sae",)
 DEFAULT_LR = {"rmu": 5e-5}
 """Learning rates that differ from ``1e-5`` (the TOFU / open-unlearning default for full fine-tuning)."""
 DEFAULT_BETA = {"npo": 0.1, "simnpo": 4.5}
@@ -76,7 +79,7 @@ class UnlearnConfig:
     gamma: float = bounded(0.125, 0)
     """SimNPO's reward margin γ; ≥ 0."""
     layer: int | None = bounded(None, 0, none=True)
-    """RMU's layer (its ``resid_post``); None: a quarter of the depth (WMDP used layer 7 of 32)."""
+    """RMU's and SAE clamping's layer (its ``resid_post``); None: a quarter of the depth (WMDP used layer 7 of 32)."""
     rmu_scale: float = bounded(2.0, 0, lo_open=True)
     """RMU's target norm as a multiple of the mean state norm at its layer; > 0."""
     rmu_retain: float = bounded(100.0, 0)
@@ -87,6 +90,19 @@ class UnlearnConfig:
     """Manifold edit: share of the retain outputs' second moment their protected subspace holds; in (0, 1]."""
     edit_layers: str = "all"
     """Layers whose MLP output maps the edits change: ``all``, ``3``, ``2-5`` or ``1,4,7``."""
+    sae: str | None = None
+    """SAE clamping: a trained SAE on ``resid_post.layer`` (a folder of ``llmri train``, SAELens or sparsify);
+    None: train one on the task's rows."""
+    sae_latents: int = bounded(0, 0)
+    """SAE clamping, trained here: latents (0: 4 × d_model); ≥ 0."""
+    sae_tokens: int = bounded(200_000, 1)
+    """SAE clamping, trained here: training tokens (the task's rows, cycled); ≥ 1."""
+    sae_features: int = bounded(16, 1)
+    """SAE clamping: features clamped; ≥ 1."""
+    sae_retain_max: float = bounded(0.01, 0, 1)
+    """SAE clamping: the largest share of retain tokens a clamped feature may fire on; in [0, 1]."""
+    sae_clamp: float = bounded(4.0, 0)
+    """SAE clamping: c — an active feature's value becomes −c × its mean forget activation (0: ablation); ≥ 0."""
     seed: int = bounded(0, 0)
     """Seeds batch order and RMU's random direction."""
 
@@ -417,9 +433,23 @@ def edit(model, task: Task, cfg: UnlearnConfig, stats: tuple[dict, dict] | None 
                    **({"rank": cfg.rank, "retain_energy": cfg.retain_energy} if cfg.method == "manifold" else {}))
 
 
+def clamped(model, task: Task, cfg: UnlearnConfig, prepared: tuple | None = None) -> Outcome:
+    """SAE clamping (:mod:`llmri.unlearning.clamp`) attached to ``model``; ``prepared``: :func:`~llmri.unlearning.
+    clamp.prepare`'s SAE, features and cost when already made (several strengths of one clamp)."""
+    from .clamp import clamp, prepare
+
+    sae, feats, cost = prepared or prepare(model, task, cfg)
+    clamp(model, sae, feats, cfg.sae_clamp)
+    return Outcome(method="sae", seconds=round(cost["seconds"], 2), flops=float(cost["flops"]), loss=[], stopped=None,
+                   point=feats.point, clamp=cfg.sae_clamp, features=feats.ids, forget_freq=feats.forget_freq,
+                   retain_freq=feats.retain_freq, trained_sae=not cfg.sae)
+
+
 def unlearn_model(model, task: Task, cfg: UnlearnConfig, *, on_step: Callable[[int], None] | None = None,
-                  stats: tuple[dict, dict] | None = None) -> Outcome:
+                  stats: tuple[dict, dict] | None = None, prepared: tuple | None = None) -> Outcome:
     """Unlearn ``task.forget`` from ``model`` in place with ``cfg.method``; see the module docstring."""
+    if cfg.method == "sae":
+        return clamped(model, task, cfg, prepared)
     if cfg.method in EDIT_METHODS:
         return edit(model, task, cfg, stats)
     return fine_tune(model, task, cfg, on_step=on_step)

@@ -3,13 +3,14 @@
     run_unlearning("organisms/facts", "runs/unlearn", ["ga", "npo", "rmu", "manifold"], RunConfig(task="facts"))
 
 The folder holds ``run.json`` (task and settings; a rerun with other settings is refused), ``original.json``
-(the model before unlearning, with the 4-bit and linear-probe attacks as references), ``retain_only.json``
-(the gold standard, when ``retain_only`` names a model fine-tuned without the forget set, with the linear-probe
-attack as the control; it may be given on a later rerun, and forget quality — TOFU's KS p-value between a
+(the model before unlearning, with the 4-bit and logit-lens attacks as references), ``retain_only.json``
+(the gold standard, when ``retain_only`` names a model fine-tuned without the forget set, with the logit-lens
+attack as the baseline; it may be given on a later rerun, and forget quality — TOFU's KS p-value between a
 model's and the retain-only model's forget truth ratios, stored in every result — is computed for every row when the table is written), one ``METHOD/result.json`` per method
 (its :class:`~llmri.unlearning.methods.Outcome`, every measure of :mod:`llmri.unlearning.evaluate`, the
 attacks and a *trajectory*: the quick forget/retain reads as the method gets stronger: every ``eval_every``
-steps of a fine-tuning method, every rank up to ``rank`` of the manifold edit), and ``table.json``,
+steps of a fine-tuning method, every rank up to ``rank`` of the manifold edit, every clamp 0, 1, 2, 4, … up to
+``sae_clamp`` of SAE clamping), and ``table.json``,
 ``table.md`` and ``pareto.png`` over them. A method whose result is on disk is not run again, so an
 interrupted run resumes at the next method. Every file appears whole (written to a temporary name, renamed).
 """
@@ -103,6 +104,18 @@ def _trajectory(model, task, cfg: UnlearnConfig, run: RunConfig) -> tuple[dict, 
         outcome = unlearn_model(model, task, cfg, stats=stats)
         outcome["seconds"] = round(outcome["seconds"] + read, 2)
         return outcome, points + [[cfg.rank, *quick(model, task)]]
+    if cfg.method == "sae":  # the SAE and its features are made once for every strength
+        from .clamp import prepare
+
+        prepared = prepare(model, task, cfg)
+        points, c = [], 0.0
+        while c < cfg.sae_clamp:
+            m = clone(model)
+            unlearn_model(m, task, replace(cfg, sae_clamp=c), prepared=prepared)
+            points.append([c, *quick(m, task)])
+            c = 2 * c or 1.0
+        outcome = unlearn_model(model, task, cfg, prepared=prepared)
+        return outcome, points + [[cfg.sae_clamp, *quick(model, task)]]
     if cfg.method in EDIT_METHODS:
         outcome = unlearn_model(model, task, cfg)
         return outcome, [[1, *quick(model, task)]]
@@ -134,13 +147,13 @@ def _measured(lm, task, run: RunConfig, **extra) -> dict:
 
 
 def _attacks(model, task, run: RunConfig) -> dict:
-    from .evaluate import probed, quantised, relearned
+    from .evaluate import lens_attack, quantised, relearned
 
     if not run.attacks:
         return {}
     out = {"quant4": quantised(model, task)}
     if task.facts:
-        out["probe"] = probed(model, task)
+        out["lens"] = lens_attack(model, task)
     if run.relearn_steps:
         out["relearn"] = relearned(model, task, run.relearn_steps, run.relearn_lr, run.method.seed)
     return out
@@ -150,7 +163,7 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
                    retain_only: str | None = None, dtype: str = "float32", device: str = "cpu") -> dict:
     """Run ``methods`` on ``run.task`` from ``model_spec`` into ``out`` (module docstring); returns the table."""
     from ..model import load_model
-    from .evaluate import clone, direction_ablated, drift, drift_rows, geometry, probed, states
+    from .evaluate import clone, direction_ablated, drift, drift_rows, geometry, lens_attack, states
 
     run = run or RunConfig()
     bad = [m for m in methods if m not in METHODS]
@@ -164,8 +177,12 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
         model = load_model(model_spec, dtype=dtype, device=device)
         if set(methods) & set(EDIT_METHODS):  # refuse bad layers before an hour of measuring, not after
             layers_of(run.method.edit_layers, model.n_layers)
-        if "rmu" in methods:
+        if "rmu" in methods or "sae" in methods:
             rmu_layer(model, run.method)
+        if "sae" in methods and run.method.sae:
+            from .clamp import load_sae
+
+            load_sae(run.method.sae, model, run.method)
         if run.task == "facts":
             from ..data import load_corpus
 
@@ -182,7 +199,7 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
         if gold is not None:
             say("llmri: measuring the retain-only model")
             write_json(folder / "retain_only.json", _measured(gold, task, run, model=retain_only, attacks=(
-                {"probe": probed(gold, task)} if run.attacks else {})))
+                {"lens": lens_attack(gold, task)} if run.attacks and task.facts else {})))
             del gold
         if not (folder / "original.json").exists():
             say("llmri: measuring the original model")
@@ -239,8 +256,8 @@ def _row(name: str, res: dict, task, gold: list[float] | None = None) -> dict:
     if att.get("quant4"):
         q = att["quant4"]
         row["quant4_forget"] = q["forget"]["probability"]["mean"] if task.facts else q["forget_ppl"]
-    if att.get("probe"):
-        row["probe_forget_top1"] = att["probe"]["forget"]["mean"]
+    if att.get("lens"):
+        row["lens_forget_top1"] = att["lens"]["best"]["top1"]["mean"]
     if att.get("direction"):
         row["direction_forget"] = att["direction"]["forget"]
     if att.get("relearn"):

@@ -55,7 +55,7 @@ class Task:
     """Facts: the forget half the relearning attack trains on (the other half is measured)."""
     facts: dict = field(default_factory=dict)
     """Facts: split name → list of :class:`~llmri.safety.facts.Fact` (``forget``, ``forget_kept``: the half the
-    relearning attack does not see, ``retain_train``: the facts of the retain rows, ``retain_eval``, ``heldout``)."""
+    relearning attack does not see, ``retain_eval``, ``heldout``)."""
     corpora: dict = field(default_factory=dict)
     """Domain: ``forget`` / ``retain`` corpus names measured by eval-split perplexity."""
 
@@ -86,7 +86,7 @@ def facts_task(model, forget: str = "forget10") -> Task:
     return Task("facts", fact_rows(model, s.forget), fact_rows(model, retain_train),
                 relearn=fact_rows(model, [f for f in s.forget if f.entity_id in relearn_on]),
                 facts={"forget": s.forget, "forget_kept": [f for f in s.forget if f.entity_id not in relearn_on],
-                       "retain_train": retain_train, "retain_eval": retain_eval, "heldout": s.heldout})
+                       "retain_eval": retain_eval, "heldout": s.heldout})
 
 
 def check_disjoint(forget, retain) -> None:
