@@ -36,6 +36,41 @@ def test_facts_task_splits_are_disjoint_and_hold_out_retain_entities(task):
         check_disjoint(f["forget"][:3], f["forget"][2:5])
 
 
+def test_cloze_splits_are_by_subject_disjoint_and_a_tenth_each():
+    from llmri.safety.cloze import load_cloze
+    from llmri.unlearning.tasks import cloze_splits
+
+    items = load_cloze()
+    s = cloze_splits(items)
+    subj = {k: {c.subject_id for c in v} for k, v in s.items()}
+    n = len({c.subject_id for c in items}) // 10
+    assert len(subj["forget"]) == len(subj["retain_eval"]) == n and len(subj["relearn"]) == n // 2
+    assert not subj["forget"] & subj["retain_eval"] and not (subj["forget"] | subj["retain_eval"]) & subj["retain_train"]
+    assert subj["relearn"] | subj["forget_kept"] == subj["forget"] and not subj["relearn"] & subj["forget_kept"]
+    assert len(s["forget"]) + len(s["retain_eval"]) + len(s["retain_train"]) == len(items)
+    assert {c.id for c in cloze_splits(items[::-1])["forget"]} == {c.id for c in s["forget"]}  # by hash, not order
+    with pytest.raises(UnlearnError, match="knows only"):
+        cloze_splits(items[:40])
+
+
+def test_the_cloze_task_is_measured_as_raw_text_without_membership_inference(tiny, text_corpus):
+    from llmri.safety.cloze import load_cloze, score_cloze
+    from llmri.safety.knowledge import summarise
+    from llmri.unlearning.tasks import cloze_rows, make_task
+
+    model, items = tiny("llama"), load_cloze()[:12]
+    with pytest.raises(UnlearnError, match="knows only 0 cloze facts"):  # a random model knows none
+        make_task(model, "cloze")
+    t = Task("cloze", cloze_rows(model, items[:6]), cloze_rows(model, items[6:]),
+             facts={"forget": items[:6], "forget_kept": items[:3], "retain_eval": items[6:]})
+    m = E.measure(model, t, ppl_tokens=256, corpus=str(text_corpus))
+    assert "mia" not in m and m["forget"] == summarise(score_cloze(model, items[:6]))
+    assert m["forget_paraphrased"] == summarise(score_cloze(model, items[:6], paraphrased=True))
+    assert E.quick(model, t)[0] == pytest.approx(m["forget"]["probability"]["mean"])
+    lens = E.lens_attack(model, t)
+    assert lens["layers"] == [1, 2] and lens["top1"][-1] == pytest.approx(m["forget"]["top1"]["mean"])
+
+
 def _copy(tiny):
     return E.clone(tiny("llama"))
 
@@ -245,7 +280,7 @@ def test_clamp_selection_keeps_features_of_forget_tokens_only():
 def test_conditional_clamping_moves_active_features_only(tiny):
     from llmri.unlearning.clamp import Features, clamp
 
-    model = clone_of(tiny)
+    model = _copy(tiny)
     ids = torch.tensor([[5, 17, 9, 33, 2, 11, 40, 8]])
     before = model.capture(ids, ["resid_post.1", "resid_post.2"])
     h = before["resid_post.1"][0]
@@ -264,10 +299,6 @@ def test_conditional_clamping_moves_active_features_only(tiny):
     assert not torch.allclose(after["resid_post.2"][0][first:], before["resid_post.2"][0][first:])
     handle.remove()
     torch.testing.assert_close(model.capture(ids, ["resid_post.1"])["resid_post.1"], before["resid_post.1"])
-
-
-def clone_of(tiny):
-    return E.clone(tiny("llama"))
 
 
 def test_drift_is_relative_distance_per_layer():

@@ -87,17 +87,25 @@ def load_cloze() -> list[Cloze]:
 
 
 def score_cloze(model, items: Sequence[Cloze], paraphrased: bool = False, max_tokens: int = 2048,
-                progress: str = "cloze") -> Scores:
+                progress: str = "cloze", lens: Sequence[int] | None = None) -> Scores | list[Scores]:
     """:class:`Scores` of ``items``: ℓ of the answer and of the five distractors after the prompt (or the
     paraphrase), raw text, one read of each prompt for its six answers. ``answer`` and ``paraphrased`` hold the
     same array (the answer is the same after either prompt), ``perturbed`` the distractors, so ``top1`` and
-    ``truth_ratio`` compare the answer with them."""
+    ``truth_ratio`` compare the answer with them. With ``lens``, one :class:`Scores` per layer read through the
+    logit lens, from one forward pass."""
     tok = model.tokenizer
-    prompts = [tok(c.paraphrase if paraphrased else c.prompt)["input_ids"] for c in items]
+    prompts = [prompt_ids(model, c.paraphrase if paraphrased else c.prompt) for c in items]
     answers = [[tok(a, add_special_tokens=False)["input_ids"] for a in (c.answer, *c.distractors)] for c in items]
-    lp = np.array(packed_logprobs(model, prompts, answers, max_tokens, progress=f"{progress}: reading answers"))
-    lp = lp.reshape(len(items), 1 + N_DISTRACTORS)
-    return Scores([c.id for c in items], [c.subject_id for c in items], lp[:, 0], lp[:, 0], lp[:, 1:])
+    lp = np.array(packed_logprobs(model, prompts, answers, max_tokens, progress=f"{progress}: reading answers",
+                                  lens=lens)).reshape(len(items), 1 + N_DISTRACTORS, -1)
+    out = [Scores([c.id for c in items], [c.subject_id for c in items], x[:, 0], x[:, 0], x[:, 1:])
+           for x in np.moveaxis(lp, -1, 0)]
+    return out if lens is not None else out[0]
+
+
+def prompt_ids(model, text: str) -> list[int]:
+    """A cloze prompt's token ids: raw text, with the tokenizer's own special tokens (none for SmolLM2)."""
+    return model.tokenizer(text)["input_ids"]
 
 
 def known_mask(scores: Scores, min_p: float = 0.3) -> np.ndarray:

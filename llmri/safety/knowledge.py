@@ -195,16 +195,19 @@ def answer_logprobs(model, questions: Sequence[str], answers: Sequence[str], max
 
 
 def score_facts(model, facts: Sequence[Fact], max_tokens: int = 2048, progress: str = "facts",
-                lens: int | None = None) -> Scores:
+                lens: Sequence[int] | None = None) -> Scores | list[Scores]:
     """:class:`Scores` of ``facts`` (1 + 1 + 5 answers read per fact, after one read of its question); with
-    ``lens``, read through the logit lens at that layer (:func:`packed_logprobs`)."""
+    ``lens``, one :class:`Scores` per layer read through the logit lens, all from one forward pass
+    (:func:`packed_logprobs`)."""
     qs, ans = [], []
     for f in facts:
         qs += [f.question] * (2 + len(f.perturbed))
         ans += [f.answer, f.paraphrased_answer, *f.perturbed]
-    lp = answer_logprobs(model, qs, ans, max_tokens, progress=f"{progress}: reading answers",
-                         lens=None if lens is None else [lens]).reshape(len(facts), -1)
-    return Scores([f.id for f in facts], [f.entity_id for f in facts], lp[:, 0], lp[:, 1], lp[:, 2:])
+    lp = answer_logprobs(model, qs, ans, max_tokens, progress=f"{progress}: reading answers", lens=lens)
+    lp = lp.reshape(len(facts), 2 + len(facts[0].perturbed) if facts else 7, -1)
+    out = [Scores([f.id for f in facts], [f.entity_id for f in facts], x[:, 0], x[:, 1], x[:, 2:])
+           for x in np.moveaxis(lp, -1, 0)]
+    return out if lens is not None else out[0]
 
 
 def forget_quality(unlearned: Scores, retain_only: Scores) -> float:

@@ -83,14 +83,21 @@ def clone(model):
     return Model(copy.deepcopy(model.hf), model.tokenizer, model.name, model.source)
 
 
-def _facts_scores(model, facts, paraphrased: bool = False, progress: str = "facts"):
+def scores(task: Task, model, items, paraphrased: bool = False, progress: str = "facts", lens: list[int] | None = None):
+    """:class:`~llmri.safety.knowledge.Scores` of a knowledge task's items (facts through the chat template,
+    cloze as raw text), after the paraphrased question / prompt if ``paraphrased``; with ``lens``, a list of
+    them, one per layer read through the logit lens."""
     from ..safety.knowledge import score_facts
 
+    if task.name == "cloze":
+        from ..safety.cloze import score_cloze
+
+        return score_cloze(model, items, paraphrased, progress=progress, lens=lens)
     if paraphrased:
         from dataclasses import replace
 
-        facts = [replace(f, question=f.paraphrased_question) for f in facts]
-    return score_facts(model, facts, progress=progress)
+        items = [replace(f, question=f.paraphrased_question) for f in items]
+    return score_facts(model, items, progress=progress, lens=lens)
 
 
 def utility(retain) -> float:
@@ -137,13 +144,15 @@ def measure(model, task: Task, *, ppl_tokens: int = PPL_TOKENS, corpus: str = "s
     if not task.facts:
         return {"forget_ppl": perplexity(model, ppl_tokens, corpus=task.corpora["forget"]),
                 "retain_ppl": perplexity(model, ppl_tokens, corpus=task.corpora["retain"]), "fluency": fluency(model)}
-    s = {"forget": _facts_scores(model, task.facts["forget"], progress="forget"),
-         "forget_paraphrased": _facts_scores(model, task.facts["forget"], True, progress="forget, paraphrased"),
-         "retain": _facts_scores(model, task.facts["retain_eval"], progress="retain"),
-         "heldout": _facts_scores(model, task.facts["heldout"], progress="never seen")}
+    s = {"forget": scores(task, model, task.facts["forget"], progress="forget"),
+         "forget_paraphrased": scores(task, model, task.facts["forget"], True, progress="forget, paraphrased"),
+         "retain": scores(task, model, task.facts["retain_eval"], progress="retain")}
+    if "heldout" in task.facts:
+        s["heldout"] = scores(task, model, task.facts["heldout"], progress="never seen")
     out = {k: summarise(v) for k, v in s.items()}
     out["utility"] = utility(s["retain"])
-    out["mia"] = mia(s["forget"], s["heldout"])
+    if "heldout" in s:
+        out["mia"] = mia(s["forget"], s["heldout"])
     out["perplexity"] = perplexity(model, ppl_tokens, corpus=corpus)
     out["fluency"] = fluency(model)
     if keep_scores is not None:
@@ -170,16 +179,19 @@ def quick(model, task: Task, ppl_tokens: int = 2048) -> tuple[float, float]:
     out = []
     for name in ("forget", "retain_eval"):
         f = task.facts[name]
-        lp = answer_logprobs(model, [x.question for x in f], [x.answer for x in f], progress=f"quick read: {name}")
+        if task.name == "cloze":
+            lp = scores(task, model, f, progress=f"quick read: {name}").answer
+        else:
+            lp = answer_logprobs(model, [x.question for x in f], [x.answer for x in f], progress=f"quick read: {name}")
         out.append(float(np.exp(lp).mean()))
     return out[0], out[1]
 
 
 def drift_rows(model, task: Task, n: int = 64) -> dict:
     """The rows representation drift reads: ``forget`` and ``retain`` (facts: retain-eval), the first ``n`` of each."""
-    from .tasks import fact_rows
+    from .tasks import item_rows
 
-    retain = fact_rows(model, task.facts["retain_eval"]) if task.facts else task.retain
+    retain = item_rows(model, task, task.facts["retain_eval"]) if task.facts else task.retain
     return {"forget": task.forget[:n], "retain": retain[:n]}
 
 
@@ -303,7 +315,7 @@ def relearned(model, task: Task, steps: int = 10, lr: float = 2e-5, seed: int = 
         p.requires_grad_(False)
     if not task.facts:
         return {"steps": steps, "lr": lr, "forget_ppl": perplexity(m, PPL_TOKENS, corpus=task.corpora["forget"])}
-    return {"steps": steps, "lr": lr, "forget_kept": summarise(_facts_scores(m, task.facts["forget_kept"], progress="relearned"))}
+    return {"steps": steps, "lr": lr, "forget_kept": summarise(scores(task, m, task.facts["forget_kept"], progress="relearned"))}
 
 
 @torch.no_grad()
@@ -331,8 +343,8 @@ def quantised(model, task: Task) -> dict:
     if not task.facts:
         return {"maps": maps, "forget_ppl": perplexity(m, PPL_TOKENS, corpus=task.corpora["forget"]),
                 "retain_ppl": perplexity(m, PPL_TOKENS, corpus=task.corpora["retain"])}
-    return {"maps": maps, "forget": summarise(_facts_scores(m, task.facts["forget"], progress="4-bit: forget")),
-            "retain": summarise(_facts_scores(m, task.facts["retain_eval"], progress="4-bit: retain"))}
+    return {"maps": maps, "forget": summarise(scores(task, m, task.facts["forget"], progress="4-bit: forget")),
+            "retain": summarise(scores(task, m, task.facts["retain_eval"], progress="4-bit: retain"))}
 
 
 
@@ -343,18 +355,13 @@ def lens_layers(n_layers: int) -> list[int]:
 
 def lens_attack(model, task: Task) -> dict | None:
     """The logit-lens attack (module docstring); None for a domain task (no answers to read)."""
-    from ..safety.knowledge import Scores, answer_logprobs, summarise
+    from ..safety.knowledge import summarise
 
     if not task.facts:
         return None
-    facts, layers = task.facts["forget"], lens_layers(model.n_layers)
-    qs, ans = [], []
-    for f in facts:
-        qs += [f.question] * (2 + len(f.perturbed))
-        ans += [f.answer, f.paraphrased_answer, *f.perturbed]
-    lp = answer_logprobs(model, qs, ans, progress="logit lens: forget", lens=layers).reshape(len(facts), -1, len(layers))
-    per_layer = [summarise(Scores([f.id for f in facts], [f.entity_id for f in facts], lp[:, 0, j], lp[:, 1, j],
-                                  lp[:, 2:, j])) for j in range(len(layers))]
+    layers = lens_layers(model.n_layers)
+    per_layer = [summarise(s) for s in scores(task, model, task.facts["forget"], progress="logit lens: forget",
+                                               lens=layers)]
     best = int(np.argmax([s["top1"]["mean"] for s in per_layer]))
     return {"layers": layers, "top1": [s["top1"]["mean"] for s in per_layer],
             "probability": [s["probability"]["mean"] for s in per_layer],

@@ -246,7 +246,7 @@ def _row(name: str, res: dict, task, gold: list[float] | None = None) -> dict:
         row |= {"forget_paraphrased": m["forget_paraphrased"]["probability"]["mean"],
                 "forget_truth_ratio": m["forget"]["truth_ratio"]["mean"], "forget_top1": m["forget"]["top1"]["mean"],
                 "retain_top1": m["retain"]["top1"]["mean"], "utility": m["utility"], "perplexity": m["perplexity"],
-                "mia_auroc": m["mia"]["auroc"],
+                "mia_auroc": m["mia"]["auroc"] if "mia" in m else None,
                 "forget_quality": (ks_pvalue(res["forget_truth_ratios"], gold)
                                    if gold is not None and "forget_truth_ratios" in res else None)}
     row["distinct2"] = m["fluency"]["distinct2"]

