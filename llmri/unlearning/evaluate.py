@@ -17,19 +17,23 @@
 - forget quality (TOFU's KS-test p-value against the retain-only model) is computed from the raw forget scores,
   where a retain-only model is at hand (:mod:`llmri.unlearning.run` does it when it writes its table).
 
+**cloze** (real knowledge): the same reads as facts, as raw text (:func:`llmri.safety.cloze.score_cloze`; the
+answer against its five false answers, intervals over subjects), without membership inference (there is no
+never-seen set) and forget quality (no retain-only model).
+
 **kjv** (a domain): perplexity on the eval split of the forget corpus (KJV) and of the retain corpus (sotu).
 
-**fluency** (both tasks): greedy answers (:data:`FLUENCY_TOKENS` tokens) to the first :data:`FLUENCY_PROMPTS`
+**fluency** (every task): greedy answers (:data:`FLUENCY_TOKENS` tokens) to the first :data:`FLUENCY_PROMPTS`
 harmless test instructions (:mod:`llmri.safety.behaviours`; neutral requests), scored by ``distinct2`` — the share
 of distinct token bigrams, averaged over answers (degenerate, repeating text falls towards 0) — and ``empty``,
 the share of answers with no token; the answers themselves stay in the result file.
 
-**Representation drift** (both tasks): per layer, the mean distance of the unlearned model's ``resid_post`` states
+**Representation drift** (every task): per layer, the mean distance of the unlearned model's ``resid_post`` states
 from the original model's on the same target tokens, relative to the original states' mean norm, separately
-for forget rows and retain rows no method read (facts: retain-eval; domain: retain rows): a method that erases
+for forget rows and retain rows no method read (facts, cloze: retain-eval; domain: retain rows): a method that erases
 should move forget states and leave retain states; one that only hides moves little, or late.
 
-**Geometry** (both tasks; :func:`geometry`, on the drift states): does a method erase the knowledge or only move
+**Geometry** (every task; :func:`geometry`, on the drift states): does a method erase the knowledge or only move
 it off the manifold the readout uses? Per layer, the TwoNN intrinsic dimension (:mod:`llmri.geometry.intrinsic`)
 of the forget and retain states before and after, and the **off-manifold ratio**: the median distance from each
 state after unlearning to its nearest state of the original model (forget and retain together, the token's own
@@ -345,7 +349,6 @@ def quantised(model, task: Task) -> dict:
                 "retain_ppl": perplexity(m, PPL_TOKENS, corpus=task.corpora["retain"])}
     return {"maps": maps, "forget": summarise(scores(task, m, task.facts["forget"], progress="4-bit: forget")),
             "retain": summarise(scores(task, m, task.facts["retain_eval"], progress="4-bit: retain"))}
-
 
 
 def lens_layers(n_layers: int) -> list[int]:
