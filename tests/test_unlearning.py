@@ -277,6 +277,18 @@ def test_clamp_selection_keeps_features_of_forget_tokens_only():
         select(_identity_sae("resid_post.1", 8), retain, retain, 3, 0.0)  # whatever fires on forget fires on retain
 
 
+def test_a_saved_sae_is_used_at_its_layer_and_refused_at_another(tiny, task, tmp_path):
+    from llmri.dictionaries import save
+    from llmri.unlearning.clamp import prepare
+
+    model, t = tiny("llama"), _mini(task, 16)
+    save(_identity_sae("resid_post.1", model.d_model), tmp_path / "sae")
+    sae, feats, cost = prepare(model, t, M.UnlearnConfig("sae", sae=str(tmp_path / "sae"), layer=1, sae_retain_max=1.0))
+    assert feats.point == "resid_post.1" and torch.equal(sae.W_enc, torch.eye(model.d_model)) and cost["flops"] > 0
+    with pytest.raises(UnlearnError, match="reads resid_post.1, not resid_post.2"):
+        prepare(model, t, M.UnlearnConfig("sae", sae=str(tmp_path / "sae"), layer=2))
+
+
 def test_conditional_clamping_moves_active_features_only(tiny):
     from llmri.unlearning.clamp import Features, clamp
 
