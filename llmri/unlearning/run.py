@@ -383,8 +383,12 @@ def _geometry_plots(folder: Path, results: dict) -> None:
     bx.legend(fontsize=7)
     write_figure(folder / "geometry.png", fig)
 
-    fig, axes = plt.subplots(1, len(views), figsize=(3.6 * len(views), 3.4), squeeze=False)
-    for ax, (name, g) in zip(axes[0], views.items()):
+    cols = min(4, len(views))
+    rows = -(-len(views) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(views):]:
+        ax.axis("off")
+    for ax, (name, g) in zip(axes.flat, views.items()):
         d = g["diffusion"]
         if "error" in d:
             ax.set(title=f"{name}: no diffusion map")
