@@ -160,6 +160,23 @@ def test_leace_eraser_equalises_class_means_and_is_a_projection():
     assert torch.linalg.matrix_rank(e).item() == 1
 
 
+def test_leace_with_fewer_tokens_than_dimensions_stays_a_bounded_projection():
+    # 40 tokens in 64 dimensions, one massive direction (as in real MLP outputs) and many near-null ones; the
+    # classes differ along the massive one and a little along a quiet one. Without shrinkage ‖E‖ ≈ 290 and the
+    # means are not equalised (the null directions); with it, ‖E‖ ≈ 4.5 and they are
+    g = torch.Generator().manual_seed(3)
+    scale = torch.cat([torch.tensor([300.0]), torch.ones(7), torch.full((56,), 1e-2)]).double()
+    a = torch.randn(10, 64, generator=g, dtype=torch.float64) * scale
+    b = torch.randn(30, 64, generator=g, dtype=torch.float64) * scale
+    a[:, 0] += 300
+    a[:, 20] += 0.05
+    e = M.leace_eraser(a, b)
+    keep = torch.eye(64, dtype=torch.float64) - e
+    torch.testing.assert_close((a @ keep.T).mean(0), (b @ keep.T).mean(0), atol=1e-8, rtol=0)
+    torch.testing.assert_close(e @ e, e, atol=1e-8, rtol=0)
+    assert torch.linalg.matrix_norm(e, ord=2) < 10
+
+
 def test_edits_fold_into_the_mlp_output_map(tiny, task):
     t = _mini(task, 16)
     model = _copy(tiny)
