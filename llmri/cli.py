@@ -1306,6 +1306,7 @@ def unlearn(
                                help="methods, comma-separated: ga, graddiff, npo, simnpo, rmu, manifold, leace, sae"),
     task: str = option(UNLEARN_RUN, "task"),
     forget: str = option(UNLEARN_RUN, "forget"),
+    split: str = option(UNLEARN_RUN, "split"),
     retain_only: Optional[str] = typer.Option(None, "--retain-only",
                                               help="facts: the model fine-tuned without the forget set (forget quality)"),
     steps: int = option(UNLEARN_RUN, "method.steps"),
@@ -1340,7 +1341,7 @@ def unlearn(
     from .unlearning.methods import UnlearnConfig
     from .unlearning.run import KIND, RunConfig, run_unlearning
 
-    cfg = RunConfig(task=task, forget=forget, windows=windows, eval_every=eval_every, relearn_steps=relearn_steps,
+    cfg = RunConfig(task=task, forget=forget, split=split, windows=windows, eval_every=eval_every, relearn_steps=relearn_steps,
                     attacks=attacks, ppl_tokens=ppl_tokens, corpus=corpus,
                     method=UnlearnConfig(steps=steps, lr=lr, batch_size=batch_size, retain_weight=retain_weight,
                                          beta=beta, gamma=gamma, layer=layer, rmu_scale=rmu_scale, rmu_retain=rmu_retain,

@@ -101,6 +101,7 @@ CONVERTED = {
                        "probe_layer": (SteerConfig, "probe_layer", None)},
     "unlearn": {"task": (RunConfig, "task", None),
                 "forget": (RunConfig, "forget", None),
+                "split": (RunConfig, "split", None),
                 "windows": (RunConfig, "windows", None),
                 "eval_every": (RunConfig, "eval_every", None),
                 "relearn_steps": (RunConfig, "relearn_steps", None),

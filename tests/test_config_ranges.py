@@ -42,7 +42,8 @@ CASES = [
     (TraceConfig, LlmriError, [("validate_top", -1), ("validate_factor", math.inf), ("feature_tokens", 1.5)]),
     (UnlearnConfig, UnlearnError, [("steps", 0), ("lr", 0.0), ("retain_energy", 1.5), ("rank", 0), ("method", "sgd"),
                                    ("beta", -1.0), ("sae_retain_max", 1.5), ("sae_clamp", -1.0), ("sae_features", 0)]),
-    (RunConfig, UnlearnError, [("windows", 0), ("ppl_tokens", 10), ("task", "mmlu"), ("forget", "forget50")]),
+    (RunConfig, UnlearnError, [("windows", 0), ("ppl_tokens", 10), ("task", "mmlu"), ("forget", "forget50"),
+                               ("split", "train")]),
 ]
 
 

@@ -36,6 +36,17 @@ def test_facts_task_splits_are_disjoint_and_hold_out_retain_entities(task):
         check_disjoint(f["forget"][:3], f["forget"][2:5])
 
 
+def test_the_facts_validation_split_never_reads_the_test_sets(tiny, task):
+    val = facts_task(tiny("llama"), "forget10", validation=True)
+    ents = lambda t, k: {x.entity_id for x in t.facts[k]}  # noqa: E731
+    test = ents(task, "forget") | ents(task, "retain_eval")
+    assert len(ents(val, "forget")) == 10 and len(ents(val, "retain_eval")) == RETAIN_EVAL
+    assert not (ents(val, "forget") | ents(val, "retain_eval")) & test
+    assert not ents(val, "forget") & ents(val, "retain_eval")
+    assert len(val.forget) == 120 and ents(val, "heldout") == ents(task, "heldout")
+    assert len(val.retain) == 12 * (100 - 10 - RETAIN_EVAL - 10 - RETAIN_EVAL)  # retain-train less what was carved
+
+
 def test_cloze_splits_are_by_subject_disjoint_and_a_tenth_each():
     from llmri.safety.cloze import load_cloze
     from llmri.unlearning.tasks import cloze_splits
@@ -49,6 +60,8 @@ def test_cloze_splits_are_by_subject_disjoint_and_a_tenth_each():
     assert subj["relearn"] | subj["forget_kept"] == subj["forget"] and not subj["relearn"] & subj["forget_kept"]
     assert len(s["forget"]) + len(s["retain_eval"]) + len(s["retain_train"]) == len(items)
     assert {c.id for c in cloze_splits(items[::-1])["forget"]} == {c.id for c in s["forget"]}  # by hash, not order
+    v = cloze_splits(s["retain_train"])  # the validation split: the same carving inside retain-train
+    assert {c.subject_id for c in v["forget"] + v["retain_eval"]} <= subj["retain_train"]
     with pytest.raises(UnlearnError, match="knows only"):
         cloze_splits(items[:40])
 
@@ -413,6 +426,8 @@ def test_scan_refuses_a_folder_that_is_no_unlearning_run(tiny_dir, tmp_path):
     (["--method", "leace", "--edit-layers", "9"], "outside 0…2"),
     (["--method", "rmu", "--layer", "7"], "outside the model's layers"),
     (["--task", "kjv", "--retain-only", "x"], "retain-only"),
+    (["--split", "train"], "split"), (["--task", "kjv", "--split", "validation"], "no validation split"),
+    (["--split", "validation", "--retain-only", "x"], "test split"),
     (["--batch-size", "0"], "batch_size"), (["--beta", "0"], "beta"), (["--gamma", "-1"], "gamma"),
     (["--rank", "0"], "rank"), (["--rmu-scale", "0"], "rmu_scale"), (["--rmu-retain", "-1"], "rmu_retain"),
     (["--retain-weight", "-1"], "retain_weight"), (["--windows", "0"], "windows"), (["--eval-every", "0"], "eval_every"),

@@ -41,6 +41,9 @@ class RunConfig:
     """One of :data:`~llmri.unlearning.tasks.TASKS`."""
     forget: str = "forget10"
     """Facts: the forget split (``forget01``, ``forget05``, ``forget10``)."""
+    split: str = "test"
+    """``test``, or ``validation`` (facts, cloze): forget and retain-eval sets of the same sizes carved out of
+    retain-train, for choosing hyper-parameters without reading the test sets."""
     windows: int = bounded(64, 1)
     """Domain task: 64-token windows of each corpus the methods read; ≥ 1."""
     eval_every: int = bounded(10, 1)
@@ -66,6 +69,9 @@ class RunConfig:
             raise UnlearnError(f"unknown unlearning task {self.task!r}", f"use one of {', '.join(TASKS)}")
         if self.task == "facts":
             check_choice("forget split", self.forget, tuple(FORGET), UnlearnError)
+        check_choice("split", self.split, ("test", "validation"), UnlearnError)
+        if self.split == "validation" and self.task == "kjv":
+            raise UnlearnError("the kjv task has no validation split", "use --split test, or the facts or cloze task")
 
 
 def _settings(model_name: str, cfg: RunConfig) -> dict:
@@ -170,8 +176,8 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
     if bad or not methods:
         raise UnlearnError(f"unknown unlearning method {bad[0]!r}" if bad else "no unlearning method given",
                            f"use one or more of {', '.join(METHODS)}")
-    if retain_only and run.task != "facts":
-        raise UnlearnError("--retain-only is the gold standard of the facts task", "drop --retain-only")
+    if retain_only and (run.task != "facts" or run.split != "test"):
+        raise UnlearnError("--retain-only is the gold standard of the facts task's test split", "drop --retain-only")
     out = Path(out)
     with claimed(out, KIND) as folder:
         model = load_model(model_spec, dtype=dtype, device=device)
@@ -190,7 +196,7 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
         gold = (load_model(retain_only, dtype=dtype, device=device)
                 if retain_only and not (folder / "retain_only.json").exists() else None)
         _check_same_run(folder, _settings(model.name, run))
-        task = make_task(model, run.task, forget=run.forget, windows=run.windows)
+        task = make_task(model, run.task, forget=run.forget, windows=run.windows, validation=run.split == "validation")
         if retain_only and (folder / "retain_only.json").exists():
             had = json.loads((folder / "retain_only.json").read_text())["model"]
             if had != retain_only:

@@ -83,8 +83,8 @@ def fact_rows(model, facts) -> list[Row]:
     return [encode(model, Example(_user(f.question), f.answer, True, "fact"), 10_000) for f in facts]
 
 
-def facts_task(model, forget: str = "forget10") -> Task:
-    """The fictitious-facts task (module docstring)."""
+def facts_task(model, forget: str = "forget10", validation: bool = False) -> Task:
+    """The fictitious-facts task (module docstring); ``validation``: its validation split (:func:`make_task`)."""
     from ..safety.facts import fact_splits
 
     s = fact_splits(forget=forget)
@@ -92,12 +92,19 @@ def facts_task(model, forget: str = "forget10") -> Task:
     held_out = set(kept[:RETAIN_EVAL])
     retain_train = [f for f in s.retain if f.entity_id not in held_out]
     retain_eval = [f for f in s.retain if f.entity_id in held_out]
-    gone = sorted({f.entity_id for f in s.forget}, key=lambda e: _rank("relearn", e))
-    relearn_on = set(gone[: len(gone) // 2])
-    check_disjoint(s.forget, retain_train)
-    return Task("facts", fact_rows(model, s.forget), fact_rows(model, retain_train),
-                relearn=fact_rows(model, [f for f in s.forget if f.entity_id in relearn_on]),
-                facts={"forget": s.forget, "forget_kept": [f for f in s.forget if f.entity_id not in relearn_on],
+    gone = s.forget
+    if validation:  # as many trained entities to forget and RETAIN_EVAL to measure, all from retain-train
+        n = len({f.entity_id for f in s.forget})
+        val_forget, val_eval = set(kept[RETAIN_EVAL : RETAIN_EVAL + n]), set(kept[RETAIN_EVAL + n : 2 * RETAIN_EVAL + n])
+        gone = [f for f in retain_train if f.entity_id in val_forget]
+        retain_eval = [f for f in retain_train if f.entity_id in val_eval]
+        retain_train = [f for f in retain_train if f.entity_id not in val_forget | val_eval]
+    halves = sorted({f.entity_id for f in gone}, key=lambda e: _rank("relearn", e))
+    relearn_on = set(halves[: len(halves) // 2])
+    check_disjoint(gone, retain_train)
+    return Task("facts", fact_rows(model, gone), fact_rows(model, retain_train),
+                relearn=fact_rows(model, [f for f in gone if f.entity_id in relearn_on]),
+                facts={"forget": gone, "forget_kept": [f for f in gone if f.entity_id not in relearn_on],
                        "retain_eval": retain_eval, "heldout": s.heldout})
 
 
@@ -135,12 +142,15 @@ def cloze_splits(kept) -> dict:
             "retain_train": [c for c in kept if c.subject_id not in forget_s | eval_s]}
 
 
-def cloze_task(model, min_p: float = CLOZE_MIN_P) -> Task:
-    """The real-knowledge task (module docstring); scores every cloze fact on ``model`` first."""
+def cloze_task(model, min_p: float = CLOZE_MIN_P, validation: bool = False) -> Task:
+    """The real-knowledge task (module docstring); scores every cloze fact on ``model`` first. ``validation``:
+    the same splits made again inside retain-train (:func:`make_task`)."""
     from ..safety.cloze import known, load_cloze, score_cloze
 
     items = load_cloze()
     s = cloze_splits(known(items, score_cloze(model, items, progress="cloze: what the model knows"), min_p))
+    if validation:
+        s = cloze_splits(s["retain_train"])
     check_disjoint(s["forget"], s["retain_train"], key=lambda c: c.prompt)
     return Task("cloze", cloze_rows(model, s["forget"]), cloze_rows(model, s["retain_train"]),
                 relearn=cloze_rows(model, s["relearn"]),
@@ -175,12 +185,16 @@ def domain_task(model, forget: str = "kjv", retain: str = "sotu", windows: int =
                 corpora={"forget": forget, "retain": retain})
 
 
-def make_task(model, name: str, *, forget: str = "forget10", windows: int = 64) -> Task:
-    """The task called ``name`` (:data:`TASKS`)."""
+def make_task(model, name: str, *, forget: str = "forget10", windows: int = 64, validation: bool = False) -> Task:
+    """The task called ``name`` (:data:`TASKS`). ``validation``: forget and retain-eval sets of the same sizes
+    carved out of the retain-train items, so hyper-parameters are chosen without reading the test forget and
+    retain-eval sets (facts, cloze; the retain-only model of facts does not apply to it)."""
     if name == "facts":
-        return facts_task(model, forget)
+        return facts_task(model, forget, validation)
     if name == "cloze":
-        return cloze_task(model)
+        return cloze_task(model, validation=validation)
+    if validation:
+        raise UnlearnError(f"the {name} task has no validation split", "use --split test, or the facts or cloze task")
     if name == "kjv":
         return domain_task(model, "kjv", "sotu", windows)
     raise UnlearnError(f"unknown unlearning task {name!r}", f"use one of {', '.join(TASKS)}")
