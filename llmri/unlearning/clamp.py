@@ -14,7 +14,8 @@ After Farrell, Lau & Conmy (2024, "Applying sparse autoencoders to unlearn knowl
    fire on forget tokens; the top ``sae_features`` are kept. Each gets m_i, its mean activation where it fires
    on forget tokens.
 3. **Conditional clamping** (:func:`clamp`): on every token, where a selected feature i is active (a_i > 0) its
-   contribution is replaced by −c·m_i (c = ``sae_clamp``; c = 0 ablates it): h ← h + Σ_i 1[a_i > 0]·(−c·m_i − a_i)·d_i,
+   contribution is replaced by −c·m_i (c = ``sae_clamp``; c = 0 ablates it):
+   h ← h + Σ_i 1[a_i > 0]·(−c·m_i − a_i)·d_i,
    d_i its raw decoder row. Tokens on which no selected feature fires are untouched, so text without the
    forget features passes through exactly; the SAE's reconstruction error is kept (only the features move).
 
@@ -90,7 +91,8 @@ def train_sae(model, task: Task, cfg) -> tuple[object, float]:
         (sae,) = train_in_memory([dc], {point: x}, cfg.sae_tokens, device=model.device,
                                  batch_size=min(1024, len(x)))
     except DictionaryError as err:
-        raise UnlearnError(f"cannot train the clamping SAE: {err.problem}", "use a task with more rows, or pass --sae") from None
+        raise UnlearnError(f"cannot train the clamping SAE: {err.problem}",
+                           "use a task with more rows, or pass --sae") from None
     return sae, 12.0 * model.d_model * n * cfg.sae_tokens
 
 
@@ -179,4 +181,5 @@ def prepare(model, task: Task, cfg) -> tuple[object, Features, dict]:
     feats = select_features(model, sae, task, cfg)
     n_params = sum(p.numel() for p in model.hf.parameters())
     reads = sum(len(r[0]) for r in task.forget) + sum(len(r[0]) for r in task.retain)
-    return sae, feats, {"seconds": time.perf_counter() - t0, "flops": flops + 2 * n_params * reads * (1 + (not cfg.sae))}
+    reads_flops = 2 * n_params * reads * (1 + (not cfg.sae))  # selection's read, and the training rows' read
+    return sae, feats, {"seconds": time.perf_counter() - t0, "flops": flops + reads_flops}

@@ -319,7 +319,8 @@ def relearned(model, task: Task, steps: int = 10, lr: float = 2e-5, seed: int = 
         p.requires_grad_(False)
     if not task.facts:
         return {"steps": steps, "lr": lr, "forget_ppl": perplexity(m, PPL_TOKENS, corpus=task.corpora["forget"])}
-    return {"steps": steps, "lr": lr, "forget_kept": summarise(scores(task, m, task.facts["forget_kept"], progress="relearned"))}
+    kept = scores(task, m, task.facts["forget_kept"], progress="relearned")
+    return {"steps": steps, "lr": lr, "forget_kept": summarise(kept)}
 
 
 @torch.no_grad()

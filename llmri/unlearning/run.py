@@ -6,13 +6,15 @@ The folder holds ``run.json`` (task and settings; a rerun with other settings is
 (the model before unlearning, with the 4-bit and logit-lens attacks as references), ``retain_only.json``
 (the gold standard, when ``retain_only`` names a model fine-tuned without the forget set, with the logit-lens
 attack as the baseline; it may be given on a later rerun, and forget quality — TOFU's KS p-value between a
-model's and the retain-only model's forget truth ratios, stored in every result — is computed for every row when the table is written), one ``METHOD/result.json`` per method
-(its :class:`~llmri.unlearning.methods.Outcome`, every measure of :mod:`llmri.unlearning.evaluate`, the
-attacks and a *trajectory*: the quick forget/retain reads as the method gets stronger: every ``eval_every``
-steps of a fine-tuning method, every rank up to ``rank`` of the manifold edit, every clamp 0, 1, 2, 4, … up to
-``sae_clamp`` of SAE clamping), and ``table.json``,
-``table.md`` and ``pareto.png`` over them. A method whose result is on disk is not run again, so an
-interrupted run resumes at the next method. Every file appears whole (written to a temporary name, renamed).
+model's and the retain-only model's forget truth ratios, stored in every result — is computed for every row
+when the table is written), one ``METHOD/result.json`` per method (its
+:class:`~llmri.unlearning.methods.Outcome`, every measure of :mod:`llmri.unlearning.evaluate`, the attacks,
+representation drift, the geometry view and a *trajectory*: the quick forget/retain reads as the method gets
+stronger: every ``eval_every`` steps of a fine-tuning method, every rank up to ``rank`` of the manifold edit,
+every clamp 0, 1, 2, 4, … up to ``sae_clamp`` of SAE clamping), and over them ``table.json``, ``table.md``,
+``pareto.png``, ``representation.png``, ``geometry.png`` and ``diffusion.png``. A method whose result is on
+disk is not run again, so an interrupted run resumes at the next method. Every file appears whole (written to a
+temporary name, renamed).
 """
 
 from __future__ import annotations
