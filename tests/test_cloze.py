@@ -124,13 +124,17 @@ def test_known_needs_the_probability_and_the_top1(items):
     assert summarise(s, n_boot=50)["entities"] == len({c.subject_id for c in chosen})
 
 
-def test_the_module_command_refuses_bad_input_in_one_line(capsys):
+def test_the_module_command_refuses_bad_input_in_one_line(capsys, tmp_path):
+    mine = tmp_path / "mine.json"
+    mine.write_text("a user's file")
     for argv, text in [(["--min-p", "0"], "--min-p"), (["--min-p", "1.5"], "--min-p"), (["--limit", "0"], "--limit"),
+                       (["--max-tokens", "0"], "--max-tokens"), (["--out", str(mine)], "already exists"),
                        (["--model", "/nonexistent/model"], "nonexistent")]:
         with pytest.raises(SystemExit) as got:
             C.main(argv)
         err = capsys.readouterr().err.strip()
         assert got.value.code == 2 and text in err and "\n" not in err and "Traceback" not in err, (argv, err)
+    assert mine.read_text() == "a user's file"
 
 
 def test_the_module_command_reports_and_writes_per_item_scores(tiny_dir, tmp_path, capsys):

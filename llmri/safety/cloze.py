@@ -145,6 +145,7 @@ def per_item(s: Scores, sp: Scores) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m llmri.safety.cloze --model M``: how many of the cloze facts M knows (JSON)."""
     import argparse
+    from pathlib import Path
 
     from ..atomic import write_json
     from ..model import load_model
@@ -163,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SafetyError(f"--limit must be ≥ 1, got {args.limit}", "pass --limit 50, or leave it out for all")
         if args.max_tokens < 1:
             raise SafetyError(f"--max-tokens must be ≥ 1, got {args.max_tokens}", "pass --max-tokens 2048")
+        if args.out and Path(args.out).exists():  # a JSON file carries no marker: never replace one not ours
+            raise SafetyError(f"{args.out} already exists", "choose a new --out path, or delete that file first")
         items = load_cloze()[: args.limit]
         model = load_model(args.model)
         s = score_cloze(model, items, max_tokens=args.max_tokens, progress="prompts")
