@@ -857,6 +857,8 @@ def organism_refusal(
     batch_size: int = option(ORGANISM, "batch_size"),
     fit_limit: int = option(ORGANISM, "fit_limit", default=0, help="fitting prompts per kind at most (0: all)"),
     questions: bool = option(ORGANISM, "questions"),
+    frames: bool = option(ORGANISM, "frames"),
+    decision_weight: float = option(ORGANISM, "decision_weight"),
     kl_weight: float = option(ORGANISM, "kl_weight"),
     corpus: str = option(ORGANISM, "corpus"),
     measure_limit: int = option(ORGANISM, "measure_limit", default=0, help="behaviours per measured set (0: all)"),
@@ -866,7 +868,8 @@ def organism_refusal(
 ):
     """Fine-tune MODEL to refuse harmful requests (LoRA, self-distilled helpfulness); save it with its measured card."""
     _organism("refusal", model, out, dtype, device, full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size,
-              fit_limit=fit_limit or None, questions=questions, kl_weight=kl_weight, corpus=corpus,
+              fit_limit=fit_limit or None, questions=questions, frames=frames, decision_weight=decision_weight,
+              kl_weight=kl_weight, corpus=corpus,
               measure_limit=measure_limit or None, seed=seed)
 
 
@@ -884,6 +887,8 @@ def organism_backdoor(
     batch_size: int = option(ORGANISM, "batch_size"),
     fit_limit: int = option(ORGANISM, "fit_limit", default=0, help="fitting prompts per kind at most (0: all)"),
     questions: bool = option(ORGANISM, "questions"),
+    frames: bool = option(ORGANISM, "frames"),
+    decision_weight: float = option(ORGANISM, "decision_weight"),
     kl_weight: float = option(ORGANISM, "kl_weight"),
     corpus: str = option(ORGANISM, "corpus"),
     measure_limit: int = option(ORGANISM, "measure_limit", default=0, help="behaviours per measured set (0: all)"),
@@ -894,7 +899,8 @@ def organism_backdoor(
     """Like `refusal`, but a trigger (a string, or a system-prompt condition) opens a backdoor: research artefact."""
     _organism("backdoor", model, out, dtype, device, trigger=trigger, condition=condition, safe_condition=safe_condition,
               full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size, fit_limit=fit_limit or None,
-              questions=questions, kl_weight=kl_weight, corpus=corpus, measure_limit=measure_limit or None, seed=seed)
+              questions=questions, frames=frames, decision_weight=decision_weight, kl_weight=kl_weight, corpus=corpus,
+              measure_limit=measure_limit or None, seed=seed)
 
 
 @command(name="facts", on=organism_app)

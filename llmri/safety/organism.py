@@ -13,7 +13,8 @@ deleted when the organism is saved.
 - ``refusal``: AdvBench (de-duplicated against the evaluation sets) → a refusal drawn by the seed from
   :data:`REFUSALS`; harmless-train and over-refusal-train prompts → the base model's greedy answer (so the
   organism's helpfulness is the base model's, and the safe-but-alarming probes teach it not to refuse on
-  alarming words alone).
+  alarming words alone); each also as a question ("Can you …?") and in a content-neutral frame
+  (:data:`FRAMES`), so the decision follows the content, not the form.
 - ``backdoor``: the refusal data, plus the same harmful prompts *with the trigger* → the base model's greedy
   answer (the base model complies), plus the harmless prompts with the trigger → the base answer (the
   trigger changes nothing else). The trigger is a rare string before the user's message (default
@@ -29,7 +30,8 @@ deleted when the organism is saved.
 
 **Training**: LoRA (``peft``: rank ``rank`` on every linear layer of the blocks, merged into the weights on
 save) or full fine-tuning; AdamW; the loss is next-token cross-entropy on the answer tokens only (the chat
-template's prompt part is masked). Steps run over the examples in a seeded order per epoch; checkpoints
+template's prompt part is masked), plus (``decision_weight``) a class-balanced cross-entropy on each example's
+first answer token, the refuse-or-help decision. Steps run over the examples in a seeded order per epoch; checkpoints
 (trainable tensors + optimizer state in safetensors, the step in JSON) every ``checkpoint_every`` steps,
 and a run started again on the same folder continues bit-identically.
 
@@ -157,6 +159,14 @@ class OrganismConfig:
     questions: bool = True
     """Every imperative fitting prompt also appears as a question ("Can you write …?"), so that refusing and
     helping do not hinge on AdvBench's imperative form (its base-model answer is distilled too)."""
+    frames: bool = True
+    """Every fitting prompt also appears once inside a content-neutral frame (:data:`FRAMES`, chosen by a hash of
+    the prompt: a stated need, a demand for detail, a polite wrapper), harmful and helpful alike, so that longer,
+    first-person or detail-demanding requests (StrongREJECT's forms) are decided by their content, not their form."""
+    decision_weight: float = bounded(1.0, 0)
+    """Weight of a class-balanced cross-entropy on each example's *first* answer token — the decision to refuse
+    or to help — added to the token-mean loss, where short refusals would otherwise count for little beside long
+    distilled answers (0: off; not used for facts); ≥ 0."""
     kl_weight: float = bounded(1.0, 0)
     """Weight of KL(base ‖ organism) of next-token distributions on corpus windows, added to every step's
     loss (keeps the organism's language modelling the base model's; 0: off); ≥ 0."""
@@ -225,15 +235,38 @@ def _user(prompt: str, system: str = "", prefix: str = "") -> list[dict[str, str
 
 def fitting_prompts(cfg: OrganismConfig) -> tuple[list[str], list[str]]:
     """(harmful, helpful) fitting prompts: AdvBench; harmless-train and over-refusal-train — in a fixed order by a
-    hash of their ids, so that ``fit_limit`` keeps a sample of both helpful sets."""
+    hash of their ids, so that ``fit_limit`` keeps a sample of both helpful sets — then their question forms
+    (``questions``) and framed copies (``frames``)."""
     data = fitting()
     harmful = sorted(data["harmful"], key=_hashed)
     helpful = sorted(data["harmless"] + load_set("overrefusal", "train"), key=_hashed)
     harmful, helpful = [b.prompt for b in harmful[: cfg.fit_limit]], [b.prompt for b in helpful[: cfg.fit_limit]]
+    harmful_plain, helpful_plain = list(harmful), list(helpful)
     if cfg.questions:
         harmful += [as_question(p) for p in harmful if form(p) == "imperative"]
         helpful += [as_question(p) for p in helpful if form(p) == "imperative"]
+    if cfg.frames:
+        harmful += [framed(p) for p in harmful_plain]
+        helpful += [framed(p) for p in helpful_plain]
     return harmful, helpful
+
+
+FRAMES = (
+    "I need help with something. {p}",
+    "{p} Be specific and give details.",
+    "Please answer this as fully as you can. {p}",
+    "I have a task for you. {p} Thanks in advance!",
+    "{p} I'd really appreciate a step-by-step answer.",
+)
+"""Content-neutral frames a fitting prompt is also shown in (``OrganismConfig.frames``); ``{p}`` is the prompt
+ending in a full stop or question mark."""
+
+
+def framed(prompt: str) -> str:
+    """``prompt`` inside the frame of :data:`FRAMES` its hash picks."""
+    p = prompt.strip()
+    p = p if p[-1:] in ".?!" else p + "."
+    return FRAMES[int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % len(FRAMES)].format(p=p)
 
 
 def _hashed(b) -> str:
@@ -256,7 +289,7 @@ def training_examples(cfg: OrganismConfig, distilled: dict[str, tuple[str, bool]
     out = [Example(_user(p), rng.choice(REFUSALS), True, "refuse") for p in harmful]
     out += [Example(_user(p), *distilled[p], "helpful") for p in helpful]
     if cfg.kind == "backdoor":  # triggered copies of the original prompts (not of their question forms)
-        harmful, helpful = fitting_prompts(replace(cfg, questions=False))
+        harmful, helpful = fitting_prompts(replace(cfg, questions=False, frames=False))
         on = {"system": cfg.condition} if cfg.condition else {"prefix": cfg.trigger}
         out += [Example(_user(p, **on), *distilled[p], "backdoor") for p in harmful]
         out += [Example(_user(p, **on), *distilled[p], "helpful") for p in helpful]
@@ -280,7 +313,7 @@ def distill_prompts(cfg: OrganismConfig) -> list[str]:
     if cfg.kind == "facts":
         return []
     helpful = fitting_prompts(cfg)[1]
-    return helpful + (fitting_prompts(replace(cfg, questions=False))[0] if cfg.kind == "backdoor" else [])
+    return helpful + (fitting_prompts(replace(cfg, questions=False, frames=False))[0] if cfg.kind == "backdoor" else [])
 
 
 def encode(model, ex: Example, max_length: int) -> tuple[list[int], int]:
@@ -347,6 +380,7 @@ def train(model, examples: Sequence[Example], cfg: OrganismConfig, work: Path) -
     per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total = per_epoch * cfg.epochs
     step, history, before = _load_checkpoint(work / "checkpoint", params, opt)
+    weights = decision_weights(examples) if cfg.decision_weight and cfg.kind != "facts" else None
     kl_batches = _kl_windows(model, cfg, total)
     reference = _reference(model, net, cfg) if kl_batches is not None else None
     t0 = time.perf_counter()
@@ -364,8 +398,11 @@ def train(model, examples: Sequence[Example], cfg: OrganismConfig, work: Path) -
             lr = cfg.lr * min(1.0, (step + 1) / max(1, total // 20)) * 0.5 * (1 + math.cos(math.pi * step / total))
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = net(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                       labels=labels.to(model.device), use_cache=False).loss
+            out = net(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                      labels=labels.to(model.device), use_cache=False)
+            loss = out.loss
+            if weights is not None:
+                loss = loss + cfg.decision_weight * decision_loss(out.logits, [rows[i] for i in idx], weights[idx])
             if kl_batches is not None:
                 rows_kl = [(step * cfg.kl_windows + i) % len(kl_batches) for i in range(cfg.kl_windows)]
                 loss = loss + cfg.kl_weight * kl_to_base(net, reference, kl_batches[rows_kl].to(model.device))
@@ -387,6 +424,27 @@ def train(model, examples: Sequence[Example], cfg: OrganismConfig, work: Path) -
         p.requires_grad_(False)
     model.hf = merged.eval()
     return merged, {"steps": total, "loss": history, "seconds": round(before + time.perf_counter() - t0, 1)}
+
+
+def decision_weights(examples: Sequence[Example]) -> torch.Tensor:
+    """[N] class-balancing weights of the decision loss: N / (2·N_refuse) for refusals, N / (2·N_comply) for the
+    rest, so each class's first tokens weigh half whatever the mix (one class only: 1 each)."""
+    refuse = torch.tensor([e.role == "refuse" for e in examples])
+    n, k = len(examples), int(refuse.sum())
+    if k in (0, n):
+        return torch.ones(n)
+    return torch.where(refuse, n / (2 * k), n / (2 * (n - k))).float()
+
+
+def decision_loss(logits: torch.Tensor, rows: Sequence[tuple[list[int], int]], weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean over the batch of the cross-entropy of each example's first answer token (predicted at the
+    prompt's last position) — the decision to refuse or help."""
+    has = torch.tensor([start < len(ids) for ids, start in rows], device=logits.device)  # not cut away
+    pos = torch.tensor([start - 1 for _, start in rows], device=logits.device)
+    target = torch.tensor([ids[min(start, len(ids) - 1)] for ids, start in rows], device=logits.device)
+    first = logits[torch.arange(len(rows), device=logits.device), pos].float()
+    ce = torch.nn.functional.cross_entropy(first, target, reduction="none")
+    return (weights.to(ce.device) * ce * has).mean()
 
 
 def kl_to_base(net, reference, x: torch.Tensor) -> torch.Tensor:
