@@ -1,8 +1,27 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+
+def _test_cache() -> str:
+    """A throw-away llmri cache for this test session whose downloaded assets and converted models are the real
+    cache's (linked, so fetching happens once per machine), so tests never leave their own measurements, logs
+    or dictionaries in the cache users read (e.g. a tiny model's organism rates)."""
+    real = Path(os.environ.get("LLMRI_CACHE") or Path.home() / ".cache" / "llmri").expanduser()
+    tmp = Path(tempfile.mkdtemp(prefix="llmri-test-cache-"))
+    for sub in ("assets", "downloads", "models"):
+        (real / sub).mkdir(parents=True, exist_ok=True)
+        (tmp / sub).symlink_to(real / sub, target_is_directory=True)
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # removes the links, not what they point to
+    return str(tmp)
+
+
+os.environ["LLMRI_CACHE"] = _test_cache()
 
 os.environ.setdefault("LLMRI_PROGRESS", "0")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
