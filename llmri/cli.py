@@ -1220,6 +1220,7 @@ def safety_explain(
                                                                            "extract`); default: the difference of means at --layer"),
     layer: int = option(EXPLAIN, "layer", default=-1, help="layer of the difference-of-means direction (-1: two thirds of the depth)"),
     n_train: int = option(EXPLAIN, "n_train"),
+    tau_quantile: float = option(EXPLAIN, "tau_quantile"),
     trace: bool = typer.Option(True, "--trace/--no-trace", help="also build the attribution graphs of the first answer token"),
     transcoders: Optional[Path] = typer.Option(None, "--transcoders", "-t", help="transcoders for the graphs (default: the "
                                                                                   "model's default set, trained once)"),
@@ -1236,7 +1237,7 @@ def safety_explain(
 
     cfg = ExplainConfig(attacks=_names(attacks), cases=cases, candidates=candidates, max_new_tokens=max_new_tokens,
                         response_tokens=response_tokens, direction=str(direction) if direction else None,
-                        layer=None if layer == -1 else layer, n_train=n_train, trace=trace,
+                        layer=None if layer == -1 else layer, n_train=n_train, tau_quantile=tau_quantile, trace=trace,
                         transcoders=str(transcoders) if transcoders else None, aligned=aligned,
                         max_feature_nodes=max_feature_nodes, batch_size=batch_size, seed=seed)
     check_target(out, "explained jailbreaks")

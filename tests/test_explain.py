@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -61,6 +62,37 @@ def test_token_means_are_the_mean_over_kept_tokens(tiny):
         keep = [i for i, t in enumerate(ids) if t not in model.special_ids]
         rows.append(torch.stack([hs[l][0, keep] for l in range(model.n_layers)]))
     torch.testing.assert_close(got, torch.cat(rows, 1).mean(1), atol=2e-5, rtol=1e-4)
+
+
+def test_threshold_is_the_quantile_of_every_harmless_token_and_the_midpoint_is_kept(tiny):
+    model = tiny("llama")
+    u = _unit(model, 3)
+    mean = torch.randn(model.n_layers, model.d_model, generator=torch.Generator().manual_seed(5))
+    prompts = [REQUEST, "Hi there", "Write a poem about the sea"]
+    got = E.token_cosines(model, prompts, 1, u, mean[1], batch_size=2)  # padded batches
+    ref = []
+    for p in prompts:  # one at a time, HF's hidden states, special tokens dropped
+        ids = render_ids(model, p)
+        hs = model.hf(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0]
+        keep = [i for i, t in enumerate(ids) if t not in model.special_ids]
+        ref.append(torch.nn.functional.cosine_similarity(hs[keep] - mean[1], u[None], dim=-1))
+    torch.testing.assert_close(got, torch.cat(ref), atol=1e-5, rtol=1e-4)
+    cfg = E.ExplainConfig(attacks=("none",), n_train=4, layer=1, tau_quantile=0.9)
+    d = E.direction_and_threshold(model, cfg)
+    mid = E.direction_and_threshold(model, E.ExplainConfig(attacks=("none",), n_train=4, layer=1, tau_quantile=0))
+    assert mid.tau == pytest.approx(d.midpoint) and mid.midpoint == pytest.approx(d.midpoint)
+    assert d.tau != pytest.approx(d.midpoint) and 0 <= d.harmless_above_midpoint <= 1
+    from llmri.safety.behaviours import fitting
+    from llmri.safety.detect import length_matched
+    from llmri.safety.refusal import RefusalConfig, fitting_prompts
+
+    harmful = fitting_prompts(RefusalConfig(n_train=4, n_val=1, seed=0))["harmful_train"]
+    every = E.token_cosines(model, length_matched(harmful, [b.prompt for b in fitting()["harmless"]]), 1, d.u, d.mean[1], 16)
+    assert d.tau == pytest.approx(float(np.quantile(every.numpy(), 0.9)), abs=1e-6)  # the 0.9 quantile of harmless tokens
+    assert len(every) >= 10 and 0 < (every > d.tau).double().mean().item() <= 0.1 + 1 / len(every)
+    assert (every > d.midpoint).double().mean().item() == pytest.approx(d.harmless_above_midpoint)
+    with pytest.raises(SafetyError, match="tau_quantile"):
+        E.ExplainConfig(tau_quantile=1.0)
 
 
 def test_first_on_finds_the_first_crossing_after_the_user_starts():

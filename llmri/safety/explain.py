@@ -11,9 +11,12 @@ Biology of a Large Language Model") is always explained when it is asked for, su
 mean ``resid_pre.layer`` activations at the last prompt token on ``n_train`` harmful and as many length-matched
 harmless fitting prompts (Arditi et al.'s candidate at that layer; matched as in :mod:`llmri.safety.detect`). Every state is read
 *centred*: cos(x − μ_l, r̂), μ_l the mean ``resid_pre.l`` over all kept tokens of those prompts (the raw cosine is
-positive almost everywhere, since the difference of means shares the stream's common offset). τ is the midpoint
-of the two classes' mean centred cosine at the last token at r̂'s layer: a state is "on the refusal direction"
-when its centred cosine there exceeds τ.
+positive almost everywhere, since the difference of means shares the stream's common offset). τ is the
+``tau_quantile`` quantile (0.99) of the centred cosine at r̂'s layer over *every* kept token of the harmless
+fitting prompts: a state is "on the refusal direction" when it is more refusal-like than 99% of the states a
+harmless prompt ever passes through. (The midpoint of the two classes' mean cosine at the last token, the
+earlier rule and ``tau_quantile`` 0, is calibrated on last tokens only and is crossed by ordinary request tokens
+of harmless and harmful prompts alike, so it could not say *when* a request is recognised; both are reported.)
 
 **Token by token** (for the unattacked and the attacked prompt, each followed by the model's own first
 ``response_tokens`` answer tokens): cos(``resid_pre.l`` − μ_l, r̂) at every layer and position (a layer × token map, like
@@ -77,6 +80,9 @@ class ExplainConfig:
     """Layer of the difference-of-means direction (None: two thirds of the depth); unused with ``direction``."""
     n_train: int = bounded(64, 2)
     """Harmful and harmless fitting prompts (each) for that direction and the threshold τ; ≥ 2."""
+    tau_quantile: float = bounded(0.99, 0, 1, hi_open=True)
+    """τ: this quantile of the centred cosine over every token of the harmless fitting prompts at r̂'s layer;
+    0: the midpoint of the two classes' mean cosine at the last token; in [0, 1)."""
     trace: bool = True
     """Also build the attribution graphs of the first answer token (needs transcoders: trains the default set once)."""
     transcoders: str | None = None
@@ -114,9 +120,13 @@ class Direction(NamedTuple):
     """r̂, [d] unit."""
     layer: int
     tau: float
-    """Threshold on the centred cosine at ``layer``."""
+    """Threshold on the centred cosine at ``layer`` (``ExplainConfig.tau_quantile``)."""
     mean: Tensor
     """[L, d] the mean ``resid_pre.l`` over every kept token of the fitting prompts (subtracted before the cosine)."""
+    midpoint: float = float("nan")
+    """The midpoint of the harmful and harmless mean centred cosines at the last prompt token (the other rule)."""
+    harmless_above_midpoint: float = float("nan")
+    """Share of the harmless fitting prompts' tokens whose centred cosine exceeds ``midpoint``."""
 
 
 def direction_and_threshold(model, cfg: ExplainConfig) -> Direction:
@@ -141,7 +151,10 @@ def direction_and_threshold(model, cfg: ExplainConfig) -> Direction:
     mean = token_means(model, fit["harmful_train"] + fit["harmless_train"], cfg.batch_size)
     cos = [last_cosines(model, fit[k], layer, u, mean[layer], cfg.batch_size).mean()
            for k in ("harmful_train", "harmless_train")]
-    return Direction(u, layer, float((cos[0] + cos[1]) / 2), mean)
+    midpoint = float((cos[0] + cos[1]) / 2)
+    every = token_cosines(model, fit["harmless_train"], layer, u, mean[layer], cfg.batch_size)
+    tau = float(torch.quantile(every.double(), cfg.tau_quantile)) if cfg.tau_quantile else midpoint
+    return Direction(u, layer, tau, mean, midpoint, float((every > midpoint).double().mean()))
 
 
 @torch.no_grad()
@@ -175,6 +188,19 @@ def last_cosines(model, prompts, layer: int, u: Tensor, mean: Tensor, batch_size
     for ids, mask in _batches(model, prompts, batch_size):
         x = model.capture(ids, [f"resid_pre.{layer}"], attention_mask=mask)[f"resid_pre.{layer}"][:, -1].float().cpu()
         out.append(centred_cos(x, mean[None], u[None]))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def token_cosines(model, prompts, layer: int, u: Tensor, mean: Tensor, batch_size: int) -> Tensor:
+    """cos(``resid_pre.layer`` − mean, u) at every token of the prompts that is neither padding nor special."""
+    from .refusal import _batches
+
+    out, special = [], torch.tensor(sorted(model.special_ids))
+    for ids, mask in _batches(model, prompts, batch_size):
+        keep = (mask.bool() & ~torch.isin(ids, special.to(ids.device))).cpu()
+        x = model.capture(ids, [f"resid_pre.{layer}"], attention_mask=mask)[f"resid_pre.{layer}"].float().cpu()
+        out.append(centred_cos(x[keep], mean[None], u[None]))
     return torch.cat(out)
 
 
@@ -379,7 +405,9 @@ def explain(model, out: str | Path, cfg: ExplainConfig | None = None) -> dict:
             tmp.write_text("".join(json.dumps({k: (v if k != "attacked" else _messages(v)) for k, v in c.items()}) + "\n"
                                    for c in cases))
         summary = {"kind": KIND, "model": model.name, "direction": {"from": cfg.direction or "difference of means",
-                   "layer": layer, "threshold": tau}, "attacks": tried, "cases": records, "config": asdict(cfg),
+                   "layer": layer, "threshold": tau, "threshold_rule": f"quantile {cfg.tau_quantile} of harmless tokens"
+                   if cfg.tau_quantile else "midpoint of the last-token class means", "midpoint": d.midpoint,
+                   "harmless_tokens_above_midpoint": d.harmless_above_midpoint}, "attacks": tried, "cases": records, "config": asdict(cfg),
                    "judge": "keyword", "seconds": round(time.perf_counter() - t0, 1)}
         with atomic_path(folder / "index.html") as tmp:
             tmp.write_text(render_html(summary, cases), encoding="utf-8")
