@@ -1225,6 +1225,7 @@ def safety_explain(
     transcoders: Optional[Path] = typer.Option(None, "--transcoders", "-t", help="transcoders for the graphs (default: the "
                                                                                   "model's default set, trained once)"),
     aligned: float = option(EXPLAIN, "aligned"),
+    cover: float = option(EXPLAIN, "cover"),
     max_feature_nodes: int = option(EXPLAIN, "max_feature_nodes"),
     batch_size: int = option(EXPLAIN, "batch_size"),
     seed: int = option(EXPLAIN, "seed"),
@@ -1239,7 +1240,7 @@ def safety_explain(
                         response_tokens=response_tokens, direction=str(direction) if direction else None,
                         layer=None if layer == -1 else layer, n_train=n_train, tau_quantile=tau_quantile, trace=trace,
                         transcoders=str(transcoders) if transcoders else None, aligned=aligned,
-                        max_feature_nodes=max_feature_nodes, batch_size=batch_size, seed=seed)
+                        cover=cover, max_feature_nodes=max_feature_nodes, batch_size=batch_size, seed=seed)
     check_target(out, "explained jailbreaks")
     res = explain(load_model(model, dtype=dtype, device=device), out, cfg)
     print(json.dumps({"attacks": res["attacks"], "direction": res["direction"], "out": str(out),
@@ -1251,6 +1252,9 @@ def safety_explain(
         if "graphs" in c:
             row.update({f"{k}_{s}_influence": round(c["graphs"][k][f"{s}_influence"], 4)
                         for k in ("plain", "attacked") for s in ("request", "refusal")})
+            g = c["graphs"]
+            row.update({"plain_carriers_influence": round(g["plain"]["paths"]["refusal_influence"], 4),
+                        "attacked_plain_carriers_influence": round(g["attacked"]["plain_paths"]["refusal_influence"], 4)})
         print(json.dumps(row))
 
 

@@ -139,6 +139,40 @@ def test_supernodes_count_a_feature_written_along_the_direction(traced):
     assert post["top_features"][0]["cos_r"] == pytest.approx(1.0, abs=1e-4)
 
 
+def test_graph_defined_supernodes_are_the_fewest_features_carrying_the_refusal_logits(traced):
+    from llmri.circuits.attribution import AttributionConfig, attribute
+    from llmri.circuits.prune import influence, normalized
+
+    model, tcs = traced
+    ids = torch.tensor(render_ids(model, REQUEST))
+    g = attribute(model, tcs, ids, AttributionConfig(max_feature_nodes=None))
+    r_ids = g.logit_tokens[[0, 2]].tolist()  # two of the graph's next tokens play the refusal openings
+    post_from = 12  # the tiny graph's features sit at positions 9–15: both regions hold some
+    p = E.refusal_paths(g, r_ids, (1, post_from), post_from, 0.5)
+    w = torch.zeros(g.adjacency.shape[0])
+    w[g.logit_slice.start + 0], w[g.logit_slice.start + 2] = g.logit_probs[0], g.logit_probs[2]
+    torch.testing.assert_close(p.influence, influence(normalized(g.adjacency), w)[: g.n_features])
+    assert p.refusal_mass == pytest.approx(float(g.logit_probs[[0, 2]].sum()))
+    pos = g.features[:, 1]
+    for mask, region in ((p.request, (pos >= 1) & (pos < post_from)), (p.refusal, pos >= post_from)):
+        vals, chosen = p.influence[region], mask[region]
+        assert chosen.any() and not (mask & ~region).any()
+        total, got = float(vals.sum()), float(vals[chosen].sum())
+        assert got >= 0.5 * total - 1e-6 and got - float(vals[chosen].min()) < 0.5 * total  # the fewest
+        assert float(vals[chosen].min()) >= max(vals[~chosen].tolist(), default=0.0)  # the largest ones
+    s = E.path_summary(g, p)
+    assert s["refusal_features"] == int(p.refusal.sum())
+    assert s["refusal_share_of_refusal"] == pytest.approx(float(p.influence[p.refusal].sum() / p.influence.sum()))
+    assert 0 < s["request_influence"] < 1 and s["request_share_of_refusal"] + s["refusal_share_of_refusal"] <= 1 + 1e-6
+    same = E.refusal_paths(g, r_ids, (1, post_from), post_from, 0.5, E.path_keys(g, p))  # looked up by key: itself or more
+    assert (same.refusal >= p.refusal).all() and (same.request >= p.request).all()
+    none = E.refusal_paths(g, [t for t in range(model.tokenizer.vocab_size) if t not in g.logit_tokens.tolist()][:3],
+                           (1, post_from), post_from, 0.5)
+    assert none.refusal_mass == 0 and not none.refusal.any() and not none.request.any()
+    with pytest.raises(SafetyError, match="cover"):
+        E.ExplainConfig(cover=0)
+
+
 def _prefix_case(model):
     """(r̂, a refused / answered prefix-injection case, its two trajectories) for the graph tests."""
     u = _unit(model, 1)
@@ -158,6 +192,9 @@ def test_graphs_write_two_trace_folders_the_viewer_opens(traced, tmp_path):
         assert (tmp_path / got[label]["viewer"]).is_file()
         assert 0 <= got[label]["refusal_influence"] <= 1 and 0 <= got[label]["request_influence"] <= 1
         assert 0 < got[label]["scores"]["completeness_score"] <= 1
+        assert 0 <= got[label]["paths"]["refusal_logit_mass"] <= 1
+    plain_keys = got["plain"]["paths"]["refusal_features"]
+    assert got["attacked"]["plain_paths"]["refusal_features"] <= 4 * max(plain_keys, 1)  # looked up, not re-chosen
     # r̂ = the write of a feature the plain graph keeps (inside a supernode's span): the viewer's named group holds it
     kept = json.loads((tmp_path / "graphs" / "case-0-plain" / "case-0-plain.json").read_text())["nodes"]
     node = next(n["node_id"] for n in kept if n["feature_type"] == "cross layer transcoder" and n["ctx_idx"] >= tp["start"])
@@ -186,12 +223,18 @@ def test_page_escapes_model_text_and_cuts_it_to_snippets(traced, tmp_path):
     graphs = {k: {"refusal_influence": 0.1, "refusal_features": 2, "request_influence": 0.2, "request_features": 3,
                   "top_logits": [[1, hostile, 0.5]], "scores": {"replacement_score": 0.5, "completeness_score": 0.9},
                   "top_features": [{"layer": 1, "position": 3, "token": hostile, "feature": 7, "influence": 0.3, "cos_r": 0.8}],
-                  "viewer": f"graphs/case-0-{k}/index.html"} for k in ("plain", "attacked")}
+                  "viewer": f"graphs/case-0-{k}/index.html",
+                  "paths": {"refusal_logit_mass": 0.4, "refusal_influence": 0.125, "refusal_features": 4,
+                            "request_influence": 0.0625, "request_features": 5}} for k in ("plain", "attacked")}
+    graphs["attacked"]["plain_paths"] = {"refusal_influence": 0.03125, "refusal_features": 3, "request_influence": 0.5,
+                                         "request_features": 6}
     summary = {"model": "m", "judge": "keyword", "direction": {"from": "difference of means", "layer": 1, "threshold": 0.1},
                "attacks": {"prefix_injection": {"refused_unattacked": 1, "answered_attacked": 1}},
                "cases": [{"case": 0, "attack": "prefix_injection", "id": "x<b>", "succeeded": True, "plain": side,
                           "attacked": side, "graphs": graphs}]}
     page = E.render_html(summary, [case])
+    assert "12.5% (4)</td><td class=\"num\">the same features: 3.1% (3)" in page  # graph-defined refusal carriers
+    assert "6.2% (5)</td><td class=\"num\">the same features: 50.0% (6)" in page
     assert "<script>" not in page and "&lt;script&gt;" in page and "x&lt;b&gt;" in page
     assert "Sure " * 30 not in page and "word " * 40 not in page  # snippets, not the records
     assert page.count("<iframe") == 2 and 'src="graphs/case-0-plain/index.html"' in page

@@ -32,7 +32,13 @@ folders the viewer opens. Each is summarised by the influence (on the output, ci
 of two supernodes: **refusal** — features whose decoder writes along r̂ (cos ≥ ``aligned``) at the
 post-instruction positions, where the answer is decided — and **harmful request** — features writing along r̂
 inside the user's message. An attack that breaks the path leaves the request features in and the refusal ones
-out, or takes both out. Both supernodes are offered in each graph's viewer as the first suggested groups.
+out, or takes both out. Because a LoRA organism's r̂ need not be what its graphs use, two **graph-defined**
+supernodes are read too, with no direction involved: per region (the user's message; the post-instruction
+positions) the fewest features holding ``cover`` (half) of the region's influence on the *refusal logits* (the
+refusal openings among the graph's logit nodes, weighted by their probabilities). They are defined on the
+unattacked graph and looked up, as the same (layer, feature) pairs in the same regions, in the attacked graph:
+how much of its output influence do the unattacked prompt's refusal carriers still hold? All four supernodes are
+offered in each graph's viewer as the first suggested groups.
 
 **The page** (``index.html``): per case the two prompts and answers as short snippets, the token-by-token figure,
 the two graphs' supernode influences, top features and top next tokens side by side, and both graph viewers
@@ -89,6 +95,9 @@ class ExplainConfig:
     """Transcoders for the graphs (a folder ``llmri trace --transcoders`` takes); None: the model's default set."""
     aligned: float = bounded(0.1, 0, 1, lo_open=True)
     """Cosine between a feature's decoder and r̂ from which it belongs to a supernode; in (0, 1]."""
+    cover: float = bounded(0.5, 0, 1, lo_open=True)
+    """Graph-defined supernodes: the fewest features of a region holding this share of its influence on the
+    refusal logits; in (0, 1]."""
     max_feature_nodes: int = bounded(1024, 1)
     """Features whose rows each graph computes (the most influential first); ≥ 1."""
     batch_size: int = bounded(16, 1)
@@ -335,14 +344,86 @@ def supernodes(graph, a: Aligned) -> dict:
                              for i in top]}
 
 
-def named_groups(graph, a: Aligned) -> list[list[str]]:
-    """The two supernodes as viewer groups (``[label, node ids…]``), offered for one-click grouping."""
+class Paths(NamedTuple):
+    """Graph-defined supernodes: the features that carry the graph's refusal logits (no direction involved)."""
+
+    influence: Tensor
+    """[n_features] influence of each feature on the refusal-opening logit nodes (their probabilities as weights)."""
+    request: Tensor
+    """Inside the user's message: the fewest features holding ``cover`` of that region's influence on refusal."""
+    refusal: Tensor
+    """At the post-instruction positions, chosen the same way."""
+    refusal_mass: float
+    """Probability of the refusal openings among the graph's logit nodes (0: no refusal logit to explain)."""
+
+
+@torch.no_grad()
+def refusal_paths(graph, refusal_ids, user: tuple[int, int], post_from: int, cover: float,
+                  keys: tuple[set, set] | None = None) -> Paths:
+    """Features by their influence on the refusal-opening logits (:func:`llmri.safety.evaluate.refusal_token_ids`
+    among the graph's logit nodes, weighted by their probabilities): per region (the user's message; the
+    post-instruction positions), the fewest features holding ``cover`` of the region's total. With ``keys``
+    (the (layer, feature) pairs of another graph's request and refusal supernodes) the supernodes are instead
+    the features with those keys in each region — the same features looked up in an attacked prompt's graph."""
+    from ..circuits.prune import influence, normalized
+
+    is_r = torch.isin(graph.logit_tokens, torch.as_tensor(list(refusal_ids), dtype=graph.logit_tokens.dtype))
+    w = torch.zeros(graph.adjacency.shape[0])
+    w[graph.logit_slice] = graph.logit_probs.float() * is_r
+    infl = influence(normalized(graph.adjacency), w)[: graph.n_features] if is_r.any() else torch.zeros(graph.n_features)
+    pos = graph.features[:, 1]
+    regions = ((pos >= user[0]) & (pos < user[1]), pos >= post_from)
+    if keys is None:
+        masks = [_cover(infl, r, cover) for r in regions]
+    else:
+        pairs = [tuple(f) for f in graph.features[:, [0, 2]].tolist()]
+        masks = [r & torch.tensor([p in k for p in pairs], dtype=torch.bool) for r, k in zip(regions, keys)]
+    return Paths(infl, masks[0], masks[1], float(graph.logit_probs[is_r].sum()))
+
+
+def _cover(infl: Tensor, region: Tensor, cover: float) -> Tensor:
+    """The fewest features of ``region`` whose influence sums to ``cover`` of the region's total (none if it is 0)."""
+    vals = torch.where(region, infl, torch.zeros_like(infl))
+    total = float(vals.sum())
+    out = torch.zeros_like(region)
+    if total <= 0:
+        return out
+    order = vals.argsort(descending=True)
+    n = int((vals[order].cumsum(0) < cover * total).sum()) + 1
+    out[order[:n]] = True
+    return out & region
+
+
+def path_keys(graph, p: Paths) -> tuple[set, set]:
+    """The (layer, feature) pairs of the two graph-defined supernodes (to look them up in another graph)."""
+    return tuple({(int(f[0]), int(f[2])) for f in graph.features[m].tolist()} for m in (p.request, p.refusal))
+
+
+def path_summary(graph, p: Paths) -> dict:
+    """Shares of the output influence (as in :func:`supernodes`) and of the refusal influence held by the graph-
+    defined supernodes, with their sizes."""
+    from ..circuits.prune import influence, normalized
+
+    out_infl = influence(normalized(graph.adjacency), graph.logit_weights())[: graph.n_features]
+    total, r_total = float(out_infl.sum()) or 1.0, float(p.influence.sum()) or 1.0
+    return {"refusal_logit_mass": p.refusal_mass,
+            **{f"{name}_{k}": v for name, m in (("request", p.request), ("refusal", p.refusal))
+               for k, v in (("features", int(m.sum())), ("influence", float(out_infl[m].sum()) / total),
+                            ("share_of_refusal", float(p.influence[m].sum()) / r_total))}}
+
+
+def named_groups(graph, a: Aligned, paths: Paths | None = None) -> list[list[str]]:
+    """The supernodes as viewer groups (``[label, node ids…]``), offered for one-click grouping: the two written
+    along r̂, then (``paths``) the two carrying the refusal logits."""
     from ..circuits.export import node_ids
 
     ids = node_ids(graph)
-    return [[label, *(ids[i] for i in mask.nonzero().flatten().tolist())]
-            for label, mask in (("harmful request (writes along r̂, in the request)", a.request),
-                                ("refusal (writes along r̂, after the request)", a.refusal))]
+    groups = [("harmful request (writes along r̂, in the request)", a.request),
+              ("refusal (writes along r̂, after the request)", a.refusal)]
+    if paths is not None:
+        groups += [("request → refusal logits (graph-defined, in the request)", paths.request),
+                   ("refusal logits' carriers (graph-defined, after the request)", paths.refusal)]
+    return [[label, *(ids[i] for i in mask.nonzero().flatten().tolist())] for label, mask in groups]
 
 
 def _graphs(model, case: dict, traj_plain: dict, traj_att: dict, u: Tensor, cfg: ExplainConfig, tcs, folder: Path,
@@ -350,18 +431,27 @@ def _graphs(model, case: dict, traj_plain: dict, traj_att: dict, u: Tensor, cfg:
     from ..circuits.attribution import AttributionConfig, attribute
     from ..circuits.pipeline import TraceConfig, write_trace
 
-    out = {}
+    from .evaluate import refusal_token_ids
+
+    out, keys, refusal_ids = {}, None, refusal_token_ids(model)
     (folder / "graphs").mkdir(exist_ok=True)
     for label, prompt, traj in (("plain", case["request"], traj_plain), ("attacked", case["attacked"], traj_att)):
         ids = torch.tensor(render_ids(model, prompt))
         graph = attribute(model, tcs, ids, AttributionConfig(max_feature_nodes=cfg.max_feature_nodes))
         post_from = traj["answer_at"] - traj["post_instruction"]
-        a = aligned_features(graph, tcs, u, cfg.aligned, (traj["start"], post_from), post_from)
+        user = (traj["start"], post_from)
+        a = aligned_features(graph, tcs, u, cfg.aligned, user, post_from)
         out[label] = supernodes(graph, a)
+        paths = refusal_paths(graph, refusal_ids, user, post_from, cfg.cover)
+        out[label]["paths"] = path_summary(graph, paths)
+        if keys is None:
+            keys = path_keys(graph, paths)
+        else:  # the unattacked graph's carriers, looked up in this one
+            out[label]["plain_paths"] = path_summary(graph, refusal_paths(graph, refusal_ids, user, post_from, cfg.cover, keys))
         for row in out[label]["top_logits"]:
             row.insert(1, model.tokenizer.decode([row[0]]))
         summary = write_trace(model, tcs, graph, folder / "graphs" / f"{name}-{label}", TraceConfig(validate_top=0, feature_tokens=0),
-                              transcoder_path=cfg.transcoders, slug=f"{name}-{label}", supernodes=named_groups(graph, a))
+                              transcoder_path=cfg.transcoders, slug=f"{name}-{label}", supernodes=named_groups(graph, a, paths))
         out[label]["scores"] = {k: summary[k] for k in ("replacement_score", "completeness_score")}
         out[label]["viewer"] = f"graphs/{name}-{label}/index.html"
     return out

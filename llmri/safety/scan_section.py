@@ -293,17 +293,23 @@ def _reading(folder: Path, name: str) -> tuple[Markup, dict]:
         return html, {"counts": c, "point": s["point"]}
     share = lambda c, k: (f"{c['graphs']['plain'][k]:.1%} → {c['graphs']['attacked'][k]:.1%}"  # noqa: E731
                           if "graphs" in c else "—")
+    carriers = lambda c: (f"{c['graphs']['plain']['paths']['refusal_influence']:.1%} → "  # noqa: E731
+                          f"{c['graphs']['attacked']['plain_paths']['refusal_influence']:.1%}"
+                          if "paths" in c.get("graphs", {}).get("plain", {}) else "—")
     rows = [(c["attack"], c["id"], c["succeeded"], c["plain"]["first_on"]["where"], c["attacked"]["first_on"]["where"],
              f"{c['plain']['refusal_score_at_answer']:+.2f} → {c['attacked']['refusal_score_at_answer']:+.2f}",
-             share(c, "request_influence"), share(c, "refusal_influence"))
+             share(c, "request_influence"), share(c, "refusal_influence"), carriers(c))
             for c in s["cases"]]
     html = report.paragraph(f"Explained jailbreaks of {s['model']}: direction at layer {s['direction']['layer']} "
                             f"(τ = {s['direction']['threshold']:.3f}); first crossing of τ unattacked / attacked, the "
                             "refusal score at the answer position and, where graphs were built, the harmful-request and "
-                            "refusal supernodes' shares of the first answer token's influence, unattacked → attacked. "
+                            "refusal supernodes' shares of the first answer token's influence, unattacked → attacked, "
+                            "and the graph-defined carriers of the unattacked graph's refusal logits, looked up in the "
+                            "attacked graph. "
                             f"Both graphs of every case side by side: {folder / 'index.html'}.")
     html += report.table(rows, ["attack", "behaviour", "jailbroken", "unattacked: first on", "attacked: first on",
-                                "refusal score", "request supernode", "refusal supernode"], cls="data")
+                                "refusal score", "request supernode", "refusal supernode", "refusal carriers"],
+                         cls="data")
     if (folder / "case-0.png").is_file():
         html += report.image(folder / "case-0.png", "the first explained jailbreak, token by token")
     return html, {"cases": len(s["cases"])}
