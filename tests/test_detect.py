@@ -163,6 +163,45 @@ def test_detect_writes_every_task_and_its_figures(tiny_dir, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+def test_a_killed_run_resumes_from_its_states_and_answers_and_ends_equal(tiny_dir, tmp_path, monkeypatch):
+    import llmri
+
+    model = llmri.load_model(str(tiny_dir("llama")))
+    cfg = D.ProbeConfig(n_train=8, limit=4, attacks=("prefix_injection",), max_new_tokens=3, n_boot=50, folds=2)
+    whole = D.detect(model, tmp_path / "a", cfg)
+    assert not (tmp_path / "a" / "work").exists()
+    keyword, calls = D._keyword, []
+
+    def killed_on_the_second_task(*args, **kw):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return keyword(*args, **kw)
+
+    monkeypatch.setattr(D, "_keyword", killed_on_the_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        D.detect(model, tmp_path / "b", cfg)
+    assert not (tmp_path / "b" / "detect.json").exists() and (tmp_path / "b" / "work" / "answers.json").exists()
+    monkeypatch.setattr(D, "_keyword", keyword)
+    with pytest.raises(SafetyError, match="other settings"):
+        D.detect(model, tmp_path / "b", D.ProbeConfig(n_train=8, limit=3, attacks=("prefix_injection",)))
+    computed, generated = [], []
+    states = D.last_token_states
+    monkeypatch.setattr(D, "last_token_states", lambda *a, **k: computed.append(1) or states(*a, **k))
+    import llmri.generate as G
+
+    real_generate = G.generate
+    monkeypatch.setattr(G, "generate", lambda m, prompts, *a, **k: generated.extend(prompts) or real_generate(m, prompts, *a, **k))
+    resumed = D.detect(model, tmp_path / "b", cfg)
+    assert computed == []  # every state list read back
+    rows = [json.loads(line) for line in (tmp_path / "a" / "answers.jsonl").read_text().splitlines()]
+    first = {r["prompt"] for r in rows if r["task"] == "plain"}  # answered before the kill: not generated again
+    assert generated and not first & {D._text(p) for p in generated}
+    for k in ("tasks", "table"):
+        assert json.dumps(resumed[k], sort_keys=True) == json.dumps(whole[k], sort_keys=True)
+    assert not (tmp_path / "b" / "work").exists()
+
+
 def test_cli_bad_input_is_one_line_and_exit_2(tiny_dir, tmp_path):
     runner = CliRunner()
     model = str(tiny_dir("llama"))

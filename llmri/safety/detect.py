@@ -43,12 +43,18 @@ token, where the model decides how to answer, at every depth i = 0 … L: ``resi
 AUROC on the training prompts (``refusal``: its AUROC on them), never the test AUROC; ``spectral`` has no labels
 to choose with, so its best depth is the oracle one and is marked so. Every AUROC has a stratified bootstrap
 95% interval (:func:`llmri.safety.metrics.auroc_interval`).
+
+**Resuming.** The states of every prompt list (safetensors, under a hash of the prompts) and the answers read
+so far (JSON, after each task) are kept in ``out/work`` while the run lasts; a killed run started again on the
+same folder with the same settings and model reads them back instead of recomputing, and ``work`` is removed
+once ``detect.json`` is written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -396,26 +402,29 @@ def detect(model, out: str | Path, cfg: ProbeConfig | None = None) -> dict:
                           "give a backdoor organism (`llmri organism backdoor`) or leave --organism out")
     prompt_lists = {id(x): x for t in todo for x in t[1:5]}  # one forward pass per distinct list
     say(f"llmri: detectors on {model.name}: {len(todo)} task(s), {sum(map(len, prompt_lists.values())):,} prompts")
-    states = {k: last_token_states(model, v, cfg.batch_size, progress=f"states ({len(v)})") for k, v in prompt_lists.items()}
-    results, answers, answered = {}, [], {}
-    for task in todo:
-        lengths = [words(p) for p in task.positives + task.negatives]
-        y = [1] * len(task.positives) + [0] * len(task.negatives)
-        results[task.name] = {"n_pos": len(task.positives), "n_neg": len(task.negatives),
-                              "detectors": evaluate_task(states, task, cfg, direction),
-                              "length": _interval(y, lengths, cfg) if len(set(lengths)) > 1 else None}
-        if cfg.judge:
-            results[task.name]["keyword"], rows = _keyword(model, task, cfg, answered)
-            answers += rows
-    if spectral:
-        prompts, poisoned = poisoned_set(card, cfg)
-        x = last_token_states(model, prompts, cfg.batch_size, progress="poisoned set").numpy()
-        results["spectral"] = {"detectors": {"spectral": evaluate_spectral(x, poisoned, cfg)}}
-    summary = {"kind": KIND, "model": model.name, "n_layers": model.n_layers, "depths": model.n_layers + 1,
-               "config": {**asdict(cfg), "trigger": trigger}, "judge": "keyword" if cfg.judge else None,
-               "tasks": results, "table": table(results), "seconds": round(time.perf_counter() - t0, 1)}
     files = ["detect.json", "auroc.png", "roc.png"] + (["answers.jsonl"] if cfg.judge else [])
     with claimed(out, KIND) as folder:
+        work = _work(folder, model, cfg, trigger)
+        states = {k: _states(work, model, v, cfg.batch_size, f"states ({len(v)})") for k, v in prompt_lists.items()}
+        results, answers = {}, []
+        answered = json.loads((work / "answers.json").read_text()) if (work / "answers.json").exists() else {}
+        for task in todo:
+            lengths = [words(p) for p in task.positives + task.negatives]
+            y = [1] * len(task.positives) + [0] * len(task.negatives)
+            results[task.name] = {"n_pos": len(task.positives), "n_neg": len(task.negatives),
+                                  "detectors": evaluate_task(states, task, cfg, direction),
+                                  "length": _interval(y, lengths, cfg) if len(set(lengths)) > 1 else None}
+            if cfg.judge:
+                results[task.name]["keyword"], rows = _keyword(model, task, cfg, answered)
+                write_json(work / "answers.json", answered)  # a killed run resumes after the last task answered
+                answers += rows
+        if spectral:
+            prompts, poisoned = poisoned_set(card, cfg)
+            x = _states(work, model, prompts, cfg.batch_size, "poisoned set").numpy()
+            results["spectral"] = {"detectors": {"spectral": evaluate_spectral(x, poisoned, cfg)}}
+        summary = {"kind": KIND, "model": model.name, "n_layers": model.n_layers, "depths": model.n_layers + 1,
+                   "config": {**asdict(cfg), "trigger": trigger}, "judge": "keyword" if cfg.judge else None,
+                   "tasks": results, "table": table(results), "seconds": round(time.perf_counter() - t0, 1)}
         mark(folder, KIND, *files)
         write_figure(folder / "auroc.png", plot_depth(summary))
         write_figure(folder / "roc.png", plot_roc(summary))
@@ -423,7 +432,44 @@ def detect(model, out: str | Path, cfg: ProbeConfig | None = None) -> dict:
             with atomic_path(folder / "answers.jsonl") as tmp:
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in answers))
         write_json(folder / "detect.json", summary)  # last: its presence means the folder is complete
+        shutil.rmtree(work, ignore_errors=True)
     return summary
+
+
+def _work(folder: Path, model, cfg: ProbeConfig, trigger) -> Path:
+    """``folder/work``: the states and answers of a run in progress, so that a killed run resumes. A rerun must
+    be the same run (settings and model); a finished folder is started afresh."""
+    from .organism import model_fingerprint
+
+    work = folder / "work"
+    if (folder / "detect.json").exists():
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(exist_ok=True)
+    mark(folder, KIND, "work")
+    want = json.loads(json.dumps({"config": asdict(cfg), "trigger": trigger, "model": model.name,
+                                  "fingerprint": model_fingerprint(model)}))  # as read back (tuples become lists)
+    path = work / "run.json"
+    if path.exists() and json.loads(path.read_text()) != want:
+        raise SafetyError(f"{folder} holds an unfinished detector run with other settings or another model",
+                          "rerun with the same settings to resume, or choose a new --out folder")
+    write_json(path, want)
+    return work
+
+
+def _states(work: Path, model, prompts: Sequence, batch_size: int, progress: str) -> torch.Tensor:
+    """:func:`last_token_states`, kept in ``work`` under a hash of the prompts (read back on a resumed run)."""
+    from safetensors.torch import load_file, save_file
+
+    from ..generate import messages_of
+
+    key = hashlib.sha256(json.dumps([messages_of(p) for p in prompts]).encode()).hexdigest()[:20]
+    path = work / f"states-{key}.safetensors"
+    if path.exists():
+        return load_file(str(path))["states"]
+    x = last_token_states(model, prompts, batch_size, progress=progress)
+    with atomic_path(path) as tmp:
+        save_file({"states": x.contiguous()}, str(tmp))
+    return x
 
 
 def table(results: dict) -> list[dict]:
