@@ -227,7 +227,7 @@ def _raw(name: str) -> tuple[Behaviour, ...]:
         with open(asset_path("strongreject"), newline="", encoding="utf-8") as f:
             rows = [(r["category"], r["forbidden_prompt"].strip()) for r in csv.DictReader(f)]
     else:
-        return tuple(Behaviour(r["id"], name, r["category"], r["prompt"]) for r in _jsonl(name))
+        return tuple(Behaviour(r["id"], name, r["category"], r["prompt"]) for r in packaged_jsonl(name))
     return tuple(Behaviour(f"{name}-{i:03d}", name, category, prompt) for i, (category, prompt) in enumerate(rows))
 
 
@@ -259,7 +259,8 @@ def _read_advbench(text: str) -> list[tuple[str, str]]:
     return [(cats[0] if cats else "", value) for value, cats in seeds]
 
 
-def _jsonl(name: str) -> list[dict]:
+def packaged_jsonl(name: str) -> list[dict]:
+    """The records of ``llmri/safety/data/NAME.jsonl`` (blank lines skipped); a damaged file is one line."""
     path = DATA / f"{name}.jsonl"
     rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -276,7 +277,7 @@ def _jsonl(name: str) -> list[dict]:
 def _responses() -> tuple[Response, ...]:
     prompts = {b.id: b.prompt for name in SETS for b in _raw(name)}
     out = []
-    for r in _jsonl("responses"):
+    for r in packaged_jsonl("responses"):
         if r["prompt_id"] not in prompts or r["label"] not in LABELS:
             raise SafetyError(f"response {r['id']} names prompt {r['prompt_id']} or label {r['label']}, unknown",
                               "fix data/responses.jsonl")

@@ -33,7 +33,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from importlib import resources
 
 import numpy as np
 
@@ -74,8 +73,9 @@ def to_json(c: Cloze) -> str:
 
 @lru_cache(maxsize=1)
 def _read() -> tuple[Cloze, ...]:
-    text = resources.files("llmri.safety").joinpath("data", FILE).read_text(encoding="utf-8")
-    return tuple(Cloze(**{**r, "distractors": tuple(r["distractors"])}) for r in map(json.loads, text.splitlines()) if r)
+    from .behaviours import packaged_jsonl
+
+    return tuple(Cloze(**{**r, "distractors": tuple(r["distractors"])}) for r in packaged_jsonl(FILE.removesuffix(".jsonl")))
 
 
 def load_cloze() -> list[Cloze]:

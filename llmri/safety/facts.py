@@ -36,7 +36,6 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from importlib import resources
 from typing import NamedTuple
 
 from ..errors import SafetyError
@@ -379,8 +378,9 @@ def to_json(f: Fact) -> str:
 
 @lru_cache(maxsize=1)
 def _read() -> tuple[Fact, ...]:
-    text = resources.files("llmri.safety").joinpath("data", FILE).read_text(encoding="utf-8")
-    return tuple(Fact(**{**r, "perturbed": tuple(r["perturbed"])}) for r in map(json.loads, text.splitlines()) if r)
+    from .behaviours import packaged_jsonl
+
+    return tuple(Fact(**{**r, "perturbed": tuple(r["perturbed"])}) for r in packaged_jsonl(FILE.removesuffix(".jsonl")))
 
 
 def load_facts() -> list[Fact]:
