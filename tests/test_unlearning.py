@@ -372,6 +372,8 @@ def test_a_run_writes_table_and_pareto_resumes_and_refuses_other_settings(tiny_d
     lens = ga["attacks"]["lens"]  # layers 1 and 2 of 3; the last one's lens is the model's own output
     assert lens["layers"] == [1, 2] and lens["top1"][-1] == pytest.approx(ga["measures"]["forget"]["top1"]["mean"])
     assert lens["best"]["top1"]["mean"] == max(lens["top1"])
+    linear = ga["attacks"]["linear_lens"]  # fitted on the unlearned model's own states on the general corpus
+    assert linear["layers"] == [1, 2] and linear["fit_tokens"] > 0 and linear["corpus"] == str(text_corpus)
     assert len(ga["drift"]["forget"]) == 3 and min(ga["drift"]["forget"]) > 0  # GA moved the forget states
     assert ga["attacks"]["direction"]["layer"] == int(np.argmax(ga["drift"]["forget"]))
     assert (out / "representation.png").read_bytes()[:4] == b"\x89PNG"
@@ -394,6 +396,8 @@ def test_a_run_writes_table_and_pareto_resumes_and_refuses_other_settings(tiny_d
     assert fq["original"] == pytest.approx(1.0) and fq["retain-only"] == pytest.approx(1.0) and 0 <= fq["ga"] <= 1
     lens = {r["method"]: r["lens_forget_top1"] for r in table["rows"]}  # the same model: the same lens reads
     assert lens["retain-only"] == lens["original"]
+    linear = {r["method"]: r["linear_lens_forget_top1"] for r in table["rows"]}
+    assert linear["retain-only"] == linear["original"] and 0 <= linear["ga"] <= 1
     with pytest.raises(UnlearnError, match="already holds the retain-only model"):
         run_unlearning(str(tiny_dir("llama")), out, ["ga"], cfg, retain_only=str(tmp_path))
 

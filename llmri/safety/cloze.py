@@ -37,6 +37,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import LlmriError, SafetyError
+from ..lens import Lens
 from .knowledge import Scores, packed_logprobs, summarise
 
 FILE = "cloze.jsonl"
@@ -87,7 +88,7 @@ def load_cloze() -> list[Cloze]:
 
 
 def score_cloze(model, items: Sequence[Cloze], paraphrased: bool = False, max_tokens: int = 2048,
-                progress: str = "cloze", lens: Sequence[int] | None = None) -> Scores | list[Scores]:
+                progress: str = "cloze", lens: Sequence[int] | Lens | None = None) -> Scores | list[Scores]:
     """:class:`Scores` of ``items``: ℓ of the answer and of the five distractors after the prompt (or the
     paraphrase), raw text, one read of each prompt for its six answers. ``answer`` and ``paraphrased`` hold the
     same array (the answer is the same after either prompt), ``perturbed`` the distractors, so ``top1`` and

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import LlmriError, SafetyError
+from ..lens import Lens, as_lens
 from ..progress import bar
 from .facts import Fact
 from .metrics import bootstrap
@@ -128,7 +129,7 @@ def _mean_per_answer(lp: torch.Tensor, segs: torch.Tensor, k: int) -> np.ndarray
 
 @torch.no_grad()
 def packed_logprobs(model, prompts: Sequence[list[int]], answers: Sequence[Sequence[list[int]]],
-                    max_tokens: int = 2048, progress: str | None = None, lens: Sequence[int] | None = None
+                    max_tokens: int = 2048, progress: str | None = None, lens: Sequence[int] | Lens | None = None
                     ) -> list[np.ndarray]:
     """Mean token log-probability of each answer after its prompt, every prompt read once for all its answers.
 
@@ -141,10 +142,12 @@ def packed_logprobs(model, prompts: Sequence[list[int]], answers: Sequence[Seque
 
     ``lens``: layers read through the **logit lens** instead of the output — ``resid_post.l`` put through the
     model's final norm and unembedding (nostalgebraist 2020) — giving [k, len(lens)] per prompt; at the last
-    layer this is the model's own output.
+    layer this is the model's own output. A :class:`llmri.lens.Lens` with fitted maps reads through those
+    (the linear lens) instead.
     """
     from ..hooks import attach
 
+    lens = as_lens(lens)
     out: list[np.ndarray] = [None] * len(prompts)  # type: ignore[list-item]
     dev = model.device
     got: dict[int, torch.Tensor] = {}
@@ -159,7 +162,7 @@ def packed_logprobs(model, prompts: Sequence[list[int]], answers: Sequence[Seque
                     tgt, prev, segs = _answer_positions(len(prompts[i]), seg[r])
                     tok = ids[r, tgt, None].to(dev)
                     if lens:  # one layer at a time: [tokens, vocab] logits, not [tokens, layers, vocab]
-                        lp = torch.stack([unembed(norm(got[j][r, prev.to(dev)])).float().log_softmax(-1)
+                        lp = torch.stack([unembed(norm(lens.map(j, got[j][r, prev.to(dev)]))).float().log_softmax(-1)
                                           .gather(-1, tok)[:, 0].cpu() for j in range(len(lens))], 1)
                     else:
                         lp = logits[r, prev.to(dev)].float().log_softmax(-1).gather(-1, tok)[:, 0].cpu()
@@ -172,7 +175,7 @@ def packed_logprobs(model, prompts: Sequence[list[int]], answers: Sequence[Seque
 
 
 def answer_logprobs(model, questions: Sequence[str], answers: Sequence[str], max_tokens: int = 2048,
-                    progress: str | None = None, lens: Sequence[int] | None = None) -> np.ndarray:
+                    progress: str | None = None, lens: Sequence[int] | Lens | None = None) -> np.ndarray:
     """Mean token log-probability of each answer after its question (chat template; no end-of-turn token);
     consecutive answers to the same question share one read of it (:func:`packed_logprobs`). With ``lens``,
     [n, len(lens)]: the logit lens at those layers."""
@@ -195,7 +198,7 @@ def answer_logprobs(model, questions: Sequence[str], answers: Sequence[str], max
 
 
 def score_facts(model, facts: Sequence[Fact], max_tokens: int = 2048, progress: str = "facts",
-                lens: Sequence[int] | None = None) -> Scores | list[Scores]:
+                lens: Sequence[int] | Lens | None = None) -> Scores | list[Scores]:
     """:class:`Scores` of ``facts`` (1 + 1 + 5 answers read per fact, after one read of its question); with
     ``lens``, one :class:`Scores` per layer read through the logit lens, all from one forward pass
     (:func:`packed_logprobs`)."""

@@ -60,6 +60,10 @@ original model never went. At the layer the forget states moved most, a diffusio
   last layers reappears in the middle ones (Patil et al. 2023 recovered "deleted" facts this way). The best of
   several layers is picked on the forget facts themselves, so it is biased upwards: the retain-only model,
   which never learned those facts, read the same way, is the baseline it must beat.
+- *linear lens* (facts): the same reads through per-layer affine maps fitted by least squares to send
+  ``resid_post.l`` to the last layer's state (Din et al. 2023; :mod:`llmri.lens`), fitted on the *unlearned*
+  model's own states on 32k tokens of the general corpus — a trained linear probe that never sees a forgotten
+  item, and a stronger reader than the logit lens where the remaining layers do more than add nothing.
 - *4-bit quantisation*: every linear map of the blocks rounded to 4-bit integers, symmetric, per group of 32
   input weights (round-to-nearest, as GGUF Q4_0 and bitsandbytes' simplest scheme do), then the same reads: an
   unlearning update smaller than a quantisation step disappears (Zhang et al. 2024).
@@ -357,16 +361,36 @@ def lens_layers(n_layers: int) -> list[int]:
     return sorted(set(range(n_layers // 2, n_layers, 2)) | {n_layers - 1})
 
 
-def lens_attack(model, task: Task) -> dict | None:
-    """The logit-lens attack (module docstring); None for a domain task (no answers to read)."""
+def lens_attack(model, task: Task, lens=None) -> dict | None:
+    """The logit-lens attack (module docstring), or through ``lens`` (a fitted :class:`llmri.lens.Lens`); None
+    for a domain task (no answers to read)."""
     from ..safety.knowledge import summarise
 
     if not task.facts:
         return None
-    layers = lens_layers(model.n_layers)
-    per_layer = [summarise(s) for s in scores(task, model, task.facts["forget"], progress="logit lens: forget",
-                                               lens=layers)]
+    lens = lens if lens is not None else lens_layers(model.n_layers)
+    name = getattr(lens, "name", "logit lens")
+    per_layer = [summarise(s) for s in scores(task, model, task.facts["forget"], progress=f"{name}: forget", lens=lens)]
     best = int(np.argmax([s["top1"]["mean"] for s in per_layer]))
+    layers = list(lens)
     return {"layers": layers, "top1": [s["top1"]["mean"] for s in per_layer],
             "probability": [s["probability"]["mean"] for s in per_layer],
             "best_layer": layers[best], "best": per_layer[best]}
+
+
+LENS_TOKENS = 32_768
+"""Corpus tokens the linear-lens attack fits its maps on."""
+
+
+def linear_lens_attack(model, task: Task, corpus: str = "sotu", tokens: int = LENS_TOKENS) -> dict | None:
+    """The linear-lens attack (module docstring): :func:`lens_attack` through maps fitted on ``model``'s own
+    states on ``corpus`` (train split; never the forget items); None for a domain task."""
+    from .. import data
+    from ..lens import fit_linear_lens
+
+    if not task.facts:
+        return None
+    windows = data.token_windows(model, data.load_corpus(corpus), data.WindowSpec(context=128, split="train"))
+    lens = fit_linear_lens(model, lens_layers(model.n_layers), data.batched(windows, 8), tokens=tokens,
+                           progress="linear lens: fitting")
+    return {**lens_attack(model, task, lens), "fit_tokens": lens.tokens, "corpus": corpus}

@@ -3,8 +3,8 @@
     run_unlearning("organisms/facts", "runs/unlearn", ["ga", "npo", "rmu", "manifold"], RunConfig(task="facts"))
 
 The folder holds ``run.json`` (task and settings; a rerun with other settings is refused), ``original.json``
-(the model before unlearning, with the 4-bit and logit-lens attacks as references), ``retain_only.json``
-(the gold standard, when ``retain_only`` names a model fine-tuned without the forget set, with the logit-lens
+(the model before unlearning, with the 4-bit, logit-lens and linear-lens attacks as references), ``retain_only.json``
+(the gold standard, when ``retain_only`` names a model fine-tuned without the forget set, with the two lens
 attack as the baseline; it may be given on a later rerun, and forget quality — TOFU's KS p-value between a
 model's and the retain-only model's forget truth ratios, stored in every result — is computed for every row
 when the table is written), one ``METHOD/result.json`` per method (its
@@ -155,13 +155,14 @@ def _measured(lm, task, run: RunConfig, **extra) -> dict:
 
 
 def _attacks(model, task, run: RunConfig) -> dict:
-    from .evaluate import lens_attack, quantised, relearned
+    from .evaluate import lens_attack, linear_lens_attack, quantised, relearned
 
     if not run.attacks:
         return {}
     out = {"quant4": quantised(model, task)}
     if task.facts:
         out["lens"] = lens_attack(model, task)
+        out["linear_lens"] = linear_lens_attack(model, task, run.corpus)
     if run.relearn_steps:
         out["relearn"] = relearned(model, task, run.relearn_steps, run.relearn_lr, run.method.seed)
     return out
@@ -171,7 +172,7 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
                    retain_only: str | None = None, dtype: str = "float32", device: str = "cpu") -> dict:
     """Run ``methods`` on ``run.task`` from ``model_spec`` into ``out`` (module docstring); returns the table."""
     from ..model import load_model
-    from .evaluate import clone, direction_ablated, drift, drift_rows, geometry, lens_attack, states
+    from .evaluate import clone, direction_ablated, drift, drift_rows, geometry, lens_attack, linear_lens_attack, states
 
     run = run or RunConfig()
     bad = [m for m in methods if m not in METHODS]
@@ -207,7 +208,8 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
         if gold is not None:
             say("llmri: measuring the retain-only model")
             write_json(folder / "retain_only.json", _measured(gold, task, run, model=retain_only, attacks=(
-                {"lens": lens_attack(gold, task)} if run.attacks and task.facts else {})))
+                {"lens": lens_attack(gold, task), "linear_lens": linear_lens_attack(gold, task, run.corpus)}
+                if run.attacks and task.facts else {})))
             del gold
         if not (folder / "original.json").exists():
             say("llmri: measuring the original model")
@@ -266,6 +268,8 @@ def _row(name: str, res: dict, task, gold: list[float] | None = None) -> dict:
         row["quant4_forget"] = q["forget"]["probability"]["mean"] if task.facts else q["forget_ppl"]
     if att.get("lens"):
         row["lens_forget_top1"] = att["lens"]["best"]["top1"]["mean"]
+    if att.get("linear_lens"):
+        row["linear_lens_forget_top1"] = att["linear_lens"]["best"]["top1"]["mean"]
     if att.get("direction"):
         row["direction_forget"] = att["direction"]["forget"]
     if att.get("relearn"):
