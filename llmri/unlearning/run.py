@@ -5,7 +5,7 @@
 The folder holds ``run.json`` (task and settings; a rerun with other settings is refused), ``original.json``
 (the model before unlearning, with the 4-bit, logit-lens and linear-lens attacks as references), ``retain_only.json``
 (the gold standard, when ``retain_only`` names a model fine-tuned without the forget set, with the two lens
-attack as the baseline; it may be given on a later rerun, and forget quality — TOFU's KS p-value between a
+attacks as baselines; it may be given on a later rerun, and forget quality — TOFU's KS p-value between a
 model's and the retain-only model's forget truth ratios, stored in every result — is computed for every row
 when the table is written), one ``METHOD/result.json`` per method (its
 :class:`~llmri.unlearning.methods.Outcome`, every measure of :mod:`llmri.unlearning.evaluate`, the attacks,
