@@ -121,6 +121,17 @@ def test_ga_and_graddiff_lower_the_forget_likelihood_graddiff_keeps_retain_bette
     assert r0 - got["graddiff"][1] < r0 - got["ga"][1]  # the retain term costs retain likelihood less
 
 
+def test_rmu_reads_every_token_after_the_shared_template_header(tiny, task):
+    rows = [([1, 2, 3, 9, 9, 5], 4), ([1, 2, 3, 7], 3), ([1, 2, 3, 7, 8], 4)]
+    assert M.shared_prefix(rows) == 3 and M.shared_prefix(rows[1:]) == 4 and M.shared_prefix(rows[:1]) == 6
+    ids, mask, labels = M.tensors(tiny(), rows)
+    got = M._read_positions(mask, 3)
+    assert got.tolist() == [[False] * 3 + [True] * 3, [False] * 3 + [True, False, False], [False] * 3 + [True, True, False]]
+    t = _mini(task, 16)  # on real fact rows: the question's tokens are read, not only the answer's
+    skip = M.shared_prefix(t.forget + t.retain)
+    assert 0 < skip < min(start for _, start in t.forget)
+
+
 def test_rmu_trains_only_its_mlps_and_pulls_forget_states_to_the_target(tiny, task):
     t = _mini(task, 16)
     model = _copy(tiny)

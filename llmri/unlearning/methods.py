@@ -14,10 +14,14 @@ row's target tokens, |y| their count, CE the mean token cross-entropy):
 - ``simnpo`` (Fan et al. 2024, "Simplicity Prevails"): NPO without the reference and length-normalised,
   L = −(2/β)·E_f log σ(−(β/|y|)·ℓ_θ − γ) + α·CE(r); β default 4.5, γ = ``gamma`` (default 0.125) (the
   open-unlearning TOFU settings).
-- ``rmu`` (Li et al. 2024, "The WMDP Benchmark"): at ``resid_post.layer`` the forget rows' target-token states
-  are pulled to c·u (u a fixed random unit vector, c = ``rmu_scale`` × the mean state norm there on retain
-  targets) and the retain rows' to the original model's states: L = ‖h_f − c·u‖² / n̄² + α_rmu·‖h_r − h_r^ref‖² / n̄²
-  (means over target tokens; n̄ that mean norm); only the MLPs of layers ``layer``−2 … ``layer`` train.
+- ``rmu`` (Li et al. 2024, "The WMDP Benchmark"): at ``resid_post.layer`` the forget rows' states are pulled to
+  c·u (u a fixed random unit vector, c = ``rmu_scale`` × the mean state norm there on retain rows) and the
+  retain rows' to the original model's states: L = ‖h_f − c·u‖² / n̄² + α_rmu·‖h_r − h_r^ref‖² / n̄² (means over
+  the positions read; n̄ that mean norm); only the MLPs of layers ``layer``−2 … ``layer`` train. As WMDP reads
+  every token of its forget documents, the positions read are every token after the prefix all rows share (the
+  chat template's header): the question and the answer. (Reading the answer tokens only, as this module first
+  did, left RMU inert on every task: a fact's first answer token is predicted from the question's last
+  position, which it never touched.)
 
 **Training-free edits** of the MLP output maps W_out (``down_proj`` in Llama; y = W_out·m) of ``edit_layers``,
 from the MLP outputs Y_f, Y_r on the forget and retain target tokens (statistics only; no gradient):
@@ -215,8 +219,25 @@ def rmu_layer(model, cfg: UnlearnConfig) -> int:
 
 
 def _targets(labels: Tensor) -> Tensor:
-    """[B, T] bool: positions whose *own* token is a target (the states RMU reads)."""
+    """[B, T] bool: positions whose *own* token is a target (the edit methods' statistics)."""
     return labels != -100
+
+
+def shared_prefix(rows: Sequence[Row]) -> int:
+    """Length of the token prefix every row starts with (a chat template's header; a window's BOS)."""
+    first = rows[0][0]
+    n = min(len(r[0]) for r in rows)
+    for r in rows[1:]:
+        ids = r[0]
+        n = next((i for i in range(n) if ids[i] != first[i]), n)
+    return n
+
+
+def _read_positions(mask: Tensor, skip: int) -> Tensor:
+    """[B, T] bool: the positions RMU reads — every real token after the shared prefix (the question *and* the
+    answer: a fact is retrieved at the question's tokens, before the first answer token is predicted)."""
+    pos = torch.arange(mask.shape[1], device=mask.device)
+    return mask.bool() & (pos >= skip)[None]
 
 
 class _RMU:
@@ -224,6 +245,7 @@ class _RMU:
 
     def __init__(self, model, task: Task, cfg: UnlearnConfig):
         self.point = f"resid_post.{rmu_layer(model, cfg)}"
+        self.skip = shared_prefix(task.forget + task.retain)
         states, norms = [], []
         with torch.no_grad():
             for k in range(0, len(task.retain), 16):
@@ -231,7 +253,7 @@ class _RMU:
                 h = model.capture(ids, [self.point], attention_mask=mask)[self.point].float()
                 for j, row in enumerate(task.retain[k : k + 16]):
                     states.append(h[j, : len(row[0])].cpu())
-                norms.append(h[_targets(labels)].norm(dim=-1).cpu())
+                norms.append(h[_read_positions(mask, self.skip)].norm(dim=-1).cpu())
         self.retain_states = states
         self.norm = torch.cat(norms).mean().item()
         g = torch.Generator().manual_seed(cfg.seed)
@@ -241,13 +263,13 @@ class _RMU:
     def loss(self, model, fb, rb, r_idx: Sequence[int], alpha: float) -> Tensor:
         ids, mask, labels = fb
         h = model.capture(ids, [self.point], attention_mask=mask, grad=True)[self.point].float()
-        forget = (h[_targets(labels)] - self.target).pow(2).sum(-1).mean()
+        forget = (h[_read_positions(mask, self.skip)] - self.target).pow(2).sum(-1).mean()
         ids, mask, labels = rb
         h = model.capture(ids, [self.point], attention_mask=mask, grad=True)[self.point].float()
         ref = torch.zeros_like(h)
         for j, i in enumerate(r_idx):
             ref[j, : len(self.retain_states[i])] = self.retain_states[i].to(h.device)
-        keep = _targets(labels)
+        keep = _read_positions(mask, self.skip)
         retain = (h[keep] - ref[keep]).pow(2).sum(-1).mean()
         return (forget + alpha * retain) / self.norm**2
 
