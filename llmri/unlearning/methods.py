@@ -19,9 +19,11 @@ row's target tokens, |y| their count, CE the mean token cross-entropy):
   retain rows' to the original model's states: L = ‖h_f − c·u‖² / n̄² + α_rmu·‖h_r − h_r^ref‖² / n̄² (means over
   the positions read; n̄ that mean norm); only the MLPs of layers ``layer``−2 … ``layer`` train. As WMDP reads
   every token of its forget documents, the positions read are every token after the prefix all rows share (the
-  chat template's header): the question and the answer. (Reading the answer tokens only, as this module first
-  did, left RMU inert on every task: a fact's first answer token is predicted from the question's last
-  position, which it never touched.)
+  chat template's header): the question and the answer, where a fact is retrieved before its first answer token
+  is predicted. (This module first read the answer tokens only, at lr 5e-5: inert on every task. On the cloze
+  validation split at lr 2e-3 the answer-only rule forgot less and cost retain five times more — forget /
+  retain probability 0.545 / 0.635 → 0.308 / 0.506, against 0.102 / 0.606 reading question and answer; on the
+  facts organism the two rules were alike, 0.607 / 0.696 and 0.625 / 0.699.)
 
 **Training-free edits** of the MLP output maps W_out (``down_proj`` in Llama; y = W_out·m) of ``edit_layers``,
 from the MLP outputs Y_f, Y_r on the forget and retain target tokens (statistics only; no gradient):
@@ -59,7 +61,12 @@ from .tasks import Row, Task, UnlearnError
 LOSS_METHODS = ("ga", "graddiff", "npo", "simnpo", "rmu")
 EDIT_METHODS = ("manifold", "leace")
 METHODS = LOSS_METHODS + EDIT_METHODS + ("sae",)
-DEFAULT_LR = {"rmu": 5e-5}
+DEFAULT_LR = {"rmu": 2e-3}
+"""Per-method learning rates other than 1e-5. RMU's from a sweep on the validation splits (60 steps, forget /
+retain-eval answer probability; cloze 0.545 / 0.635, facts organism 0.710 / 0.707 before): lr 5e-5 → 0.520 /
+0.639 and —; 5e-4 → 0.346 / 0.647 and 0.708 / 0.707; 2e-3 → 0.102 / 0.606 and 0.625 / 0.699; 5e-3 → 0.086 /
+0.532 and 0.335 / 0.690. 2e-3 is the largest that costs neither task more than 5% of its retain probability
+(5e-3 forgets far more facts but costs cloze 16%)."""
 """Learning rates that differ from ``1e-5`` (the TOFU / open-unlearning default for full fine-tuning)."""
 DEFAULT_BETA = {"npo": 0.1, "simnpo": 4.5}
 
@@ -73,7 +80,7 @@ class UnlearnConfig:
     steps: int = bounded(60, 1)
     """Optimizer steps (fine-tuning methods); ≥ 1."""
     lr: float | None = bounded(None, 0, lo_open=True, none=True)
-    """AdamW learning rate; None: 1e-5, 5e-5 for rmu; > 0."""
+    """AdamW learning rate; None: 1e-5, 2e-3 for rmu (:data:`DEFAULT_LR`); > 0."""
     batch_size: int = bounded(8, 1)
     """Forget rows (and as many retain rows) per step; ≥ 1."""
     retain_weight: float = bounded(1.0, 0)
