@@ -189,6 +189,21 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return path
 
 
+def same_run(folder: str | os.PathLike, settings: dict, what: str, error: type[Exception]) -> None:
+    """A resumable job's settings in ``folder/run.json``: written on the first run; a later run on the same
+    folder must carry the same ones (compared as JSON reads them back), else ``error`` names what differs."""
+    path = Path(folder) / "run.json"
+    settings = json.loads(json.dumps(settings))  # tuples read back as lists
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise error(f"{path.parent} holds {what} with other settings ({', '.join(differ)})",
+                        "rerun with the settings in its run.json to resume, or choose a new --out folder")
+        return
+    write_json(path, settings)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:

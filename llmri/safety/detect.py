@@ -64,7 +64,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, check_target, claimed, mark, write_figure, write_json
+from ..atomic import atomic_path, check_target, claimed, mark, same_run, write_figure, write_json
 from ..errors import SafetyError
 from ..progress import bar, say
 from ..validate import bounded, check
@@ -446,13 +446,8 @@ def _work(folder: Path, model, cfg: ProbeConfig, trigger) -> Path:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(exist_ok=True)
     mark(folder, KIND, "work")
-    want = json.loads(json.dumps({"config": asdict(cfg), "trigger": trigger, "model": model.name,
-                                  "fingerprint": model_fingerprint(model)}))  # as read back (tuples become lists)
-    path = work / "run.json"
-    if path.exists() and json.loads(path.read_text()) != want:
-        raise SafetyError(f"{folder} holds an unfinished detector run with other settings or another model",
-                          "rerun with the same settings to resume, or choose a new --out folder")
-    write_json(path, want)
+    same_run(work, {"config": asdict(cfg), "trigger": trigger, "model": model.name,
+                    "fingerprint": model_fingerprint(model)}, "an unfinished detector run", SafetyError)
     return work
 
 

@@ -62,7 +62,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import assets
-from ..atomic import atomic_path, claimed, mark, write_json
+from ..atomic import atomic_path, claimed, mark, same_run, write_json
 from ..errors import SafetyError
 from ..generate import GenerateConfig, generate, render_ids, stop_ids
 from ..progress import bar, say
@@ -680,12 +680,7 @@ def _read(path: Path, default):
 
 def _check_same_run(work: Path, cfg: OrganismConfig, base: str) -> None:
     """A resumed run must be the same run (same settings and base model)."""
-    want = {"config": asdict(cfg), "base": base}
-    path = work / "run.json"
-    if path.exists() and json.loads(path.read_text()) != want:
-        raise OrganismError(f"{work.parent} holds an unfinished organism built with other settings or another base model",
-                            "rerun with the same settings to resume, or choose a new --out folder")
-    write_json(path, want)
+    same_run(work, {"config": asdict(cfg), "base": base}, "an unfinished organism", OrganismError)
 
 
 def _examples_hash(examples: Sequence[Example]) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import claimed, mark, write_figure, write_json
+from ..atomic import claimed, mark, same_run, write_figure, write_json
 from ..progress import say
 from ..validate import bounded, check, check_choice
 from .methods import EDIT_METHODS, METHODS, UnlearnConfig, layers_of, mlp_outputs, rmu_layer, unlearn_model
@@ -81,18 +81,6 @@ def _settings(model_name: str, cfg: RunConfig) -> dict:
     c = asdict(cfg)
     c["method"].pop("method")
     return {"model": model_name, "config": c}
-
-
-def _check_same_run(folder: Path, settings: dict) -> None:
-    path = folder / "run.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != settings:
-            differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise UnlearnError(f"{folder} holds an unlearning run with other settings ({', '.join(differ)})",
-                               "use a new --out folder, or rerun with the settings in its run.json")
-    else:
-        write_json(path, settings)
 
 
 def _trajectory(model, task, cfg: UnlearnConfig, run: RunConfig) -> tuple[dict, list]:
@@ -198,7 +186,7 @@ def run_unlearning(model_spec: str, out: str | Path, methods: list[str], run: Ru
             load_corpus(run.corpus)  # a bad --corpus fails now, not after the first hour of measuring
         gold = (load_model(retain_only, dtype=dtype, device=device)
                 if retain_only and not (folder / "retain_only.json").exists() else None)
-        _check_same_run(folder, _settings(model.name, run))
+        same_run(folder, _settings(model.name, run), "an unlearning run", UnlearnError)
         task = make_task(model, run.task, forget=run.forget, windows=run.windows, validation=run.split == "validation")
         if retain_only and (folder / "retain_only.json").exists():
             had = json.loads((folder / "retain_only.json").read_text())["model"]
