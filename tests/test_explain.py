@@ -164,11 +164,12 @@ def test_graph_defined_supernodes_are_the_fewest_features_carrying_the_refusal_l
     assert s["refusal_features"] == int(p.refusal.sum())
     assert s["refusal_share_of_refusal"] == pytest.approx(float(p.influence[p.refusal].sum() / p.influence.sum()))
     assert 0 < s["request_influence"] < 1 and s["request_share_of_refusal"] + s["refusal_share_of_refusal"] <= 1 + 1e-6
-    same = E.refusal_paths(g, r_ids, (1, post_from), post_from, 0.5, E.path_keys(g, p))  # looked up by key: itself or more
+    same = E.looked_up(g, p, E.path_keys(g, p), (1, post_from), post_from)  # looked up by key: itself or more
     assert (same.refusal >= p.refusal).all() and (same.request >= p.request).all()
     none = E.refusal_paths(g, [t for t in range(model.tokenizer.vocab_size) if t not in g.logit_tokens.tolist()][:3],
                            (1, post_from), post_from, 0.5)
     assert none.refusal_mass == 0 and not none.refusal.any() and not none.request.any()
+    assert E.path_summary(g, p, E.output_influence(g)) == s  # the precomputed influence gives the same summary
     with pytest.raises(SafetyError, match="cover"):
         E.ExplainConfig(cover=0)
 
@@ -296,7 +297,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_dir, tmp_path):
     runner = CliRunner()
     for args, text in [(["--attacks", "nope"], "unknown attack"), (["--attacks", "gcg"], "cannot be explained"),
                        (["--attacks", ""], "no attack"), (["--aligned", "0"], "aligned"),
-                       (["--direction", str(tmp_path)], "not a readable refusal direction")]:
+                       (["--direction", str(tmp_path)], "not a readable refusal direction"),
+                       (["--tau-quantile", "1"], "tau_quantile"), (["--cover", "0"], "cover")]:
         res = runner.invoke(app, ["safety", "explain", "-m", str(tiny_dir("llama")), "-o", str(tmp_path / "o"), *args])
         assert res.exit_code == 2, (args, res.output)
         assert text in res.output and "Traceback" not in res.output, res.output

@@ -326,13 +326,19 @@ def aligned_features(graph, tcs, u: Tensor, aligned: float, user: tuple[int, int
     return Aligned(cos, (cos >= aligned) & (pos >= user[0]) & (pos < user[1]), (cos >= aligned) & (pos >= post_from))
 
 
-@torch.no_grad()
-def supernodes(graph, a: Aligned) -> dict:
-    """Influence on the output (shares of the total) of the harmful-request and refusal supernodes, and the top
-    features by influence."""
+def output_influence(graph, norm: Tensor | None = None) -> Tensor:
+    """[n_features] each feature's influence on the output (circuit-tracer's pruning weights)."""
     from ..circuits.prune import influence, normalized
 
-    infl = influence(normalized(graph.adjacency), graph.logit_weights())[: graph.n_features]
+    norm = normalized(graph.adjacency) if norm is None else norm
+    return influence(norm, graph.logit_weights())[: graph.n_features]
+
+
+@torch.no_grad()
+def supernodes(graph, a: Aligned, infl: Tensor | None = None) -> dict:
+    """Influence on the output (shares of the total) of the harmful-request and refusal supernodes, and the top
+    features by influence (``infl``: :func:`output_influence`, computed if not given)."""
+    infl = output_influence(graph) if infl is None else infl
     total = float(infl.sum()) or 1.0
     feats = graph.features
     top = infl.argsort(descending=True)[:10].tolist()
@@ -359,26 +365,38 @@ class Paths(NamedTuple):
 
 @torch.no_grad()
 def refusal_paths(graph, refusal_ids, user: tuple[int, int], post_from: int, cover: float,
-                  keys: tuple[set, set] | None = None) -> Paths:
+                  norm: Tensor | None = None) -> Paths:
     """Features by their influence on the refusal-opening logits (:func:`llmri.safety.evaluate.refusal_token_ids`
     among the graph's logit nodes, weighted by their probabilities): per region (the user's message; the
-    post-instruction positions), the fewest features holding ``cover`` of the region's total. With ``keys``
-    (the (layer, feature) pairs of another graph's request and refusal supernodes) the supernodes are instead
-    the features with those keys in each region — the same features looked up in an attacked prompt's graph."""
+    post-instruction positions), the fewest features holding ``cover`` of the region's total (``norm``: the
+    graph's normalised adjacency, computed if not given)."""
     from ..circuits.prune import influence, normalized
 
     is_r = torch.isin(graph.logit_tokens, torch.as_tensor(list(refusal_ids), dtype=graph.logit_tokens.dtype))
     w = torch.zeros(graph.adjacency.shape[0])
     w[graph.logit_slice] = graph.logit_probs.float() * is_r
-    infl = influence(normalized(graph.adjacency), w)[: graph.n_features] if is_r.any() else torch.zeros(graph.n_features)
-    pos = graph.features[:, 1]
-    regions = ((pos >= user[0]) & (pos < user[1]), pos >= post_from)
-    if keys is None:
-        masks = [_cover(infl, r, cover) for r in regions]
+    if is_r.any():
+        infl = influence(normalized(graph.adjacency) if norm is None else norm, w)[: graph.n_features]
     else:
-        pairs = [tuple(f) for f in graph.features[:, [0, 2]].tolist()]
-        masks = [r & torch.tensor([p in k for p in pairs], dtype=torch.bool) for r, k in zip(regions, keys)]
-    return Paths(infl, masks[0], masks[1], float(graph.logit_probs[is_r].sum()))
+        infl = torch.zeros(graph.n_features)
+    request, refusal = (_cover(infl, r, cover) for r in _regions(graph, user, post_from))
+    return Paths(infl, request, refusal, float(graph.logit_probs[is_r].sum()))
+
+
+def _regions(graph, user: tuple[int, int], post_from: int) -> tuple[Tensor, Tensor]:
+    """Feature masks of the user's message and of the post-instruction positions."""
+    pos = graph.features[:, 1]
+    return (pos >= user[0]) & (pos < user[1]), pos >= post_from
+
+
+def looked_up(graph, p: Paths, keys: tuple[set, set], user: tuple[int, int], post_from: int) -> Paths:
+    """``p`` (this graph's refusal paths) with its supernodes replaced by the features carrying ``keys`` — the
+    (layer, feature) pairs of another graph's request and refusal supernodes — in the same regions: the
+    unattacked prompt's carriers looked up in an attacked prompt's graph."""
+    pairs = [tuple(f) for f in graph.features[:, [0, 2]].tolist()]
+    request, refusal = (r & torch.tensor([q in k for q in pairs], dtype=torch.bool)
+                        for r, k in zip(_regions(graph, user, post_from), keys))
+    return p._replace(request=request, refusal=refusal)
 
 
 def _cover(infl: Tensor, region: Tensor, cover: float) -> Tensor:
@@ -399,12 +417,10 @@ def path_keys(graph, p: Paths) -> tuple[set, set]:
     return tuple({(int(f[0]), int(f[2])) for f in graph.features[m].tolist()} for m in (p.request, p.refusal))
 
 
-def path_summary(graph, p: Paths) -> dict:
-    """Shares of the output influence (as in :func:`supernodes`) and of the refusal influence held by the graph-
-    defined supernodes, with their sizes."""
-    from ..circuits.prune import influence, normalized
-
-    out_infl = influence(normalized(graph.adjacency), graph.logit_weights())[: graph.n_features]
+def path_summary(graph, p: Paths, out_infl: Tensor | None = None) -> dict:
+    """Shares of the output influence (``out_infl``, :func:`output_influence`, computed if not given) and of the
+    refusal influence held by the graph-defined supernodes, with their sizes."""
+    out_infl = output_influence(graph) if out_infl is None else out_infl
     total, r_total = float(out_infl.sum()) or 1.0, float(p.influence.sum()) or 1.0
     return {"refusal_logit_mass": p.refusal_mass,
             **{f"{name}_{k}": v for name, m in (("request", p.request), ("refusal", p.refusal))
@@ -431,6 +447,7 @@ def _graphs(model, case: dict, traj_plain: dict, traj_att: dict, u: Tensor, cfg:
     from ..circuits.attribution import AttributionConfig, attribute
     from ..circuits.pipeline import TraceConfig, write_trace
 
+    from ..circuits.prune import normalized
     from .evaluate import refusal_token_ids
 
     out, keys, refusal_ids = {}, None, refusal_token_ids(model)
@@ -441,13 +458,15 @@ def _graphs(model, case: dict, traj_plain: dict, traj_att: dict, u: Tensor, cfg:
         post_from = traj["answer_at"] - traj["post_instruction"]
         user = (traj["start"], post_from)
         a = aligned_features(graph, tcs, u, cfg.aligned, user, post_from)
-        out[label] = supernodes(graph, a)
-        paths = refusal_paths(graph, refusal_ids, user, post_from, cfg.cover)
-        out[label]["paths"] = path_summary(graph, paths)
+        norm = normalized(graph.adjacency)  # read once per graph by every influence below
+        infl = output_influence(graph, norm)
+        out[label] = supernodes(graph, a, infl)
+        paths = refusal_paths(graph, refusal_ids, user, post_from, cfg.cover, norm)
+        out[label]["paths"] = path_summary(graph, paths, infl)
         if keys is None:
             keys = path_keys(graph, paths)
         else:  # the unattacked graph's carriers, looked up in this one
-            out[label]["plain_paths"] = path_summary(graph, refusal_paths(graph, refusal_ids, user, post_from, cfg.cover, keys))
+            out[label]["plain_paths"] = path_summary(graph, looked_up(graph, paths, keys, user, post_from), infl)
         for row in out[label]["top_logits"]:
             row.insert(1, model.tokenizer.decode([row[0]]))
         summary = write_trace(model, tcs, graph, folder / "graphs" / f"{name}-{label}", TraceConfig(validate_top=0, feature_tokens=0),
