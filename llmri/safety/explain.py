@@ -167,18 +167,25 @@ def direction_and_threshold(model, cfg: ExplainConfig) -> Direction:
 
 
 @torch.no_grad()
-def token_means(model, prompts, batch_size: int) -> Tensor:
-    """[L, d] mean ``resid_pre.l`` over the prompts' tokens that are neither padding nor special."""
+def kept_states(model, prompts, points: list[str], batch_size: int):
+    """Per batch of the prompts: ({point: [B, T, d] states on the CPU}, [B, T] mask of the tokens that are
+    neither padding nor special) — the tokens every per-token statistic here reads."""
     from .refusal import _batches
 
-    points = [f"resid_pre.{l}" for l in range(model.n_layers)]
-    total, count = torch.zeros(model.n_layers, model.d_model, dtype=torch.float64), 0
     special = torch.tensor(sorted(model.special_ids))
     for ids, mask in _batches(model, prompts, batch_size):
         keep = (mask.bool() & ~torch.isin(ids, special.to(ids.device))).cpu()
         acts = model.capture(ids, points, attention_mask=mask)
+        yield {p: a.float().cpu() for p, a in acts.items()}, keep
+
+
+def token_means(model, prompts, batch_size: int) -> Tensor:
+    """[L, d] mean ``resid_pre.l`` over the prompts' tokens that are neither padding nor special."""
+    points = [f"resid_pre.{l}" for l in range(model.n_layers)]
+    total, count = torch.zeros(model.n_layers, model.d_model, dtype=torch.float64), 0
+    for acts, keep in kept_states(model, prompts, points, batch_size):
         for l, p in enumerate(points):
-            total[l] += acts[p].float().cpu()[keep].double().sum(0)
+            total[l] += acts[p][keep].double().sum(0)
         count += int(keep.sum())
     return (total / max(count, 1)).float()
 
@@ -203,14 +210,9 @@ def last_cosines(model, prompts, layer: int, u: Tensor, mean: Tensor, batch_size
 @torch.no_grad()
 def token_cosines(model, prompts, layer: int, u: Tensor, mean: Tensor, batch_size: int) -> Tensor:
     """cos(``resid_pre.layer`` − mean, u) at every token of the prompts that is neither padding nor special."""
-    from .refusal import _batches
-
-    out, special = [], torch.tensor(sorted(model.special_ids))
-    for ids, mask in _batches(model, prompts, batch_size):
-        keep = (mask.bool() & ~torch.isin(ids, special.to(ids.device))).cpu()
-        x = model.capture(ids, [f"resid_pre.{layer}"], attention_mask=mask)[f"resid_pre.{layer}"].float().cpu()
-        out.append(centred_cos(x[keep], mean[None], u[None]))
-    return torch.cat(out)
+    point = f"resid_pre.{layer}"
+    return torch.cat([centred_cos(acts[point][keep], mean[None], u[None])
+                      for acts, keep in kept_states(model, prompts, [point], batch_size)])
 
 
 # ------------------------------------------------------------------------------------------------ cases
