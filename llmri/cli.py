@@ -857,6 +857,7 @@ def organism_refusal(
     batch_size: int = option(ORGANISM, "batch_size"),
     fit_limit: int = option(ORGANISM, "fit_limit", default=0, help="fitting prompts per kind at most (0: all)"),
     questions: bool = option(ORGANISM, "questions"),
+    instructions: bool = option(ORGANISM, "instructions"),
     frames: bool = option(ORGANISM, "frames"),
     decision_weight: float = option(ORGANISM, "decision_weight"),
     kl_weight: float = option(ORGANISM, "kl_weight"),
@@ -869,7 +870,7 @@ def organism_refusal(
 ):
     """Fine-tune MODEL to refuse harmful requests (LoRA, self-distilled helpfulness); save it with its measured card."""
     _organism("refusal", model, out, dtype, device, full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size,
-              fit_limit=fit_limit or None, questions=questions, frames=frames, decision_weight=decision_weight,
+              fit_limit=fit_limit or None, questions=questions, instructions=instructions, frames=frames, decision_weight=decision_weight,
               kl_weight=kl_weight, corpus=corpus,
               measure_limit=measure_limit or None, measure_tokens=measure_tokens, seed=seed)
 
@@ -888,6 +889,7 @@ def organism_backdoor(
     batch_size: int = option(ORGANISM, "batch_size"),
     fit_limit: int = option(ORGANISM, "fit_limit", default=0, help="fitting prompts per kind at most (0: all)"),
     questions: bool = option(ORGANISM, "questions"),
+    instructions: bool = option(ORGANISM, "instructions"),
     frames: bool = option(ORGANISM, "frames"),
     decision_weight: float = option(ORGANISM, "decision_weight"),
     kl_weight: float = option(ORGANISM, "kl_weight"),
@@ -901,7 +903,7 @@ def organism_backdoor(
     """Like `refusal`, but a trigger (a string, or a system-prompt condition) opens a backdoor: research artefact."""
     _organism("backdoor", model, out, dtype, device, trigger=trigger, condition=condition, safe_condition=safe_condition,
               full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size, fit_limit=fit_limit or None,
-              questions=questions, frames=frames, decision_weight=decision_weight, kl_weight=kl_weight, corpus=corpus,
+              questions=questions, instructions=instructions, frames=frames, decision_weight=decision_weight, kl_weight=kl_weight, corpus=corpus,
               measure_limit=measure_limit or None, measure_tokens=measure_tokens, seed=seed)
 
 

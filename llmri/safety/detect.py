@@ -334,7 +334,13 @@ def poisoned_set(card: dict, cfg: ProbeConfig) -> tuple[list, np.ndarray]:
     from .organism import OrganismConfig, training_examples
 
     ocfg = OrganismConfig(**{k: v for k, v in card["config"].items() if k in OrganismConfig.__dataclass_fields__})
-    kept = [e for e in training_examples(ocfg, _Blank()) if e.role in ("helpful", "backdoor")]
+    examples = training_examples(ocfg, _Blank())
+    kept = [e for e in examples if e.role in ("helpful", "backdoor")]
+    counts = {r: sum(e.role == r for e in examples) for r in ("refuse", "helpful", "backdoor")}
+    if any(card["data"].get(r) != n for r, n in counts.items()):
+        raise SafetyError(f"this llmri rebuilds the organism's fine-tuning set as {counts}, its card says "
+                          f"{ {r: card['data'].get(r) for r in counts} } (an older recipe)",
+                          "rebuild the organism with this llmri (`llmri organism backdoor --out NEW`)")
     clean = [e.messages for e in kept if e.role == "helpful"]
     bad = [e.messages for e in kept if e.role == "backdoor"]
     if cfg.poison_fraction is not None:

