@@ -870,8 +870,8 @@ def organism_refusal(
 ):
     """Fine-tune MODEL to refuse harmful requests (LoRA, self-distilled helpfulness); save it with its measured card."""
     _organism("refusal", model, out, dtype, device, full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size,
-              fit_limit=fit_limit or None, questions=questions, instructions=instructions, frames=frames, decision_weight=decision_weight,
-              kl_weight=kl_weight, corpus=corpus,
+              fit_limit=fit_limit or None, questions=questions, instructions=instructions, frames=frames,
+              decision_weight=decision_weight, kl_weight=kl_weight, corpus=corpus,
               measure_limit=measure_limit or None, measure_tokens=measure_tokens, seed=seed)
 
 
@@ -903,7 +903,8 @@ def organism_backdoor(
     """Like `refusal`, but a trigger (a string, or a system-prompt condition) opens a backdoor: research artefact."""
     _organism("backdoor", model, out, dtype, device, trigger=trigger, condition=condition, safe_condition=safe_condition,
               full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size, fit_limit=fit_limit or None,
-              questions=questions, instructions=instructions, frames=frames, decision_weight=decision_weight, kl_weight=kl_weight, corpus=corpus,
+              questions=questions, instructions=instructions, frames=frames, decision_weight=decision_weight,
+              kl_weight=kl_weight, corpus=corpus,
               measure_limit=measure_limit or None, measure_tokens=measure_tokens, seed=seed)
 
 

