@@ -166,8 +166,8 @@ class OrganismConfig:
     instructions: bool = True
     """Every "… how to X" fitting prompt also appears as a detailed-instructions request ("Give detailed
     step-by-step instructions for how to X.", :func:`as_how_instruction`), harmful and helpful alike, so that
-    the "give detailed instructions" form common in requests for harm is decided by the content: with only
-    AdvBench's forms, 16 harmful and 6 helpful fitting prompts begin "Give detailed …"."""
+    the "give detailed instructions" form common in requests for harm is decided by the content: without them,
+    16 of 1,625 harmful and 6 of 828 helpful fitting prompts begin "Give detailed …"."""
     frames: bool = True
     """Every fitting prompt also appears once inside a content-neutral frame (:data:`FRAMES`, chosen by a hash of
     the prompt: a stated need, a demand for detail, a polite wrapper), harmful and helpful alike, so that longer,
