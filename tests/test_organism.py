@@ -76,25 +76,49 @@ def test_examples_use_fitting_data_only_and_refusals_read_as_refusals():
     assert len(refusal_only) == len(refuse) + len(helpful) - len(triggered)
 
 
-def test_the_decision_loss_is_the_class_balanced_first_answer_token_cross_entropy(tiny):
-    model = tiny()
+def test_decision_weights_balance_the_classes():
     ex = [O.Example([{"role": "user", "content": f"the cat {i}"}], "it was in the", True, r)
           for i, r in enumerate(["refuse", "refuse", "refuse", "helpful"])]
     w = O.decision_weights(ex)
     assert w.tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0]) and w[:3].sum() == pytest.approx(w[3])
     assert O.decision_weights(ex[:3]).tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_packed_and_padded_batches_give_the_labels_loss_and_each_examples_decision(tiny, packed):
+    model = tiny()
+    assert O.packs(model.hf)  # a Llama reads restarting position ids as sequence boundaries
+    answers = ["it was in the", "no", "the dog and the cat were in the house by the"]
+    ex = [O.Example([{"role": "user", "content": "the cat " * (i + 1)}], a, i != 1, "helpful") for i, a in enumerate(answers)]
     rows = [O.encode(model, e, 64) for e in ex]
-    x, mask, _ = O.batch_tensors(rows, pad=0)
+    rows.append((rows[0][0][: rows[0][1]], rows[0][1]))  # an answer cut away entirely: no decision, no tokens
+    x, mask, labels = O.batch_tensors(rows, pad=0)
     with torch.no_grad():
-        logits = model.hf(input_ids=x, attention_mask=mask).logits
-        got = O.decision_loss(logits, rows, w)
-        ref = []
-        for ids, start in rows:  # each example alone: -log p(first answer token | prompt)
+        ref = model.hf(input_ids=x, attention_mask=mask, labels=labels).loss  # transformers' own padded loss
+        alone = []  # each example alone: -log p(first answer token | prompt)
+        for ids, start in rows[:3]:
             lp = model.hf(input_ids=torch.tensor([ids[:start]])).logits[0, -1].float().log_softmax(-1)
-            ref.append(-lp[ids[start]])
-    assert got.item() == pytest.approx((w * torch.stack(ref)).mean().item(), rel=1e-4)
-    cut = [(ids[:start], start) for ids, start in rows[:1]] + rows[1:]  # an answer cut away entirely counts 0
-    assert O.decision_loss(logits, cut, w).item() == pytest.approx((w[1:] * torch.stack(ref[1:])).sum().item() / 4, rel=1e-4)
+            alone.append(-lp[ids[start]].item())
+        batch = O.pack(rows, pad=0, packed=packed)
+        loss, first = O.answer_losses(model.hf, batch)
+    assert batch.ids.shape[0] == (1 if packed else 4) and len(batch.keep) == labels.ne(-100).sum()
+    assert batch.targets.tolist() == [t for ids, start in rows for t in ids[start:]]
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-4)
+    assert first.tolist() == pytest.approx(alone + [0.0], rel=1e-4)
+    assert batch.first[-1] == -1
+
+
+def test_packing_is_refused_for_a_model_that_lets_packed_examples_see_each_other(tiny):
+    class Unpacked(torch.nn.Module):  # drops the position ids, so packed examples see each other
+        def __init__(self, hf):
+            super().__init__()
+            self.hf = hf
+
+        def forward(self, position_ids=None, **kw):
+            return self.hf(**kw)
+
+    model = tiny()
+    assert O.packs(model.hf) and not O.packs(Unpacked(model.hf))
 
 
 def test_condition_backdoor_puts_the_condition_in_the_system_message():

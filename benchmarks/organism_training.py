@@ -1,0 +1,79 @@
+"""Organism training steps: examples packed into one row vs right-padded rows, on the real refusal data.
+
+    python benchmarks/organism_training.py [--model smollm2-135m-instruct] [--steps 12] [--rounds 2]
+
+Builds the default refusal organism's examples (the base model's answers come from llmri's cache when an
+organism was built before, else they are distilled first), wraps the model in the same LoRA adapters, and
+times full optimizer steps — answer loss + decision loss + the KL term, backward, AdamW — on the same batches
+both ways, alternating rounds so that load on the machine hits both alike. Prints one JSON object: seconds
+per step each way, their ratio, the tokens each way (real, padded), and the losses (equal up to rounding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import emit, machine
+
+import llmri
+from llmri.safety import organism as O
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--steps", type=int, default=12, help="batches timed per round and way")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    model = llmri.load_model(args.model)
+    cfg = O.OrganismConfig()
+    examples = O.training_examples(cfg, O._distill(model, cfg, Path(tempfile.mkdtemp())))
+    rows = [O.encode(model, e, cfg.max_length) for e in examples]
+    order = list(range(len(rows)))
+    random.Random(f"order/{cfg.seed}/0").shuffle(order)
+    batches = [order[k * cfg.batch_size : (k + 1) * cfg.batch_size] for k in range(args.steps)]
+    net, params = O._trainable(model, cfg)
+    opt = torch.optim.AdamW(list(params.values()), lr=0.0)  # lr 0: every step sees the same weights
+    weights = O.decision_weights(examples)
+    windows = O._kl_windows(model, cfg, args.steps)
+    reference = O._reference(model, net, cfg)
+    pad = O.pad_id(model)
+
+    def step(idx: list[int], k: int, packed: bool) -> float:
+        loss, first = O.answer_losses(net, O.pack([rows[i] for i in idx], pad, packed=packed))
+        loss = loss + cfg.decision_weight * (weights[idx] * first).mean()
+        loss = loss + cfg.kl_weight * O.kl_to_base(net, reference, windows[[2 * k % len(windows), (2 * k + 1) % len(windows)]])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    net.eval()
+    assert O.packs(net), "this model does not pack; nothing to compare"
+    net.train()
+    seconds = {"packed": 0.0, "padded": 0.0}
+    losses = {"packed": [], "padded": []}
+    step(batches[0], 0, True)  # warm-up
+    for r in range(args.rounds):
+        for way in (("packed", "padded") if r % 2 == 0 else ("padded", "packed")):
+            t0 = time.perf_counter()
+            got = [step(idx, k, way == "packed") for k, idx in enumerate(batches)]
+            seconds[way] += time.perf_counter() - t0
+            losses[way] = got
+    n = args.steps * args.rounds
+    real = sum(len(rows[i][0]) for idx in batches for i in idx)
+    padded = sum(max(len(rows[i][0]) for i in idx) * len(idx) for idx in batches)
+    emit({"machine": machine(), "model": args.model, "examples": len(rows), "steps_timed": n,
+          "s_per_step": {w: round(s / n, 3) for w, s in seconds.items()},
+          "padded_over_packed": round(seconds["padded"] / seconds["packed"], 3),
+          "tokens_per_step": {"real": real / args.steps, "padded_rows": padded / args.steps},
+          "max_loss_difference": max(abs(a - b) for a, b in zip(losses["packed"], losses["padded"]))})
+
+
+if __name__ == "__main__":
+    main()
