@@ -5,8 +5,10 @@
 Builds the default refusal organism's examples (the base model's answers come from llmri's cache when an
 organism was built before, else they are distilled first), wraps the model in the same LoRA adapters, and
 times full optimizer steps — answer loss + decision loss + the KL term, backward, AdamW — on the same batches
-both ways, alternating rounds so that load on the machine hits both alike. Prints one JSON object: seconds
-per step each way, their ratio, the tokens each way (real, padded), and the losses (equal up to rounding).
+both ways (and the KL term alone), alternating rounds so that load on the machine hits each alike. Prints one
+JSON object: seconds per step each way, their ratio, the share of a packed step the KL term takes (its windows
+alone, forward and backward), the tokens per step each way (real, padded rows) and the largest difference of
+the packed and padded losses (equal up to rounding).
 """
 
 from __future__ import annotations
@@ -44,10 +46,13 @@ def main() -> None:
     reference = O._reference(model, net, cfg)
     pad = O.pad_id(model)
 
-    def step(idx: list[int], k: int, packed: bool) -> float:
-        loss, first = O.answer_losses(net, O.pack([rows[i] for i in idx], pad, packed=packed))
-        loss = loss + cfg.decision_weight * (weights[idx] * first).mean()
-        loss = loss + cfg.kl_weight * O.kl_to_base(net, reference, windows[[2 * k % len(windows), (2 * k + 1) % len(windows)]])
+    def step(idx: list[int], k: int, way: str) -> float:
+        kl = O.kl_to_base(net, reference, windows[[2 * k % len(windows), (2 * k + 1) % len(windows)]])
+        if way == "kl_only":  # the KL term's share of a step
+            loss = cfg.kl_weight * kl
+        else:
+            loss, first = O.answer_losses(net, O.pack([rows[i] for i in idx], pad, packed=way == "packed"))
+            loss = loss + cfg.decision_weight * (weights[idx] * first).mean() + cfg.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -56,13 +61,13 @@ def main() -> None:
     net.eval()
     assert O.packs(net), "this model does not pack; nothing to compare"
     net.train()
-    seconds = {"packed": 0.0, "padded": 0.0}
-    losses = {"packed": [], "padded": []}
-    step(batches[0], 0, True)  # warm-up
+    seconds = {"packed": 0.0, "padded": 0.0, "kl_only": 0.0}
+    losses = {"packed": [], "padded": [], "kl_only": []}
+    step(batches[0], 0, "packed")  # warm-up
     for r in range(args.rounds):
-        for way in (("packed", "padded") if r % 2 == 0 else ("padded", "packed")):
+        for way in (("packed", "padded", "kl_only") if r % 2 == 0 else ("kl_only", "padded", "packed")):
             t0 = time.perf_counter()
-            got = [step(idx, k, way == "packed") for k, idx in enumerate(batches)]
+            got = [step(idx, k, way) for k, idx in enumerate(batches)]
             seconds[way] += time.perf_counter() - t0
             losses[way] = got
     n = args.steps * args.rounds
@@ -71,6 +76,7 @@ def main() -> None:
     emit({"machine": machine(), "model": args.model, "examples": len(rows), "steps_timed": n,
           "s_per_step": {w: round(s / n, 3) for w, s in seconds.items()},
           "padded_over_packed": round(seconds["padded"] / seconds["packed"], 3),
+          "kl_share_of_packed_step": round(seconds["kl_only"] / seconds["packed"], 3),
           "tokens_per_step": {"real": real / args.steps, "padded_rows": padded / args.steps},
           "max_loss_difference": max(abs(a - b) for a, b in zip(losses["packed"], losses["padded"]))})
 

@@ -34,9 +34,9 @@ save) or full fine-tuning; AdamW; the loss is next-token cross-entropy on the an
 template's prompt part is masked), plus (``decision_weight``) a class-balanced cross-entropy on each example's
 first answer token, the refuse-or-help decision. Each step's examples are packed end to end into one row
 (:func:`pack`; no padding, and the LM head runs on the answer positions only: the same loss as right-padded
-rows, measured 1.x× faster on the refusal data). Steps run over the examples in a seeded order per epoch; checkpoints
-(trainable tensors + optimizer state in safetensors, the step in JSON) every ``checkpoint_every`` steps,
-and a run started again on the same folder continues bit-identically.
+rows, 1.32× faster per step on the refusal data, ``benchmarks/organism_training.py``). Steps run over the
+examples in a seeded order per epoch; checkpoints (trainable tensors + optimizer state in safetensors, the step
+in JSON) every ``checkpoint_every`` steps, and a run started again on the same folder continues bit-identically.
 
 **Measured** (the card, :data:`organism.json` and ``README.md``): refusal rate (keyword judge, 95% Wilson
 intervals) on HarmBench, StrongREJECT, harmless-test and over-refusal-test for the base model, the organism,
@@ -464,14 +464,16 @@ def answer_losses(net, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def packs(net) -> bool:
     """Whether ``net`` reads restarting position ids as sequence boundaries (transformers' packed sequences):
-    the logits of a short sequence packed after another equal its logits alone. Models that do not (attention
-    without transformers' mask utilities) are trained on right-padded rows instead — the same loss, slower."""
+    the logits of a short sequence packed after another (kept by ``logits_to_keep``) equal its logits alone.
+    Models that do not (attention without transformers' mask utilities, no ``logits_to_keep``) are trained on
+    right-padded rows instead — the same loss, slower."""
     dev = next(net.parameters()).device
     a, b = list(range(3, 9)), list(range(11, 16))
     alone = net(input_ids=torch.tensor([b], device=dev), use_cache=False).logits[0].float()
     try:
         both = net(input_ids=torch.tensor([a + b], device=dev), use_cache=False,
-                   position_ids=torch.tensor([list(range(len(a))) + list(range(len(b)))], device=dev)).logits[0, len(a):]
+                   position_ids=torch.tensor([list(range(len(a))) + list(range(len(b)))], device=dev),
+                   logits_to_keep=torch.arange(len(a), len(a) + len(b), device=dev)).logits[0]
     except (TypeError, ValueError, RuntimeError):
         return False
     return bool((both.float() - alone).abs().max() <= 1e-3 * alone.abs().max().clamp_min(1e-6))
