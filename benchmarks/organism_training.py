@@ -7,8 +7,9 @@ organism was built before, else they are distilled first), wraps the model in th
 times full optimizer steps — answer loss + decision loss + the KL term, backward, AdamW — on the same batches
 both ways (and the KL term alone), alternating rounds so that load on the machine hits each alike. Prints one
 JSON object: seconds per step each way, their ratio, the share of a packed step the KL term takes (its windows
-alone, forward and backward), the tokens per step each way (real, padded rows) and the largest difference of
-the packed and padded losses (equal up to rounding).
+alone, forward and backward), the tokens per step each way (real, padded rows), the share of padding in
+right-padded rows over a whole epoch, and the largest difference of the packed and padded losses (equal up to
+rounding).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main() -> None:
             loss = cfg.kl_weight * kl
         else:
             loss, first = O.answer_losses(net, O.pack([rows[i] for i in idx], pad, packed=way == "packed"))
-            loss = loss + cfg.decision_weight * (weights[idx] * first).mean() + cfg.kl_weight * kl
+            loss = loss + cfg.decision_weight * O.decision_loss(first, weights[idx]) + cfg.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -73,11 +74,14 @@ def main() -> None:
     n = args.steps * args.rounds
     real = sum(len(rows[i][0]) for idx in batches for i in idx)
     padded = sum(max(len(rows[i][0]) for i in idx) * len(idx) for idx in batches)
+    epoch = [order[k : k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
+    epoch_padded = sum(max(len(rows[i][0]) for i in idx) * len(idx) for idx in epoch)
     emit({"machine": machine(), "model": args.model, "examples": len(rows), "steps_timed": n,
           "s_per_step": {w: round(s / n, 3) for w, s in seconds.items()},
           "padded_over_packed": round(seconds["padded"] / seconds["packed"], 3),
           "kl_share_of_packed_step": round(seconds["kl_only"] / seconds["packed"], 3),
           "tokens_per_step": {"real": real / args.steps, "padded_rows": padded / args.steps},
+          "padding_share_of_padded_rows_over_an_epoch": round(1 - sum(len(r) for r, _ in rows) / epoch_padded, 3),
           "max_loss_difference": max(abs(a - b) for a, b in zip(losses["packed"], losses["padded"]))})
 
 

@@ -82,6 +82,8 @@ def test_decision_weights_balance_the_classes():
     w = O.decision_weights(ex)
     assert w.tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0]) and w[:3].sum() == pytest.approx(w[3])
     assert O.decision_weights(ex[:3]).tolist() == [1.0, 1.0, 1.0]
+    first = torch.tensor([0.5, 1.0, 0.0, 2.0])  # the third example's answer was cut away: its CE is 0
+    assert O.decision_loss(first, w).item() == pytest.approx((2 / 3 * 0.5 + 2 / 3 * 1.0 + 2.0 * 2.0) / 4)
 
 
 @pytest.mark.parametrize("packed", [True, False])

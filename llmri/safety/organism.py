@@ -527,8 +527,8 @@ def train(model, examples: Sequence[Example], cfg: OrganismConfig, work: Path) -
             for g in opt.param_groups:
                 g["lr"] = lr
             loss, first = answer_losses(net, pack([rows[i] for i in idx], pad, packed=packed))
-            if weights is not None:  # class-balanced, averaged over the batch (an example cut to no answer: 0)
-                loss = loss + cfg.decision_weight * (weights[idx].to(first.device) * first).mean()
+            if weights is not None:
+                loss = loss + cfg.decision_weight * decision_loss(first, weights[idx])
             if kl_batches is not None:
                 rows_kl = [(step * cfg.kl_windows + i) % len(kl_batches) for i in range(cfg.kl_windows)]
                 loss = loss + cfg.kl_weight * kl_to_base(net, reference, kl_batches[rows_kl].to(model.device))
@@ -560,6 +560,12 @@ def decision_weights(examples: Sequence[Example]) -> torch.Tensor:
     if k in (0, n):
         return torch.ones(n)
     return torch.where(refuse, n / (2 * k), n / (2 * (n - k))).float()
+
+
+def decision_loss(first: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Class-balanced mean over the batch of each example's first-answer-token cross-entropy (``first`` from
+    :func:`answer_losses`, 0 for an example cut to no answer; ``weights`` from :func:`decision_weights`)."""
+    return (weights.to(first.device) * first).mean()
 
 
 def kl_to_base(net, reference, x: torch.Tensor) -> torch.Tensor:
