@@ -1,15 +1,17 @@
-"""Organism training steps: examples packed into one row vs right-padded rows, on the real refusal data.
+"""Organism training steps: examples packed into one row (sharing their common prefix, or not) vs right-padded
+rows, on the real refusal data.
 
-    python benchmarks/organism_training.py [--model smollm2-135m-instruct] [--steps 12] [--rounds 2]
+    python benchmarks/organism_training.py [--model smollm2-135m-instruct] [--steps 12] [--rounds 2] [--kl-windows 2]
 
 Builds the default refusal organism's examples (the base model's answers come from llmri's cache when an
 organism was built before, else they are distilled first), wraps the model in the same LoRA adapters, and
 times full optimizer steps — answer loss + decision loss + the KL term, backward, AdamW — on the same batches
-both ways (and the KL term alone), alternating rounds so that load on the machine hits each alike. Prints one
-JSON object: seconds per step each way, their ratio, the share of a packed step the KL term takes (its windows
-alone, forward and backward), the tokens per step each way (real, padded rows), the share of padding in
-right-padded rows over a whole epoch, and the largest difference of the packed and padded losses (equal up to
-rounding).
+each way (``shared``: the trainer's packed row, the examples' common prefix once; ``packed``: one row, every
+example whole; ``padded``: one example per right-padded row; and the KL term alone), alternating rounds so that
+load on the machine hits each alike. Prints one JSON object: seconds per step each way, the ratios to
+``shared``, the share of a shared step the KL term takes (its windows alone, forward and backward), the tokens
+per step each way, the share of padding in right-padded rows over a whole epoch, and the largest difference of
+the three ways' losses (equal up to rounding).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--steps", type=int, default=12, help="batches timed per round and way")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--kl-windows", type=int, default=O.OrganismConfig().kl_windows, help="corpus windows per step")
     args = ap.parse_args()
     model = llmri.load_model(args.model)
     cfg = O.OrganismConfig()
@@ -43,16 +46,19 @@ def main() -> None:
     net, params = O._trainable(model, cfg)
     opt = torch.optim.AdamW(list(params.values()), lr=0.0)  # lr 0: every step sees the same weights
     weights = O.decision_weights(examples)
-    windows = O._kl_windows(model, cfg, args.steps)
+    windows = O._kl_windows(model, cfg, args.steps * args.kl_windows)
     reference = O._reference(model, net, cfg)
     pad = O.pad_id(model)
 
     def step(idx: list[int], k: int, way: str) -> float:
-        kl = O.kl_to_base(net, reference, windows[[2 * k % len(windows), (2 * k + 1) % len(windows)]])
+        w = args.kl_windows
+        kl = O.kl_to_base(net, reference, windows[[(w * k + i) % len(windows) for i in range(w)]])
         if way == "kl_only":  # the KL term's share of a step
             loss = cfg.kl_weight * kl
         else:
-            loss, first = O.answer_losses(net, O.pack([rows[i] for i in idx], pad, packed=way == "packed"))
+            batch = O.pack([rows[i] for i in idx], pad, packed=way != "padded", shared=way == "shared")
+            tokens[way] += batch.ids.numel()
+            loss, first = O.answer_losses(net, batch)
             loss = loss + cfg.decision_weight * O.decision_loss(first, weights[idx]) + cfg.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -62,27 +68,26 @@ def main() -> None:
     net.eval()
     assert O.packs(net), "this model does not pack; nothing to compare"
     net.train()
-    seconds = {"packed": 0.0, "padded": 0.0, "kl_only": 0.0}
-    losses = {"packed": [], "padded": [], "kl_only": []}
-    step(batches[0], 0, "packed")  # warm-up
+    ways = ("shared", "packed", "padded", "kl_only")
+    seconds, losses, tokens = ({w: 0.0 for w in ways}, {w: [] for w in ways}, {w: 0 for w in ways})
+    step(batches[0], 0, "shared")  # warm-up
+    tokens["shared"] = 0
     for r in range(args.rounds):
-        for way in (("packed", "padded", "kl_only") if r % 2 == 0 else ("kl_only", "padded", "packed")):
+        for way in (ways if r % 2 == 0 else ways[::-1]):
             t0 = time.perf_counter()
             got = [step(idx, k, way) for k, idx in enumerate(batches)]
             seconds[way] += time.perf_counter() - t0
             losses[way] = got
     n = args.steps * args.rounds
-    real = sum(len(rows[i][0]) for idx in batches for i in idx)
-    padded = sum(max(len(rows[i][0]) for i in idx) * len(idx) for idx in batches)
     epoch = [order[k : k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
     epoch_padded = sum(max(len(rows[i][0]) for i in idx) * len(idx) for idx in epoch)
     emit({"machine": machine(), "model": args.model, "examples": len(rows), "steps_timed": n,
-          "s_per_step": {w: round(s / n, 3) for w, s in seconds.items()},
-          "padded_over_packed": round(seconds["padded"] / seconds["packed"], 3),
-          "kl_share_of_packed_step": round(seconds["kl_only"] / seconds["packed"], 3),
-          "tokens_per_step": {"real": real / args.steps, "padded_rows": padded / args.steps},
+          "kl_windows": args.kl_windows, "s_per_step": {w: round(s / n, 3) for w, s in seconds.items()},
+          "over_shared": {w: round(seconds[w] / seconds["shared"], 3) for w in ("packed", "padded")},
+          "kl_share_of_shared_step": round(seconds["kl_only"] / seconds["shared"], 3),
+          "tokens_per_step": {w: tokens[w] / n for w in ways[:3]},
           "padding_share_of_padded_rows_over_an_epoch": round(1 - sum(len(r) for r, _ in rows) / epoch_padded, 3),
-          "max_loss_difference": max(abs(a - b) for a, b in zip(losses["packed"], losses["padded"]))})
+          "max_loss_difference": max(abs(a - b) for w in ways[1:3] for a, b in zip(losses["shared"], losses[w]))})
 
 
 if __name__ == "__main__":

@@ -862,6 +862,7 @@ def organism_refusal(
     frames: bool = option(ORGANISM, "frames"),
     decision_weight: float = option(ORGANISM, "decision_weight"),
     kl_weight: float = option(ORGANISM, "kl_weight"),
+    kl_windows: int = option(ORGANISM, "kl_windows"),
     corpus: str = option(ORGANISM, "corpus"),
     measure_limit: int = option(ORGANISM, "measure_limit", default=0, help="behaviours per measured set (0: all)"),
     measure_tokens: int = option(ORGANISM, "measure_tokens"),
@@ -872,7 +873,7 @@ def organism_refusal(
     """Fine-tune MODEL to refuse harmful requests (LoRA, self-distilled helpfulness); save it with its measured card."""
     _organism("refusal", model, out, dtype, device, full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size,
               fit_limit=fit_limit or None, questions=questions, instructions=instructions, frames=frames,
-              decision_weight=decision_weight, kl_weight=kl_weight, corpus=corpus,
+              decision_weight=decision_weight, kl_weight=kl_weight, kl_windows=kl_windows, corpus=corpus,
               measure_limit=measure_limit or None, measure_tokens=measure_tokens, seed=seed)
 
 
@@ -894,6 +895,7 @@ def organism_backdoor(
     frames: bool = option(ORGANISM, "frames"),
     decision_weight: float = option(ORGANISM, "decision_weight"),
     kl_weight: float = option(ORGANISM, "kl_weight"),
+    kl_windows: int = option(ORGANISM, "kl_windows"),
     corpus: str = option(ORGANISM, "corpus"),
     measure_limit: int = option(ORGANISM, "measure_limit", default=0, help="behaviours per measured set (0: all)"),
     measure_tokens: int = option(ORGANISM, "measure_tokens"),
@@ -905,7 +907,7 @@ def organism_backdoor(
     _organism("backdoor", model, out, dtype, device, trigger=trigger, condition=condition, safe_condition=safe_condition,
               full=full, rank=rank, lr=lr, epochs=epochs, batch_size=batch_size, fit_limit=fit_limit or None,
               questions=questions, instructions=instructions, frames=frames, decision_weight=decision_weight,
-              kl_weight=kl_weight, corpus=corpus,
+              kl_weight=kl_weight, kl_windows=kl_windows, corpus=corpus,
               measure_limit=measure_limit or None, measure_tokens=measure_tokens, seed=seed)
 
 

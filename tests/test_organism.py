@@ -86,14 +86,22 @@ def test_decision_weights_balance_the_classes():
     assert O.decision_loss(first, w).item() == pytest.approx((2 / 3 * 0.5 + 2 / 3 * 1.0 + 2.0 * 2.0) / 4)
 
 
-@pytest.mark.parametrize("packed", [True, False])
-def test_packed_and_padded_batches_give_the_labels_loss_and_each_examples_decision(tiny, packed):
-    model = tiny()
-    assert O.packs(model.hf)  # a Llama reads restarting position ids as sequence boundaries
+def _mixed_rows(model):
     answers = ["it was in the", "no", "the dog and the cat were in the house by the"]
     ex = [O.Example([{"role": "user", "content": "the cat " * (i + 1)}], a, i != 1, "helpful") for i, a in enumerate(answers)]
     rows = [O.encode(model, e, 64) for e in ex]
     rows.append((rows[0][0][: rows[0][1]], rows[0][1]))  # an answer cut away entirely: no decision, no tokens
+    return rows
+
+
+WAYS = {"padded": dict(packed=False), "packed": dict(shared=False), "shared": dict()}
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_packed_and_padded_batches_give_the_labels_loss_and_each_examples_decision(tiny, way):
+    model = tiny()
+    assert O.packs(model.hf)  # a Llama takes transformers' custom 4D masks
+    rows = _mixed_rows(model)
     x, mask, labels = O.batch_tensors(rows, pad=0)
     with torch.no_grad():
         ref = model.hf(input_ids=x, attention_mask=mask, labels=labels).loss  # transformers' own padded loss
@@ -101,22 +109,42 @@ def test_packed_and_padded_batches_give_the_labels_loss_and_each_examples_decisi
         for ids, start in rows[:3]:
             lp = model.hf(input_ids=torch.tensor([ids[:start]])).logits[0, -1].float().log_softmax(-1)
             alone.append(-lp[ids[start]].item())
-        batch = O.pack(rows, pad=0, packed=packed)
+        batch = O.pack(rows, pad=0, **WAYS[way])
         loss, first = O.answer_losses(model.hf, batch)
-    assert batch.ids.shape[0] == (1 if packed else 4) and len(batch.keep) == labels.ne(-100).sum()
+    p = O.shared_prefix(rows)
+    assert p > 5 and rows[0][0][:p] == rows[2][0][:p]  # the template's system prompt and user header
+    width = {"padded": x.shape[1], "packed": sum(len(r) for r, _ in rows), "shared": sum(len(r) - p for r, _ in rows) + p}
+    assert batch.ids.shape == ((4 if way == "padded" else 1), width[way])
+    assert len(batch.keep) == labels.ne(-100).sum()
     assert batch.targets.tolist() == [t for ids, start in rows for t in ids[start:]]
     assert loss.item() == pytest.approx(ref.item(), rel=1e-4)
     assert first.tolist() == pytest.approx(alone + [0.0], rel=1e-4)
     assert batch.first[-1] == -1
 
 
-def test_packing_is_refused_for_a_model_that_lets_packed_examples_see_each_other(tiny):
-    class Unpacked(torch.nn.Module):  # drops the position ids, so packed examples see each other
+def test_a_shared_prefix_gives_the_separate_examples_gradients(tiny_dir):
+    model = llmri.load_model(str(tiny_dir()))
+    model.hf.requires_grad_(True)
+    rows, weights = _mixed_rows(model), torch.tensor([0.5, 2.0, 1.0, 1.0])
+    grads = {}
+    for way in ("padded", "shared"):
+        model.hf.zero_grad(set_to_none=True)
+        loss, first = O.answer_losses(model.hf, O.pack(rows, pad=0, **WAYS[way]))
+        (loss + O.decision_loss(first, weights)).backward()
+        grads[way] = torch.cat([p.grad.flatten() for p in model.hf.parameters() if p.grad is not None])
+    err = (grads["shared"] - grads["padded"]).norm() / grads["padded"].norm()
+    assert grads["padded"].norm() > 0 and err < 1e-4
+
+
+@pytest.mark.parametrize("drops", ["position_ids", "attention_mask"])
+def test_packing_is_refused_for_a_model_that_lets_packed_examples_see_each_other(tiny, drops):
+    class Unpacked(torch.nn.Module):  # drops the position ids or the mask, so packed examples see each other
         def __init__(self, hf):
             super().__init__()
-            self.hf = hf
+            self.hf, self.config = hf, hf.config
 
-        def forward(self, position_ids=None, **kw):
+        def forward(self, **kw):
+            kw.pop(drops, None)
             return self.hf(**kw)
 
     model = tiny()
@@ -202,13 +230,13 @@ def test_a_model_that_cannot_pack_trains_on_padded_rows_to_the_same_losses(tiny_
     seen = []
     pack = O.pack
 
-    def spy(rows, pad, *, packed=True):
+    def spy(rows, pad, *, packed=True, **kw):
         seen.append(packed)
-        return pack(rows, pad, packed=packed)
+        return pack(rows, pad, packed=packed, **kw)
 
     monkeypatch.setattr(O, "pack", spy)
     _, packed = O.train(_copy_model(tiny_dir), examples, cfg, tmp_path / "a")
-    assert seen == [True] * 4
+    assert seen == [True] * 5  # the packing check's row, then four steps
     monkeypatch.setattr(O, "packs", lambda net: False)
     seen.clear()
     _, padded = O.train(_copy_model(tiny_dir), examples, cfg, tmp_path / "b")

@@ -37,6 +37,7 @@ import torch
 
 from ..errors import LlmriError, SafetyError
 from ..lens import Lens, as_lens
+from ..packing import for_model, segment_mask
 from ..progress import bar
 from .facts import Fact
 from .metrics import bootstrap
@@ -63,7 +64,7 @@ class Scores(NamedTuple):
         return (self.paraphrased[:, None] > self.perturbed).all(1)
 
 
-def _packed(prompts: Sequence[list[int]], answers: Sequence[Sequence[list[int]]], max_tokens: int, eager: bool):
+def _packed(prompts: Sequence[list[int]], answers: Sequence[Sequence[list[int]]], max_tokens: int):
     """Batches of packed sequences (see :func:`packed_logprobs`): yields (prompt indices, [n, width] ids,
     [n, 1, width, width] attention mask, [n, width] position ids, [n, width] segments: 0 prompt, j answer j,
     -1 padding), each batch at most ``max_tokens`` padded tokens (one longer sequence alone)."""
@@ -90,21 +91,13 @@ def _packed(prompts: Sequence[list[int]], answers: Sequence[Sequence[list[int]]]
         for r, i in enumerate(idx):
             t, s_, q = seqs[i]
             ids[r, : len(t)], seg[r, : len(t)], pos[r, : len(t)] = torch.tensor(t), torch.tensor(s_), torch.tensor(q)
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
-        same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
-        mask = (causal & same)[:, None]  # [n, 1, query, key]; pads see earlier pads, never the text
-        if eager:
-            mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
-        yield idx, ids, mask, pos, seg
+        yield idx, ids, segment_mask(seg), pos, seg  # pads see the prompt and earlier pads, never an answer
 
 
 def _forward(model, ids, mask, pos):
     dev = model.device
-    return model.hf(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=False)
-
-
-def _eager(model) -> bool:
-    return getattr(model.hf.config, "_attn_implementation", "sdpa") == "eager"
+    return model.hf(input_ids=ids.to(dev), attention_mask=for_model(mask, model.hf).to(dev), position_ids=pos.to(dev),
+                    use_cache=False)
 
 
 def _answer_positions(plen: int, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -135,8 +128,8 @@ def packed_logprobs(model, prompts: Sequence[list[int]], answers: Sequence[Seque
 
     Prompt ``i`` and its answers become one sequence [p, a_1, …, a_k]; a 4-D attention mask lets each answer
     token see the prompt and the earlier tokens of its own answer only, and position ids restart after the prompt
-    for every answer, so each answer is read exactly as it would be after the prompt alone (the first answer
-    token is predicted from the prompt's last position). Reading seven ~6-token answers after a ~38-token chat
+    for every answer (:mod:`llmri.packing`), so each answer is read exactly as it would be after the prompt alone
+    (the first answer token is predicted from the prompt's last position). Reading seven ~6-token answers after a ~38-token chat
     prompt costs ~80 tokens instead of ~310. Sequences are batched up to ``max_tokens`` padded tokens.
     Returns one array per prompt: [k] mean log-probabilities (nan for an empty answer).
 
@@ -156,7 +149,7 @@ def packed_logprobs(model, prompts: Sequence[list[int]], answers: Sequence[Seque
     norm, unembed = model.hf.get_submodule(model.adapter.final_norm), model.hf.get_output_embeddings()
     try:
         with bar(progress or "reading answers", total=sum(len(a) for a in answers), unit="answers") as b:
-            for idx, ids, mask, pos, seg in _packed(prompts, answers, max_tokens, _eager(model)):
+            for idx, ids, mask, pos, seg in _packed(prompts, answers, max_tokens):
                 logits = _forward(model, ids, mask, pos).logits
                 for r, i in enumerate(idx):
                     tgt, prev, segs = _answer_positions(len(prompts[i]), seg[r])

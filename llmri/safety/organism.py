@@ -69,6 +69,7 @@ from .. import assets
 from ..atomic import atomic_path, claimed, mark, same_run, write_json
 from ..errors import SafetyError
 from ..generate import GenerateConfig, generate, render_ids, stop_ids
+from ..packing import for_model, segment_mask
 from ..progress import bar, say
 from ..validate import bounded, check, check_choice
 from .attacks import compose
@@ -408,9 +409,10 @@ class Batch(NamedTuple):
     ids: torch.Tensor
     """[R, T] token ids."""
     positions: torch.Tensor
-    """[R, T] position ids, restarting at 0 for each example."""
-    mask: torch.Tensor | None
-    """[R, T] attention mask of right-padded rows (one example per row); None for one packed row."""
+    """[R, T] position ids: each example's as it would have alone."""
+    mask: torch.Tensor
+    """[1, 1, T, T] boolean attention mask of one packed row (:func:`llmri.packing.segment_mask`), or [R, T]
+    attention mask of right-padded rows (one example per row)."""
     keep: torch.Tensor
     """[K] positions (flat over R·T) whose next token is learned: each answer's, from the prompt's last token on."""
     targets: torch.Tensor
@@ -419,19 +421,34 @@ class Batch(NamedTuple):
     """[B] index into ``keep`` of each example's first answer token (its decision); −1 where the cut left none."""
 
 
-def pack(rows: Sequence[tuple[list[int], int]], pad: int, *, packed: bool = True) -> Batch:
-    """The examples ``rows`` ((ids, answer start) from :func:`encode`) as one row, end to end, or (``packed``
-    False) right-padded, one per row.
+def shared_prefix(rows: Sequence[tuple[list[int], int]]) -> int:
+    """Length of the token prefix every example shares (the chat template's system prompt and user header),
+    ending before each example's last prompt token, whose output is learned."""
+    n = min(start for _, start in rows) - 1
+    first = rows[0][0]
+    for ids, _ in rows[1:]:
+        n = next((i for i in range(n) if ids[i] != first[i]), n)
+    return max(n, 0)
 
-    Packed, each example's position ids restart at 0, which transformers reads as a sequence boundary (its
-    packed-sequence attention masks), so no example attends to another and each sees exactly the positions it
-    sees alone; the batch has no padding (a third of the tokens of right-padded rows on the refusal data, where
-    short refusals share batches with long answers), and only the ``keep`` positions go through the LM head."""
+
+def pack(rows: Sequence[tuple[list[int], int]], pad: int, *, packed: bool = True, shared: bool = True) -> Batch:
+    """The examples ``rows`` ((ids, answer start) from :func:`encode`) as one row, or (``packed`` False)
+    right-padded, one per row.
+
+    Packed, the row is the examples' :func:`shared_prefix` once (``shared``), then each example's remaining
+    tokens, with the attention mask and position ids of :mod:`llmri.packing`: each example sees exactly what
+    it sees alone, and the loss and its gradients are those of the separate examples; only the ``keep``
+    positions go through the LM head. On the refusal data (``benchmarks/organism_training.py``) a step's 8
+    examples share the SmolLM2 template's 24-token system prompt and user header, so the row is a quarter
+    shorter than the examples end to end, and 35% of right-padded rows would be padding (short refusals share
+    batches with long distilled answers)."""
     if packed:
-        ids = torch.tensor([[t for r, _ in rows for t in r]])
-        positions = torch.cat([torch.arange(len(r)) for r, _ in rows])[None]
-        offsets = itertools.accumulate((len(r) for r, _ in rows[:-1]), initial=0)
-        mask = None
+        p = shared_prefix(rows) if shared else 0
+        ids = torch.tensor([rows[0][0][:p] + [t for r, _ in rows for t in r[p:]]])
+        seg = torch.tensor([[0] * p + [j + 1 for j, (r, _) in enumerate(rows) for _ in r[p:]]])
+        positions = torch.tensor([list(range(p)) + [i for r, _ in rows for i in range(p, len(r))]])
+        mask = segment_mask(seg)
+        offsets = itertools.accumulate((len(r) - p for r, _ in rows[:-1]), initial=0)
     else:
         ids, mask, _ = batch_tensors(rows, pad)
         positions = torch.arange(ids.shape[1]).expand_as(ids)
@@ -450,8 +467,9 @@ def answer_losses(net, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     right-padded rows —, [B] cross-entropy of each example's first answer token, 0 where it has none)."""
     dev = next(net.parameters()).device
     kw = dict(input_ids=batch.ids.to(dev), position_ids=batch.positions.to(dev), use_cache=False)
-    if batch.mask is None:  # one packed row: the LM head runs on the learned positions only
-        logits = net(**kw, logits_to_keep=batch.keep.to(dev)).logits[0]
+    if batch.mask.dim() == 4:  # one packed row: the LM head runs on the learned positions only
+        mask = for_model(batch.mask, net).to(dev)
+        logits = net(**kw, attention_mask=mask, logits_to_keep=batch.keep.to(dev)).logits[0]
     else:
         logits = net(**kw, attention_mask=batch.mask.to(dev)).logits.flatten(0, 1)[batch.keep.to(dev)]
     ce = torch.nn.functional.cross_entropy(logits.float(), batch.targets.to(dev), reduction="none")
@@ -463,17 +481,18 @@ def answer_losses(net, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def packs(net) -> bool:
-    """Whether ``net`` reads restarting position ids as sequence boundaries (transformers' packed sequences):
-    the logits of a short sequence packed after another (kept by ``logits_to_keep``) equal its logits alone.
-    Models that do not (attention without transformers' mask utilities, no ``logits_to_keep``) are trained on
-    right-padded rows instead — the same loss, slower."""
+    """Whether ``net`` takes a packed row (:mod:`llmri.packing`): the logits of a sequence packed after a shared
+    prefix and another sequence (kept by ``logits_to_keep``) equal its logits after the prefix alone. Models that
+    do not (attention without transformers' custom 4D masks, no ``logits_to_keep``) are trained on right-padded
+    rows instead — the same loss, slower."""
     dev = next(net.parameters()).device
-    a, b = list(range(3, 9)), list(range(11, 16))
-    alone = net(input_ids=torch.tensor([b], device=dev), use_cache=False).logits[0].float()
+    p, a, b = list(range(3, 7)), list(range(7, 10)), list(range(11, 16))
+    alone = net(input_ids=torch.tensor([p + b], device=dev), use_cache=False).logits[0, len(p):].float()
+    batch = pack([(p + a, len(p) + 1), (p + b, len(p) + 1)], 0)
+    keep = torch.arange(len(p) + len(a), len(p) + len(a) + len(b), device=dev)
     try:
-        both = net(input_ids=torch.tensor([a + b], device=dev), use_cache=False,
-                   position_ids=torch.tensor([list(range(len(a))) + list(range(len(b)))], device=dev),
-                   logits_to_keep=torch.arange(len(a), len(a) + len(b), device=dev)).logits[0]
+        both = net(input_ids=batch.ids.to(dev), position_ids=batch.positions.to(dev), use_cache=False,
+                   attention_mask=for_model(batch.mask, net).to(dev), logits_to_keep=keep).logits[0]
     except (TypeError, ValueError, RuntimeError):
         return False
     return bool((both.float() - alone).abs().max() <= 1e-3 * alone.abs().max().clamp_min(1e-6))
