@@ -113,7 +113,8 @@ def test_packed_and_padded_batches_give_the_labels_loss_and_each_examples_decisi
         loss, first = O.answer_losses(model.hf, batch)
     p = O.shared_prefix(rows)
     assert p > 5 and rows[0][0][:p] == rows[2][0][:p]  # the template's system prompt and user header
-    width = {"padded": x.shape[1], "packed": sum(len(r) for r, _ in rows), "shared": sum(len(r) - p for r, _ in rows) + p}
+    width = {"padded": x.shape[1], "packed": sum(len(r) for r, _ in rows),
+             "shared": p + sum(len(r) - p for r, _ in rows)}
     assert batch.ids.shape == ((4 if way == "padded" else 1), width[way])
     assert len(batch.keep) == labels.ne(-100).sum()
     assert batch.targets.tolist() == [t for ids, start in rows for t in ids[start:]]

@@ -129,8 +129,9 @@ def packed_logprobs(model, prompts: Sequence[list[int]], answers: Sequence[Seque
     Prompt ``i`` and its answers become one sequence [p, a_1, …, a_k]; a 4-D attention mask lets each answer
     token see the prompt and the earlier tokens of its own answer only, and position ids restart after the prompt
     for every answer (:mod:`llmri.packing`), so each answer is read exactly as it would be after the prompt alone
-    (the first answer token is predicted from the prompt's last position). Reading seven ~6-token answers after a ~38-token chat
-    prompt costs ~80 tokens instead of ~310. Sequences are batched up to ``max_tokens`` padded tokens.
+    (the first answer token is predicted from the prompt's last position). Reading seven ~6-token answers after a
+    ~38-token chat prompt costs ~80 tokens instead of ~310. Sequences are batched up to ``max_tokens`` padded
+    tokens.
     Returns one array per prompt: [k] mean log-probabilities (nan for an empty answer).
 
     ``lens``: layers read through the **logit lens** instead of the output — ``resid_post.l`` put through the
