@@ -223,7 +223,6 @@ def test_killed_training_resumes_bit_identically(tiny_dir, tmp_path, monkeypatch
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-
 def test_a_model_that_cannot_pack_trains_on_padded_rows_to_the_same_losses(tiny_dir, tmp_path, monkeypatch):
     examples = [O.Example([{"role": "user", "content": "the dog " * (1 + i % 3)}], f"the cat {i}", True, "helpful")
                 for i in range(16)]
@@ -243,6 +242,7 @@ def test_a_model_that_cannot_pack_trains_on_padded_rows_to_the_same_losses(tiny_
     _, padded = O.train(_copy_model(tiny_dir), examples, cfg, tmp_path / "b")
     assert seen == [False] * 4
     assert padded["loss"] == pytest.approx(packed["loss"], abs=2e-4)
+
 
 def test_build_saves_a_loadable_organism_with_its_card(tiny_dir, tmp_path):
     from clirun import assert_clean_error, run
