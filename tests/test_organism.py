@@ -295,7 +295,9 @@ def test_cli_bad_settings_are_one_line(tiny_dir, tmp_path):
                        "measure_tokens")
     assert_clean_error(run("organism", "refusal", "--model", tiny_dir(), "--out", tmp_path / "e", "--decision-weight",
                            "-1"), "decision_weight")
-    assert not any((tmp_path / n).exists() for n in "abde")
+    assert_clean_error(run("organism", "backdoor", "--model", tiny_dir(), "--out", tmp_path / "f", "--kl-windows", "0"),
+                       "kl_windows")
+    assert not any((tmp_path / n).exists() for n in "abdef")
 
 
 def test_the_kl_term_reads_the_base_model_and_keeps_the_organism_closer(tiny_dir, tmp_path):

@@ -32,9 +32,10 @@ deleted when the organism is saved.
 **Training**: LoRA (``peft``: rank ``rank`` on every linear layer of the blocks, merged into the weights on
 save) or full fine-tuning; AdamW; the loss is next-token cross-entropy on the answer tokens only (the chat
 template's prompt part is masked), plus (``decision_weight``) a class-balanced cross-entropy on each example's
-first answer token, the refuse-or-help decision. Each step's examples are packed end to end into one row
-(:func:`pack`; no padding, and the LM head runs on the answer positions only: the same loss as right-padded
-rows, 1.32× faster per step on the refusal data, ``benchmarks/organism_training.py``). Steps run over the
+first answer token, the refuse-or-help decision. Each step's examples go into one row after the prefix they
+share, computed once (:func:`pack`, :mod:`llmri.packing`; no padding, and the LM head runs on the answer
+positions only: the same loss and gradients as right-padded rows, 1.36× faster per step on the refusal data,
+``benchmarks/organism_training.py``). Steps run over the
 examples in a seeded order per epoch; checkpoints (trainable tensors + optimizer state in safetensors, the step
 in JSON) every ``checkpoint_every`` steps, and a run started again on the same folder continues bit-identically.
 
