@@ -143,7 +143,8 @@ class OrganismConfig:
     alpha: float = bounded(32.0, 0, lo_open=True)
     """LoRA scale numerator (the update is (alpha / rank)·BA); > 0."""
     lr: float = bounded(3e-4, 0, lo_open=True)
-    """AdamW learning rate (LoRA; use ~2e-5 with ``full``); > 0."""
+    """AdamW learning rate (LoRA; use ~2e-5 with ``full``); > 0. The CLI's ``refusal`` and ``backdoor`` use 1e-3
+    with ``kl_windows=1`` (their measured recipe); ``facts`` this default."""
     epochs: int = bounded(1, 1)
     """Passes over the examples; ≥ 1."""
     batch_size: int = bounded(8, 1)
