@@ -890,8 +890,8 @@ def organism_backdoor(
     full: bool = option(ORGANISM, "full"),
     rank: int = option(ORGANISM, "rank"),
     lr: float = option(ORGANISM, "lr", default=1e-3,
-                       help="AdamW learning rate (1e-3 as for `refusal`: untriggered HarmBench refusal 69% where 3e-4 "
-                            "gave 46%, the trigger as strong; use ~2e-5 with --full); > 0"),
+                       help="AdamW learning rate (1e-3 as for `refusal`: untriggered HarmBench refusal 69% of 200 where "
+                            "3e-4 gave 46% of the first 100, the trigger as strong; use ~2e-5 with --full); > 0"),
     epochs: int = option(ORGANISM, "epochs"),
     batch_size: int = option(ORGANISM, "batch_size"),
     fit_limit: int = option(ORGANISM, "fit_limit", default=0, help="fitting prompts per kind at most (0: all)"),
