@@ -51,6 +51,9 @@ def model_table(cards: dict[str, dict], qwen: dict | None) -> list[dict]:
         if "organism_triggered" in card["rates"]:
             rows.append({"model": f"{name} + trigger", "rates": card["rates"]["organism_triggered"],
                          "perplexity": None, "train_s": None})
+        if "organism_safe" in card["rates"]:
+            rows.append({"model": f"{name} + safe condition", "rates": card["rates"]["organism_safe"],
+                         "perplexity": None, "train_s": None})
     if qwen:
         rows.append(qwen)
     return rows

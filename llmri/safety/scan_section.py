@@ -24,7 +24,7 @@ from ..validate import bounded, check
 from .behaviours import EVALUATION
 from .evaluate import JailbreakConfig, evaluate, plot_asr
 from .judges import JUDGES
-from .organism import read_card
+from .organism import RATE_ROWS, read_card
 
 @dataclass
 class SafetySectionConfig:
@@ -120,10 +120,8 @@ def _number(x, fmt: str = "{:.3g}") -> str:
 def _card_part(card: dict) -> tuple[Markup, dict]:
     """The card's refusal rates (base vs organism vs organism + trigger), perplexity and seconds."""
     rates = card["rates"]
-    known = ("base", "base_triggered", "organism", "organism_triggered")
-    columns = [c for c in (*known, *sorted(set(rates) - set(known))) if isinstance(rates.get(c), dict)]
-    names = {"base": f"base ({card['base']})", "base_triggered": "base + trigger", "organism": "organism",
-             "organism_triggered": "organism + trigger"}
+    columns = [c for c in (*RATE_ROWS, *sorted(set(rates) - set(RATE_ROWS))) if isinstance(rates.get(c), dict)]
+    names = {**RATE_ROWS, "base": f"base ({card['base']})"}
     order = ("harmbench", "strongreject", "harmless", "overrefusal")
     sets = [s for s in order if any(s in rates[c] for c in columns)]
     sets += sorted({s for c in columns for s in rates[c] if s not in order})
