@@ -118,7 +118,7 @@ def _number(x, fmt: str = "{:.3g}") -> str:
 
 
 def _card_part(card: dict) -> tuple[Markup, dict]:
-    """The card's refusal rates (base vs organism vs organism + trigger), perplexity and seconds."""
+    """The card's refusal rates (its rows named by :data:`~llmri.safety.organism.RATE_ROWS`), perplexity and seconds."""
     rates = card["rates"]
     columns = [c for c in (*RATE_ROWS, *sorted(set(rates) - set(RATE_ROWS))) if isinstance(rates.get(c), dict)]
     names = {**RATE_ROWS, "base": f"base ({card['base']})"}
